@@ -43,9 +43,11 @@ impl FromStr for LogLevel {
             "info" => LogLevel::Info,
             "debug" => LogLevel::Debug,
             "trace" => LogLevel::Trace,
-            _ => return Err(format!(
+            _ => {
+                return Err(format!(
                 "unknown log level `{s}`, expected one of Error, Warning, Info, Debug, Trace, Off"
-            )),
+            ))
+            }
         })
     }
 }

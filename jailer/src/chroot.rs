@@ -158,18 +158,27 @@ pub fn lock(paths: &JailPaths, rollback: &mut Rollback) -> Result<File, ChrootEr
     create_dirs(&paths.jail_dir, 0o755, rollback)?;
     let path = paths.jail_dir.join(LOCK_FILE);
     let existed = path.exists();
+    let open_err = |source| ChrootError::OpenLock {
+        path: path.clone(),
+        source,
+    };
+    if !existed {
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o400)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(open_err)?;
+    }
+    // Read-only: the jailed process inherits this descriptor and must not be
+    // able to write through it to a file outside its jail.
     let file = OpenOptions::new()
         .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
         .open(&path)
-        .map_err(|source| ChrootError::OpenLock {
-            path: path.clone(),
-            source,
-        })?;
+        .map_err(open_err)?;
     if !existed {
         rollback.file(path.clone());
     }

@@ -102,6 +102,18 @@ fn probe_runs_as_tenant_without_privileges_in_its_own_root() {
     assert_eq!(fds.len(), 1, "fds above 2: {fds:?}");
     let kept = std::fs::read_link(format!("/proc/{pid}/fd/{}", fds[0])).unwrap();
     assert_eq!(kept, jail.jail_dir().join(".xenia-jailer.lock"));
+    let flags = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fds[0])).unwrap();
+    let flags = flags
+        .lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .unwrap()
+        .trim();
+    let access = u32::from_str_radix(flags, 8).unwrap() & libc::O_ACCMODE as u32;
+    assert_eq!(
+        access,
+        libc::O_RDONLY as u32,
+        "the lock descriptor is read-only"
+    );
     running.finish();
 }
 
@@ -140,8 +152,16 @@ fn tenants_cannot_read_each_others_jail() {
 fn joins_the_given_network_namespace() {
     let ns = Netns::new("net");
     let jail = Jail::new("netns", 40021);
-    let running = jail.start(&["--netns", &ns.path()], &[]);
+    let running = jail.start(
+        &["--netns", &ns.path(), "--userfaultfd"],
+        &["/dev/userfaultfd"],
+    );
     let pid = running.jailer_pid();
+    // --userfaultfd adds the node with the host's device number.
+    let host = std::fs::metadata("/dev/userfaultfd").unwrap();
+    let node = std::fs::metadata(jail.root().join("dev/userfaultfd")).unwrap();
+    assert_eq!(node.rdev(), host.rdev());
+    assert_eq!(running.value("open /dev/userfaultfd"), "ok");
     let link = std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
     let ino = std::fs::metadata(ns.path()).unwrap().ino();
     assert_eq!(link.to_string_lossy(), format!("net:[{ino}]"));
@@ -205,4 +225,22 @@ fn failed_start_leaves_no_jail_behind() {
     assert!(!jail.jail_dir().exists(), "half-built jail left behind");
     // And the same id then works.
     jail.start(&[], &[]).finish();
+}
+
+#[test]
+fn daemonize_detaches_stdio() {
+    let jail = Jail::new("daemon", 40091);
+    // The probe would print its report and wait for stdin: daemonized, its
+    // stdio is /dev/null, so nothing reaches us and stdin is at EOF at once.
+    let out = jail
+        .command(&["--daemonize"], &["/dev/kvm"])
+        .stdin(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout.is_empty() && out.stderr.is_empty());
 }

@@ -33,3 +33,31 @@ impl VirtioInterrupt for RecordingInterrupt {
         self.needs_reset.store(true, Ordering::SeqCst);
     }
 }
+
+/// A clock the test moves by hand.
+#[derive(Debug, Default)]
+pub struct ManualClock(std::sync::atomic::AtomicU64);
+
+impl ManualClock {
+    pub fn advance_ms(&self, ms: u64) {
+        self.0.fetch_add(ms * 1_000_000, Ordering::SeqCst);
+    }
+}
+
+impl crate::rate_limiter::Clock for ManualClock {
+    fn now_ns(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Waits up to 10 s for `fd` to become readable.
+pub fn wait_readable(fd: std::os::fd::RawFd) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `pfd` is a valid pollfd for the duration of the call and nfds is 1.
+    let n = unsafe { libc::poll(&mut pfd, 1, 10_000) };
+    n == 1
+}

@@ -467,3 +467,47 @@ fn reset_stops_serving() {
     h.dev.process_queue();
     assert!(h.used().is_empty());
 }
+
+#[test]
+fn event_idx_suppresses_interrupts_until_used_event() {
+    use virtio_queue::QueueT;
+    let mem = guest_memory();
+    let file = disk_file(DISK_SECTORS);
+    let mut dev = Block::new(&config(file.as_path())).unwrap();
+    dev.set_acked_features(dev.avail_features());
+    let vq = MockSplitQueue::create(&mem, GuestAddress(0), 16);
+    let mut q: Queue = vq.create_queue().unwrap();
+    q.set_event_idx(true);
+    let irq = Arc::new(RecordingInterrupt::default());
+    dev.activate(ActivateContext {
+        mem: mem.clone(),
+        interrupt: irq.clone(),
+        queues: vec![q],
+        queue_evts: vec![EventFd::new(libc::EFD_NONBLOCK).unwrap()],
+    })
+    .unwrap();
+    let mut h = Harness {
+        mem: &mem,
+        vq,
+        dev,
+        irq,
+        next_desc: 0,
+        _file: file,
+    };
+    // used_event (after the 16 avail entries) = 1: interrupt only once used idx passes 1.
+    let used_event = GuestAddress(h.vq.avail_addr().0 + 4 + 2 * 16);
+    mem.write_obj(1u16, used_event).unwrap();
+    h.request(VIRTIO_BLK_T_FLUSH, 0, 0, false);
+    h.dev.process_queue();
+    assert_eq!(h.used().len(), 1);
+    assert_eq!(h.irq.vring.load(Ordering::SeqCst), 0);
+    h.request(VIRTIO_BLK_T_FLUSH, 0, 0, false);
+    h.dev.process_queue();
+    assert_eq!(h.used().len(), 2);
+    assert_eq!(h.irq.vring.load(Ordering::SeqCst), 1);
+    // The device published avail_event so the driver can suppress notifications too.
+    let avail_event: u16 = mem
+        .read_obj(GuestAddress(h.vq.used_addr().0 + 4 + 8 * 16))
+        .unwrap();
+    assert_eq!(avail_event, 2);
+}

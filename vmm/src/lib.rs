@@ -1,1 +1,4 @@
 //! The xenia VMM library.
+
+pub mod config;
+pub mod metrics;

@@ -73,7 +73,7 @@ struct Client {
 }
 
 impl Client {
-    fn connect(path: &PathBuf) -> Result<Client, String> {
+    fn connect(path: &std::path::Path) -> Result<Client, String> {
         let stream = UnixStream::connect(path)
             .map_err(|e| format!("cannot connect to {}: {e}", path.display()))?;
         stream
@@ -222,7 +222,7 @@ fn concurrent(args: &Args, name: &str, request: &[u8], status: u16) -> Result<St
     Ok(stats(name, samples, start.elapsed()))
 }
 
-fn serve(path: &PathBuf) -> Result<(), String> {
+fn serve(path: &std::path::Path) -> Result<(), String> {
     let server = ApiServer::bind(path, ServerOptions::default()).map_err(|e| e.to_string())?;
     eprintln!("bench-api: stand-in server on {}", path.display());
     server

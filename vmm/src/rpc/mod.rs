@@ -6,8 +6,11 @@
 //! Executing actions is the VMM thread's business, not this module's; nothing here
 //! touches KVM.
 
+mod bridge;
 mod response;
 mod routes;
+
+pub use bridge::{api_handler, serve_pending, ApiRequest};
 
 pub use response::{response_for, ActionError, InstanceInfo, InstanceState, VersionInfo, VmmData};
 pub use routes::{parse_request, ParsedRequest, RouteError, ROUTES, UNSUPPORTED_ROUTES};

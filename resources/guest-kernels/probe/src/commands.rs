@@ -28,7 +28,7 @@ pub fn run(cmd: Command<'_>) {
             sprintln!("PROBE timer ok");
         }
         b"cpuid" => cpuid(),
-        b"smp" => smp(),
+        b"smp" => smp(cmd.arg),
         b"tick" => tick(cmd.arg),
         b"idle" => {
             sprintln!("PROBE idle ok halting");
@@ -175,14 +175,29 @@ fn cpuid() {
     );
 }
 
-fn smp() {
-    let table = match mptable::parse() {
-        Ok(t) => t,
-        Err(e) => {
-            sprintln!("PROBE smp FAIL {}", e.reason());
-            return;
-        }
+/// `smp` wakes the processors of the MP table; `smp:N` instead wakes APIC
+/// IDs 0..N-1 (for VMMs whose firmware lists fewer CPUs than it has, like
+/// SeaBIOS under QEMU/TCG).
+fn smp(arg: Option<&[u8]>) {
+    let table = match arg {
+        Some(a) => match parse_u64(a) {
+            Some(n) if (1..=255).contains(&n) => mptable::MpTable::first_n(n as usize),
+            _ => {
+                sprintln!("PROBE smp FAIL bad-argument");
+                return;
+            }
+        },
+        None => match mptable::parse() {
+            Ok(t) => t,
+            Err(e) => {
+                sprintln!("PROBE smp FAIL {}", e.reason());
+                return;
+            }
+        },
     };
+    for cpu in &table.cpus[..table.cpu_count] {
+        sprintln!("PROBE smp-cpu apic_id={} bsp={} mp={:#x}", cpu.apic_id, cpu.bsp as u8, table.floating_pointer);
+    }
     let result = match smp::start_aps(&table) {
         Ok(r) => r,
         Err(smp::SmpError::BadLapicAddress(a)) => {

@@ -12,9 +12,27 @@ pub struct Processor {
 }
 
 pub struct MpTable {
+    /// Physical address of the floating pointer structure.
+    pub floating_pointer: u64,
     pub lapic_addr: u32,
     pub cpus: [Processor; MAX_CPUS],
     pub cpu_count: usize,
+}
+
+impl MpTable {
+    /// A made-up table: APIC IDs 0..n-1 at the default LAPIC address.
+    pub fn first_n(n: usize) -> MpTable {
+        let mut table = MpTable {
+            floating_pointer: 0,
+            lapic_addr: 0xfee0_0000,
+            cpus: [Processor { apic_id: 0, bsp: false }; MAX_CPUS],
+            cpu_count: n.min(MAX_CPUS),
+        };
+        for (i, cpu) in table.cpus[..table.cpu_count].iter_mut().enumerate() {
+            *cpu = Processor { apic_id: i as u8, bsp: i == 0 };
+        }
+        table
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -79,7 +97,7 @@ pub fn parse() -> Result<MpTable, MpError> {
     if sig != *b"PCMP" || length < 44 || !checksum_ok(config, length as u64) {
         return Err(MpError::BadConfigTable);
     }
-    let mut table = MpTable { lapic_addr: lapic, cpus: [Processor { apic_id: 0, bsp: false }; MAX_CPUS], cpu_count: 0 };
+    let mut table = MpTable { floating_pointer: fp, lapic_addr: lapic, cpus: [Processor { apic_id: 0, bsp: false }; MAX_CPUS], cpu_count: 0 };
     let end = config + length as u64;
     let mut at = config + 44;
     for _ in 0..count {

@@ -1,1 +1,3 @@
 //! The xenia VMM library.
+
+pub mod arch;

@@ -56,7 +56,7 @@ pub fn ioapic_id(vcpu_count: u8) -> u8 {
 
 /// Builds the floating pointer and configuration table for a table placed at `base`.
 pub fn build(vcpu_count: u8, base: u64) -> Result<Vec<u8>, MpTableError> {
-    if vcpu_count == 0 || vcpu_count >= 0xff {
+    if vcpu_count == 0 || vcpu_count == u8::MAX {
         return Err(MpTableError::TooManyCpus(vcpu_count));
     }
     let table_addr = base + FLOATING_POINTER_LEN as u64;

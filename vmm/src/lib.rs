@@ -1,3 +1,5 @@
 //! The xenia VMM library.
 
 pub mod arch;
+pub mod config;
+pub mod metrics;

@@ -4,6 +4,7 @@ pub mod boot_params;
 pub mod cpuid;
 pub mod gdt;
 pub mod interrupts;
+pub mod kernel;
 pub mod layout;
 pub mod mptable;
 pub mod msr;

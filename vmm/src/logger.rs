@@ -98,6 +98,18 @@ pub fn configure(settings: LoggerSettings) -> Result<(), LoggerError> {
     Ok(())
 }
 
+/// True unless a log file is configured (stderr is the default sink).
+pub fn logs_to_stderr() -> bool {
+    LOGGER.get().is_none_or(|l| {
+        l.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .settings
+            .log_path
+            .is_none()
+    })
+}
+
 fn level_name(level: log::Level) -> &'static str {
     match level {
         log::Level::Error => "ERROR",

@@ -12,7 +12,9 @@ use vmm::logger::{self, LoggerSettings};
 #[allow(clippy::print_stderr)]
 fn fail(message: &str) -> ExitCode {
     eprintln!("xenia: {message}");
-    log::error!("{message}");
+    if !logger::logs_to_stderr() {
+        log::error!("{message}");
+    }
     ExitCode::StartError
 }
 

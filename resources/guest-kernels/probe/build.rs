@@ -34,7 +34,10 @@ fn script(flavour: Flavour) -> String {
         "  /DISCARD/ : { *(.note.Xen) }\n"
     };
     let setup = if flavour == Flavour::BzImage {
-        format!("  .setup {:#x} : {{ KEEP(*(.setup)) }} :image\n", LOAD_ADDR - SETUP_SIZE)
+        format!(
+            "  .setup {:#x} : {{ KEEP(*(.setup)) }} :image\n",
+            LOAD_ADDR - SETUP_SIZE
+        )
     } else {
         String::new()
     };
@@ -57,9 +60,11 @@ ASSERT(linux64_entry == __image_start + 0x200, \"linux64_entry must sit at +0x20
 
 fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    for (bin, flavour) in
-        [("probe", Flavour::Pvh), ("probe-nopvh", Flavour::NoPvh), ("probe-bzimage", Flavour::BzImage)]
-    {
+    for (bin, flavour) in [
+        ("probe", Flavour::Pvh),
+        ("probe-nopvh", Flavour::NoPvh),
+        ("probe-bzimage", Flavour::BzImage),
+    ] {
         let path = out.join(format!("{bin}.ld"));
         fs::write(&path, script(flavour)).expect("write linker script");
         println!("cargo:rustc-link-arg-bin={bin}=-T{}", path.display());

@@ -55,12 +55,22 @@ fn e820(boot: &BootInfo) {
     let map = &boot.e820[..boot.e820_len];
     let mut ram = 0u64;
     for e in map {
-        sprintln!("PROBE e820-entry addr={:#x} len={:#x} type={}", e.addr, e.size, e.kind);
+        sprintln!(
+            "PROBE e820-entry addr={:#x} len={:#x} type={}",
+            e.addr,
+            e.size,
+            e.kind
+        );
         if e.kind == E820_RAM {
             ram = ram.saturating_add(e.size);
         }
     }
-    sprintln!("PROBE e820 ok entries={} ram_bytes={} ram_mib={}", map.len(), ram, ram >> 20);
+    sprintln!(
+        "PROBE e820 ok entries={} ram_bytes={} ram_mib={}",
+        map.len(),
+        ram,
+        ram >> 20
+    );
 }
 
 fn cmdline(boot: &BootInfo) {
@@ -86,7 +96,12 @@ fn initrd(boot: &BootInfo) {
         hash = (hash ^ unsafe { read_phys::<u8>(addr + i) } as u64).wrapping_mul(FNV_PRIME);
     }
     // `{:#018x}` would pull padded formatting (SSE) from libcore: pad by hand.
-    sprintln!("PROBE initrd ok addr={:#x} size={} fnv1a64=0x{}", addr, size, Hex16(hash));
+    sprintln!(
+        "PROBE initrd ok addr={:#x} size={} fnv1a64=0x{}",
+        addr,
+        size,
+        Hex16(hash)
+    );
 }
 
 /// A u64 as exactly 16 lowercase hex digits.
@@ -122,7 +137,13 @@ fn touch(boot: &BootInfo, arg: Option<&[u8]>) {
     let image_end = core::ptr::addr_of!(__image_end) as u64;
     let initrd = boot.initrd.map(|(a, s)| (a, a.saturating_add(s)));
     let avoid = initrd.as_slice();
-    let Some(start) = find_free(&boot.e820[..boot.e820_len], len, image_end, MAPPED_LIMIT, avoid) else {
+    let Some(start) = find_free(
+        &boot.e820[..boot.e820_len],
+        len,
+        image_end,
+        MAPPED_LIMIT,
+        avoid,
+    ) else {
         sprintln!("PROBE touch FAIL no-free-ram mib={}", mib);
         return;
     };
@@ -143,7 +164,12 @@ fn touch(boot: &BootInfo, arg: Option<&[u8]>) {
         }
         page += PAGE;
     }
-    sprintln!("PROBE touch ok mib={} addr={:#x} pages={}", mib, start, len / PAGE);
+    sprintln!(
+        "PROBE touch ok mib={} addr={:#x} pages={}",
+        mib,
+        start,
+        len / PAGE
+    );
 }
 
 fn cpuid() {
@@ -196,7 +222,12 @@ fn smp(arg: Option<&[u8]>) {
         },
     };
     for cpu in &table.cpus[..table.cpu_count] {
-        sprintln!("PROBE smp-cpu apic_id={} bsp={} mp={:#x}", cpu.apic_id, cpu.bsp as u8, table.floating_pointer);
+        sprintln!(
+            "PROBE smp-cpu apic_id={} bsp={} mp={:#x}",
+            cpu.apic_id,
+            cpu.bsp as u8,
+            table.floating_pointer
+        );
     }
     let result = match smp::start_aps(&table) {
         Ok(r) => r,
@@ -205,8 +236,17 @@ fn smp(arg: Option<&[u8]>) {
             return;
         }
     };
-    let status = if result.online >= result.expected { "ok" } else { "FAIL" };
-    crate::sprint!("PROBE smp {} expected={} online={} apic_ids=", status, result.expected, result.online);
+    let status = if result.online >= result.expected {
+        "ok"
+    } else {
+        "FAIL"
+    };
+    crate::sprint!(
+        "PROBE smp {} expected={} online={} apic_ids=",
+        status,
+        result.expected,
+        result.online
+    );
     for (i, id) in result.ids[..result.id_count].iter().enumerate() {
         if i > 0 {
             crate::sprint!(",");
@@ -238,5 +278,10 @@ fn tick(arg: Option<&[u8]>) {
         n += 1;
         sprintln!("PROBE tick n={}", n);
     }
-    sprintln!("PROBE tick ok n={} tsc_khz={} source={}", n, freq.khz, freq.source);
+    sprintln!(
+        "PROBE tick ok n={} tsc_khz={} source={}",
+        n,
+        freq.khz,
+        freq.source
+    );
 }

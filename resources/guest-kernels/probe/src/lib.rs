@@ -34,7 +34,11 @@ use bootinfo::EntryKind;
 extern "C" fn probe_main(kind: u64, info: u64) -> ! {
     serial::init();
     idt::init();
-    let entry = if kind == ENTRY_PVH { EntryKind::Pvh } else { EntryKind::Linux64 };
+    let entry = if kind == ENTRY_PVH {
+        EntryKind::Pvh
+    } else {
+        EntryKind::Linux64
+    };
     bootinfo::capture(entry, info);
     sprintln!("PROBE-BOOT-OK entry={}", entry.name());
     let boot = bootinfo::get();

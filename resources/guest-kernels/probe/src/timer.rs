@@ -18,7 +18,9 @@ pub fn tsc_freq() -> Option<TscFreq> {
     if let Some(f) = FREQ.get() {
         return Some(f);
     }
-    let f = from_hypervisor_leaf().or_else(from_leaf_15).or_else(from_pit)?;
+    let f = from_hypervisor_leaf()
+        .or_else(from_leaf_15)
+        .or_else(from_pit)?;
     FREQ.set(Some(f));
     Some(f)
 }
@@ -29,7 +31,10 @@ fn from_hypervisor_leaf() -> Option<TscFreq> {
         return None;
     }
     let khz = cpuid(0x4000_0010, 0).eax as u64;
-    (khz != 0).then_some(TscFreq { khz, source: "cpuid-0x40000010" })
+    (khz != 0).then_some(TscFreq {
+        khz,
+        source: "cpuid-0x40000010",
+    })
 }
 
 /// Leaf 0x15: TSC/crystal ratio and crystal frequency.
@@ -42,7 +47,10 @@ fn from_leaf_15() -> Option<TscFreq> {
         return None;
     }
     let khz = r.ecx as u64 * r.ebx as u64 / r.eax as u64 / 1000;
-    (khz != 0).then_some(TscFreq { khz, source: "cpuid-0x15" })
+    (khz != 0).then_some(TscFreq {
+        khz,
+        source: "cpuid-0x15",
+    })
 }
 
 const PIT_HZ: u64 = 1_193_182;
@@ -139,7 +147,10 @@ pub struct Deadline {
 impl Deadline {
     pub fn after_us(us: u64) -> Self {
         let khz = tsc_freq().map(|f| f.khz).unwrap_or(1_000_000);
-        Deadline { start: rdtsc(), ticks: us.saturating_mul(khz) / 1000 }
+        Deadline {
+            start: rdtsc(),
+            ticks: us.saturating_mul(khz) / 1000,
+        }
     }
 
     pub fn passed(&self) -> bool {

@@ -13,7 +13,7 @@ use crate::arch::cpuid::Topology;
 use crate::arch::kernel::{load_cmdline, load_initrd, load_kernel, KernelError};
 use crate::arch::mptable::{setup_mptable, MpTableError};
 use crate::arch::regs::{default_boot_info, write_boot_tables, EntryProtocol, RegsError};
-use crate::config::{MachineConfig, VmConfig};
+use crate::config::VmConfig;
 use crate::device_manager::legacy::{attach_legacy_devices, LegacyDevices, LegacyError};
 use crate::device_manager::DeviceBuses;
 use crate::vstate::kvm::{KvmContext, KvmError};
@@ -107,10 +107,7 @@ pub fn build_and_boot(config: &VmConfig, options: BuildOptions) -> Result<Runnin
         .boot_source
         .as_ref()
         .ok_or(StartError::MissingBootSource)?;
-    let machine = config
-        .machine_config
-        .clone()
-        .unwrap_or_else(MachineConfig::default);
+    let machine = config.machine_config.clone().unwrap_or_default();
     let mem_size = machine.mem_size_bytes();
     let serial_out = serial_output(config)?;
 

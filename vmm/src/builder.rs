@@ -19,7 +19,8 @@ use crate::device_manager::DeviceBuses;
 use crate::vstate::kvm::{KvmContext, KvmError};
 use crate::vstate::memory::{create_guest_memory, MemoryError};
 use crate::vstate::vcpu::{
-    register_kick_signal_handler, Vcpu, VcpuError, VcpuExitReason, VcpuExitSink, VcpuHandle,
+    register_kick_signal_handler, Vcpu, VcpuError, VcpuEvent, VcpuExitReason, VcpuExitSink,
+    VcpuHandle, VcpuResponse,
 };
 use crate::vstate::vm::{Vm, VmError};
 
@@ -185,4 +186,41 @@ pub fn build_and_boot(config: &VmConfig, options: BuildOptions) -> Result<Runnin
         vcpu_exits,
         vcpu_exit_evt,
     })
+}
+
+/// How long the VMM waits for a vCPU to acknowledge a pause or resume.
+const VCPU_RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl RunningVm {
+    /// Injects Ctrl-Alt-Del through the i8042 (the API's `SendCtrlAltDel` action).
+    pub fn send_ctrl_alt_del(&self) -> std::io::Result<()> {
+        self.legacy
+            .i8042
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .trigger_ctrl_alt_del()
+    }
+
+    fn broadcast(&self, event: VcpuEvent, expected: VcpuResponse) -> Result<(), VcpuError> {
+        for vcpu in &self.vcpus {
+            vcpu.send_event(event)?;
+        }
+        for vcpu in &self.vcpus {
+            let got = vcpu.response(VCPU_RESPONSE_TIMEOUT)?;
+            if got != expected {
+                return Err(VcpuError::NoResponse(vcpu.index()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops every vCPU outside KVM_RUN and waits until all have acknowledged.
+    pub fn pause(&self) -> Result<(), VcpuError> {
+        self.broadcast(VcpuEvent::Pause, VcpuResponse::Paused)
+    }
+
+    /// Lets every vCPU run again.
+    pub fn resume(&self) -> Result<(), VcpuError> {
+        self.broadcast(VcpuEvent::Resume, VcpuResponse::Resumed)
+    }
 }

@@ -69,3 +69,21 @@ fn probe_sees_every_vcpu_with_its_apic_id() {
             .any(|l| l.starts_with("PROBE cpuid ok") && l.contains("hypervisor=KVMKVMKVM")));
     }
 }
+
+#[test]
+fn memory_above_the_mmio_hole_continues_at_4_gib() {
+    let config = boot_config(&probe().linux64, &probe_args("e820"), 1, 4096);
+    let mut x = Xenia::start(&config, &[]);
+    x.wait_for_line("PROBE-DONE", BOOT_TIMEOUT)
+        .expect("done marker");
+    assert_eq!(x.wait_exit(BOOT_TIMEOUT).expect("exit").code(), Some(0));
+    let entries = x.lines_with("PROBE e820-entry");
+    assert_eq!(
+        entries,
+        [
+            "PROBE e820-entry addr=0x0 len=0x9fc00 type=1",
+            "PROBE e820-entry addr=0x100000 len=0xcff00000 type=1",
+            "PROBE e820-entry addr=0x100000000 len=0x30000000 type=1",
+        ]
+    );
+}

@@ -16,6 +16,7 @@ use crate::arch::regs::{default_boot_info, write_boot_tables, EntryProtocol, Reg
 use crate::config::VmConfig;
 use crate::device_manager::legacy::{attach_legacy_devices, LegacyDevices, LegacyError};
 use crate::device_manager::DeviceBuses;
+use crate::metrics::CountingWriter;
 use crate::vstate::kvm::{KvmContext, KvmError};
 use crate::vstate::memory::{create_guest_memory, MemoryError};
 use crate::vstate::vcpu::{
@@ -96,9 +97,9 @@ fn serial_output(config: &VmConfig) -> Result<SerialOut, StartError> {
                     path: path.clone(),
                     source,
                 })?;
-            Ok(Box::new(file))
+            Ok(Box::new(CountingWriter(file)))
         }
-        None => Ok(Box::new(std::io::stdout())),
+        None => Ok(Box::new(CountingWriter(std::io::stdout()))),
     }
 }
 

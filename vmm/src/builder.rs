@@ -23,7 +23,7 @@ use crate::device_manager::block::{
 use crate::device_manager::legacy::{attach_legacy_devices, LegacyDevices, LegacyError};
 use crate::device_manager::mmio::{MmioAllocator, MmioSlot};
 use crate::device_manager::DeviceBuses;
-use crate::metrics::Metrics;
+use crate::metrics::{self, CountingWriter};
 use crate::vstate::kvm::{KvmContext, KvmError};
 use crate::vstate::memory::{create_guest_memory, MemoryError};
 use crate::vstate::vcpu::{
@@ -131,9 +131,9 @@ fn serial_output(config: &VmConfig) -> Result<SerialOut, StartError> {
                     path: path.clone(),
                     source,
                 })?;
-            Ok(Box::new(file))
+            Ok(Box::new(CountingWriter(file)))
         }
-        None => Ok(Box::new(std::io::stdout())),
+        None => Ok(Box::new(CountingWriter(std::io::stdout()))),
     }
 }
 
@@ -184,6 +184,7 @@ pub fn build_and_boot_with(
     let legacy = attach_legacy_devices(&vm, &mut buses, serial_out, options.boot_timer)?;
     let mut allocator = MmioAllocator::default();
     let drives = attach_drives(&vm, &mut buses, &mut allocator, &memory, &config.drives)?;
+    register_drive_metrics(&drives, metrics::global());
     let mut io = IoThread::new()?;
     for d in &drives {
         io.add_subscriber(d.subscriber());
@@ -303,11 +304,6 @@ impl RunningVm {
     /// `PATCH /drives/{id}`: a new backing file and/or rate limiter for a running drive.
     pub fn update_drive(&self, update: &DriveUpdate) -> Result<(), DriveError> {
         update_drive(&self.drives, update)
-    }
-
-    /// Adds every device's counters to `metrics` (`block_<drive_id>`, ...).
-    pub fn register_metrics(&self, metrics: &Metrics) {
-        register_drive_metrics(&self.drives, metrics);
     }
 }
 

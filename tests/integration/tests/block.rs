@@ -88,9 +88,10 @@ fn read_only_drive_refuses_writes_and_keeps_the_image() {
     let img = dir.write("ro.img", pattern(5, 0, 64));
     let before = checksum(&img);
     let d = drive("golden", &img, json!({"is_read_only": true}));
+    let metrics = dir.path().join("metrics.json");
     let x = run_probe(
         &probe_config("blk-info,blk-write:0:8:9,blk-read:0:64:5", vec![d]),
-        &[],
+        &["--metrics-path", &metrics.to_string_lossy()],
     );
     let info = ok_line(&x, "blk-info");
     assert_eq!(field(info, "ro"), Some("1"), "{info}");
@@ -99,6 +100,10 @@ fn read_only_drive_refuses_writes_and_keeps_the_image() {
     assert!(write.contains("FAIL status=1"), "{write}");
     ok_line(&x, "blk-read");
     assert_eq!(checksum(&img), before, "the read-only image changed");
+    let m = drive_metrics(&metrics, "golden");
+    assert_eq!(m["read_only_violations"], 1, "{m}");
+    assert_eq!(m["write_bytes"], 0, "{m}");
+    assert_eq!(m["read_bytes"], 64 * SECTOR, "{m}");
 }
 
 #[test]
@@ -150,7 +155,11 @@ fn eight_drives_at_once() {
             .unwrap_or_else(|| panic!("no blk-id for {dev}:\n{}", x.lines.join("\n")));
         assert_eq!(field(id, "serial"), Some(format!("disk{i}").as_str()));
         let reads = x.lines_with("PROBE blk-read ok");
-        assert!(reads.iter().any(|l| l.contains(&dev)), "{}", x.lines.join("\n"));
+        assert!(
+            reads.iter().any(|l| l.contains(&dev)),
+            "{}",
+            x.lines.join("\n")
+        );
         assert_pattern_on_disk(&images[i as usize], 100 + i, 8 * i, 16);
     }
 }

@@ -31,7 +31,11 @@ fn missing_image() {
     let c = probe_config("", vec![drive("rootfs", &missing, json!({}))]);
     assert_refused(
         &c,
-        &["drives[rootfs]", &missing.to_string_lossy(), "does not exist"],
+        &[
+            "drives[rootfs]",
+            &missing.to_string_lossy(),
+            "does not exist",
+        ],
     );
 }
 
@@ -41,7 +45,11 @@ fn directory_as_image() {
     let c = probe_config("", vec![drive("data", dir.path(), json!({}))]);
     assert_refused(
         &c,
-        &["drives[data]", &dir.path().to_string_lossy(), "is a directory"],
+        &[
+            "drives[data]",
+            &dir.path().to_string_lossy(),
+            "is a directory",
+        ],
     );
 }
 

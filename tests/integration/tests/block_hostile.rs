@@ -34,7 +34,12 @@ fn hostile(io_engine: &str) {
     cmds.push("blk-read:0:8:77".into());
     let d = drive("victim", &img, json!({"io_engine": io_engine}));
     // run_probe asserts the reset came from the guest (exit 0): xenia survived every kind.
-    let x = run_probe(&probe_config(&cmds.join(","), vec![d]), &["--level", "Debug"]);
+    let metrics = dir.path().join("metrics.json");
+    let metrics_arg = metrics.to_string_lossy().into_owned();
+    let x = run_probe(
+        &probe_config(&cmds.join(","), vec![d]),
+        &["--level", "Debug", "--metrics-path", &metrics_arg],
+    );
     let results = x.lines_with("PROBE blk-hostile");
     assert_eq!(results.len(), KINDS.len(), "{}", x.lines.join("\n"));
     let log = x.stderr();
@@ -43,7 +48,10 @@ fn hostile(io_engine: &str) {
         assert_eq!(field(line, "kind"), Some(*kind), "{line}");
         assert_eq!(field(line, "outcome"), Some(*outcome), "{line}");
         assert_eq!(field(line, "then"), Some("ok"), "{line}");
-        assert!(log.contains(logged), "`{logged}` not logged for {kind}:\n{log}");
+        assert!(
+            log.contains(logged),
+            "`{logged}` not logged for {kind}:\n{log}"
+        );
     }
     ok_line(&x, "blk-write");
     ok_line(&x, "blk-read");
@@ -54,6 +62,16 @@ fn hostile(io_engine: &str) {
         .filter(|l| l.contains("virtio-blk victim: bad request") && l.contains(":io]"))
         .count();
     assert!(rejected >= 6, "{rejected} rejections logged:\n{log}");
+    // The six malformed requests are counted (with or without a status byte to answer in),
+    // the two broken queues too.
+    let m = drive_metrics(&metrics, "victim");
+    let count = |k: &str| m[k].as_u64().unwrap_or_else(|| panic!("{k} in {m}"));
+    assert!(
+        count("invalid_requests") + count("dropped_requests") >= 6,
+        "{m}"
+    );
+    assert!(count("queue_errors") >= 2, "{m}");
+    assert!(count("write_count") >= 1 && count("read_count") >= 1, "{m}");
 }
 
 #[test]

@@ -36,7 +36,12 @@ fn limited_drive_is_slow_and_unlimited_is_not(limiter: serde_json::Value) {
         drive("fast", &fast, json!({})),
         drive("slow", &slow, json!({"rate_limiter": limiter})),
     ];
-    let mut x = Xenia::start(&probe_config(&cmds, drives), &[]);
+    let metrics = dir.path().join("metrics.json");
+    let metrics_arg = metrics.to_string_lossy().into_owned();
+    let mut x = Xenia::start(
+        &probe_config(&cmds, drives),
+        &["--metrics-path", &metrics_arg],
+    );
     x.wait_for_line("PROBE-BOOT-OK", BOOT_TIMEOUT)
         .unwrap_or_else(|e| panic!("{e}"));
     let t0 = wait(&mut x, "PROBE blk-info");
@@ -54,6 +59,16 @@ fn limited_drive_is_slow_and_unlimited_is_not(limiter: serde_json::Value) {
     );
     x.wait_for_line("PROBE-DONE", RUN_TIMEOUT)
         .unwrap_or_else(|e| panic!("{e}"));
+    let status = x.wait_exit(RUN_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(status.code(), Some(0));
+    let slow = drive_metrics(&metrics, "slow");
+    let fast = drive_metrics(&metrics, "fast");
+    assert!(
+        slow["rate_limiter_throttled_events"].as_u64() > Some(0),
+        "{slow}"
+    );
+    assert_eq!(fast["rate_limiter_throttled_events"], 0, "{fast}");
+    assert_eq!(slow["read_bytes"], 4 * RATE, "{slow}");
 }
 
 #[test]

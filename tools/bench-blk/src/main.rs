@@ -1,0 +1,344 @@
+//! `bench-blk`: virtio-blk figures measured with the probe guest.
+//!
+//! Each run boots xenia with one drive (a 1 GiB image filled with data, so reads hit the
+//! page cache rather than holes) and the probe command
+//! `blk-bench:<mode>:<req_bytes>:<inflight>:<total_mib>,idle`. The probe times the transfer
+//! with its TSC and prints MiB/s and IOPS; while it idles afterwards the tool reads the CPU
+//! time xenia's threads used (`/proc/<pid>/task/*/stat`), then kills it. Each workload runs
+//! `--runs` times per engine; the median is reported, as text and (`--json`) as JSON.
+//!
+//! Under PVM the guest's ring-0 driver is emulated (~1 µs an instruction), so these figures
+//! are bound by the guest, not by the device: the `io` thread's CPU time per GiB is the
+//! device's own cost.
+
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+const USAGE: &str = "\
+usage: bench-blk [--xenia PATH] [--probe PATH] [--image PATH] [--runs N] [--engines Sync,Async]
+                 [--json PATH] [--quick]
+  --xenia    xenia binary (default: <repo>/target/release/xenia; build it with
+             `cargo build --release -p vmm --bin xenia`)
+  --probe    probe guest ELF (default: <repo>/build/probe/probe.elf)
+  --image    1 GiB image to create and reuse (default: $TMPDIR/xenia-bench-blk.img)
+  --runs     runs per workload and engine; the median is reported (default 5)
+  --quick    a quarter of the data per run (for a smoke test)
+";
+
+const IMAGE_BYTES: u64 = 1 << 30;
+const RUN_TIMEOUT: Duration = Duration::from_secs(600);
+
+#[derive(Debug, Clone, Copy)]
+struct Workload {
+    name: &'static str,
+    mode: &'static str,
+    req_bytes: u64,
+    inflight: u32,
+    total_mib: u64,
+}
+
+const WORKLOADS: [Workload; 4] = [
+    Workload {
+        name: "seq-read-1M-qd8",
+        mode: "seqread",
+        req_bytes: 1 << 20,
+        inflight: 8,
+        total_mib: 512,
+    },
+    Workload {
+        name: "seq-write-1M-qd8",
+        mode: "seqwrite",
+        req_bytes: 1 << 20,
+        inflight: 8,
+        total_mib: 512,
+    },
+    Workload {
+        name: "rand-read-4K-qd1",
+        mode: "randread",
+        req_bytes: 4096,
+        inflight: 1,
+        total_mib: 16,
+    },
+    Workload {
+        name: "rand-read-4K-qd32",
+        mode: "randread",
+        req_bytes: 4096,
+        inflight: 32,
+        total_mib: 32,
+    },
+];
+
+struct Args {
+    xenia: PathBuf,
+    probe: PathBuf,
+    image: PathBuf,
+    runs: usize,
+    engines: Vec<String>,
+    json: Option<PathBuf>,
+    quick: bool,
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn parse_args() -> Result<Args, String> {
+    let root = repo_root();
+    let mut a = Args {
+        xenia: root.join("target/release/xenia"),
+        probe: root.join("build/probe/probe.elf"),
+        image: std::env::temp_dir().join("xenia-bench-blk.img"),
+        runs: 5,
+        engines: vec!["Sync".into(), "Async".into()],
+        json: None,
+        quick: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--xenia" => a.xenia = value()?.into(),
+            "--probe" => a.probe = value()?.into(),
+            "--image" => a.image = value()?.into(),
+            "--runs" => {
+                a.runs = value()?
+                    .parse()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or("--runs: a positive integer")?
+            }
+            "--engines" => a.engines = value()?.split(',').map(str::to_owned).collect(),
+            "--json" => a.json = Some(value()?.into()),
+            "--quick" => a.quick = true,
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown argument `{other}`")),
+        }
+    }
+    for (what, p) in [("--xenia", &a.xenia), ("--probe", &a.probe)] {
+        if !p.is_file() {
+            return Err(format!("{what}: `{}` does not exist", p.display()));
+        }
+    }
+    Ok(a)
+}
+
+/// Creates the image with non-zero data once (a sparse file would read as holes).
+fn ensure_image(path: &Path) -> Result<(), String> {
+    if std::fs::metadata(path).is_ok_and(|m| m.len() == IMAGE_BYTES) {
+        return Ok(());
+    }
+    eprintln!("creating {} (1 GiB)...", path.display());
+    let mut f = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut chunk = vec![0u8; 1 << 20];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for i in 0..IMAGE_BYTES >> 20 {
+        for w in chunk.chunks_exact_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            w.copy_from_slice(&(x ^ i).to_le_bytes());
+        }
+        f.write_all(&chunk).map_err(|e| format!("write image: {e}"))?;
+    }
+    f.sync_all().map_err(|e| format!("sync image: {e}"))
+}
+
+/// CPU seconds (user + system) per thread name of process `pid`.
+fn thread_cpu(pid: u32) -> Vec<(String, f64)> {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in dir.flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // The name is in parentheses and may contain spaces; fields follow the last `)`.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..close].to_owned();
+        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        // utime and stime are fields 14 and 15 of stat, 11 and 12 after the name.
+        out.push((name, (ticks(11) + ticks(12)) / hz));
+    }
+    out
+}
+
+struct Run {
+    mib_per_s: f64,
+    iops: f64,
+    cpu_total_s: f64,
+    cpu_io_s: f64,
+    gib: f64,
+}
+
+fn lines_of(child: &mut Child) -> Result<Receiver<String>, String> {
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(rx)
+}
+
+fn field(line: &str, key: &str) -> Option<f64> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+}
+
+fn run_once(a: &Args, engine: &str, w: &Workload, dir: &Path) -> Result<Run, String> {
+    let total_mib = if a.quick {
+        (w.total_mib / 4).max(1)
+    } else {
+        w.total_mib
+    };
+    let cmd = format!(
+        "blk-bench:{}:{}:{}:{},idle",
+        w.mode, w.req_bytes, w.inflight, total_mib
+    );
+    let config = json!({
+        "boot-source": {"kernel_image_path": a.probe,
+                        "boot_args": format!("console=ttyS0 probe.cmds={cmd}")},
+        "machine-config": {"vcpu_count": 1, "mem_size_mib": 256},
+        "drives": [{"drive_id": "bench", "path_on_host": a.image, "is_root_device": false,
+                    "io_engine": engine}]
+    });
+    let path = dir.join("bench-blk.json");
+    std::fs::write(&path, config.to_string()).map_err(|e| format!("write config: {e}"))?;
+    let mut child = Command::new(&a.xenia)
+        .args(["--no-api", "--config-file"])
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("spawn {}: {e}", a.xenia.display()))?;
+    let rx = lines_of(&mut child)?;
+    let result = loop {
+        match rx.recv_timeout(RUN_TIMEOUT) {
+            Ok(line) if line.starts_with("PROBE blk-bench ") => break Ok(line),
+            Ok(_) => continue,
+            Err(e) => break Err(format!("no blk-bench result: {e}")),
+        }
+    };
+    let threads = thread_cpu(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = result?;
+    if !line.starts_with("PROBE blk-bench ok") {
+        return Err(line);
+    }
+    let bytes = field(&line, "bytes").ok_or("no bytes=")?;
+    Ok(Run {
+        mib_per_s: field(&line, "mib_per_s").ok_or("no mib_per_s=")?,
+        iops: field(&line, "iops").ok_or("no iops=")?,
+        cpu_total_s: threads.iter().map(|(_, s)| s).sum(),
+        cpu_io_s: threads
+            .iter()
+            .filter(|(n, _)| n == "io")
+            .map(|(_, s)| s)
+            .sum(),
+        gib: bytes / f64::from(1u32 << 30),
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        0.0
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let a = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            if !e.is_empty() {
+                eprintln!("bench-blk: {e}");
+            }
+            eprint!("{USAGE}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    if let Err(e) = ensure_image(&a.image) {
+        eprintln!("bench-blk: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
+    let dir = std::env::temp_dir().join(format!("bench-blk-{}", std::process::id()));
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        eprintln!("bench-blk: {}: {e}", dir.display());
+        return std::process::ExitCode::FAILURE;
+    }
+    let mut results = Vec::new();
+    println!(
+        "{:<8} {:<18} {:>10} {:>9} {:>14} {:>14}",
+        "engine", "workload", "MiB/s", "IOPS", "cpu s/GiB", "io-thr s/GiB"
+    );
+    for engine in &a.engines {
+        for w in &WORKLOADS {
+            let mut runs = Vec::new();
+            for _ in 0..a.runs {
+                match run_once(&a, engine, w, &dir) {
+                    Ok(r) => runs.push(r),
+                    Err(e) => eprintln!("bench-blk: {engine} {}: {e}", w.name),
+                }
+            }
+            if runs.is_empty() {
+                continue;
+            }
+            let mibs = median(runs.iter().map(|r| r.mib_per_s).collect());
+            let iops = median(runs.iter().map(|r| r.iops).collect());
+            let cpu = median(runs.iter().map(|r| r.cpu_total_s / r.gib).collect());
+            let io = median(runs.iter().map(|r| r.cpu_io_s / r.gib).collect());
+            println!(
+                "{engine:<8} {:<18} {mibs:>10.2} {iops:>9.0} {cpu:>14.3} {io:>14.3}",
+                w.name
+            );
+            results.push(json!({
+                "engine": engine, "workload": w.name, "mode": w.mode,
+                "req_bytes": w.req_bytes, "inflight": w.inflight, "runs": runs.len(),
+                "median_mib_per_s": mibs, "median_iops": iops,
+                "median_cpu_s_per_gib": cpu, "median_io_thread_cpu_s_per_gib": io,
+                "all_mib_per_s": runs.iter().map(|r| r.mib_per_s).collect::<Vec<_>>(),
+            }));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let doc: Value = json!({
+        "note": "guest-bound under PVM: the probe's ring-0 driver is emulated",
+        "image_bytes": IMAGE_BYTES, "results": results
+    });
+    if let Some(p) = &a.json {
+        if let Err(e) = std::fs::write(p, format!("{doc:#}\n")) {
+            eprintln!("bench-blk: {}: {e}", p.display());
+            return std::process::ExitCode::FAILURE;
+        }
+    }
+    std::process::ExitCode::SUCCESS
+}

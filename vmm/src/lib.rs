@@ -8,5 +8,6 @@ pub mod control;
 pub mod device_manager;
 pub mod logger;
 pub mod metrics;
+pub mod resources;
 pub mod rpc;
 pub mod vstate;

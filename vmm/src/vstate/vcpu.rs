@@ -285,7 +285,9 @@ impl Vcpu {
 
     /// One KVM_RUN; returns a reason when the vCPU must stop.
     fn run_once(&mut self) -> Option<VcpuExitReason> {
-        match self.fd.run() {
+        let result = self.fd.run();
+        count_exit(&result);
+        match result {
             Ok(VcpuExit::IoIn(port, data)) => {
                 if !self.pio.read(u64::from(port), data) {
                     // Nothing decodes this port: the bus floats high.
@@ -354,6 +356,23 @@ impl Vcpu {
     }
 }
 
+/// Bumps the `vcpu` metrics for one KVM_RUN outcome.
+fn count_exit(result: &Result<VcpuExit<'_>, kvm_ioctls::Error>) {
+    let m = &crate::metrics::global().vcpu;
+    match result {
+        Ok(VcpuExit::IoIn(..)) => m.exit_io_in.inc(),
+        Ok(VcpuExit::IoOut(..)) => m.exit_io_out.inc(),
+        Ok(VcpuExit::MmioRead(..)) => m.exit_mmio_read.inc(),
+        Ok(VcpuExit::MmioWrite(..)) => m.exit_mmio_write.inc(),
+        Ok(VcpuExit::Hlt) => m.exit_hlt.inc(),
+        Ok(VcpuExit::Shutdown) => m.exit_shutdown.inc(),
+        Ok(_) => m.exit_other.inc(),
+        // A kick is how pause and stop reach the thread, not a failure.
+        Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+        Err(_) => m.failures.inc(),
+    }
+}
+
 /// The VMM thread's handle on a running vCPU.
 #[derive(Debug)]
 pub struct VcpuHandle {
@@ -397,5 +416,80 @@ impl VcpuHandle {
         if ret != 0 {
             log::warn!("vCPU {}: kick failed: errno {ret}", self.index);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::mpsc::Receiver;
+
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+    use super::*;
+    use crate::arch::regs::write_boot_tables;
+    use crate::vstate::kvm::KvmContext;
+    use crate::vstate::memory::create_guest_memory;
+
+    const TIMEOUT: Duration = Duration::from_secs(20);
+    const CODE: u64 = 0x10_0000;
+
+    /// A running test vCPU with what must outlive it.
+    type TestGuest = (
+        VcpuHandle,
+        Receiver<(u8, VcpuExitReason)>,
+        GuestMemoryMmap,
+        Vm,
+    );
+
+    /// Starts one vCPU running `code` in long mode; None when the host has no KVM.
+    fn start_guest(code: &[u8]) -> Option<TestGuest> {
+        if !Path::new("/dev/kvm").exists() {
+            return None;
+        }
+        let kvm = KvmContext::open().unwrap();
+        let vm = Vm::new(&kvm).unwrap();
+        let mem = create_guest_memory(4 << 20).unwrap();
+        vm.register_memory(&mem, false).unwrap();
+        mem.write_slice(code, GuestAddress(CODE)).unwrap();
+        write_boot_tables(&mem, EntryProtocol::Linux64).unwrap();
+        let vcpu = Vcpu::new(&vm, 0, Bus::new(), Bus::new()).unwrap();
+        let cpuid = kvm.supported_cpuid().unwrap();
+        vcpu.configure(
+            &cpuid,
+            Topology::new(1, false),
+            Some((EntryProtocol::Linux64, CODE, 0)),
+        )
+        .unwrap();
+        register_kick_signal_handler().unwrap();
+        let (tx, rx) = channel();
+        let evt = EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap();
+        let handle = vcpu.start(VcpuExitSink::new(tx, evt)).unwrap();
+        Some((handle, rx, mem, vm))
+    }
+
+    #[test]
+    fn a_spinning_vcpu_pauses_resumes_and_stops() {
+        // jmp $: never exits to user space by itself, so only the kick can interrupt it.
+        let Some((vcpu, exits, _mem, _vm)) = start_guest(&[0xeb, 0xfe]) else {
+            return;
+        };
+        vcpu.send_event(VcpuEvent::Pause).unwrap();
+        assert_eq!(vcpu.response(TIMEOUT).unwrap(), VcpuResponse::Paused);
+        vcpu.send_event(VcpuEvent::Resume).unwrap();
+        assert_eq!(vcpu.response(TIMEOUT).unwrap(), VcpuResponse::Resumed);
+        vcpu.send_event(VcpuEvent::Stop).unwrap();
+        let (index, reason) = exits.recv_timeout(TIMEOUT).unwrap();
+        assert_eq!((index, reason), (0, VcpuExitReason::Stopped));
+    }
+
+    #[test]
+    fn a_triple_fault_is_reported() {
+        // ud2 with no IDT: #UD cannot be delivered, the CPU shuts down.
+        let Some((_vcpu, exits, _mem, _vm)) = start_guest(&[0x0f, 0x0b]) else {
+            return;
+        };
+        let (_, reason) = exits.recv_timeout(TIMEOUT).unwrap();
+        assert_eq!(reason, VcpuExitReason::TripleFault);
     }
 }

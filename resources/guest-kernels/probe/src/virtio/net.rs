@@ -155,7 +155,8 @@ impl Net {
         let buf = self.tx_buf(i);
         dma::write::<u64>(buf, 0);
         dma::write::<u32>(buf + 8, 0);
-        self.tx.set_desc_addr_len(i, buf, (HDR_LEN + frame_len) as u32);
+        self.tx
+            .set_desc_addr_len(i, buf, (HDR_LEN + frame_len) as u32);
         self.tx.push(i);
     }
 

@@ -104,7 +104,14 @@ impl Stack {
                     let at = ns::ETH_HDR + ns::IP_HDR;
                     fr[at + ns::ICMP_HDR..at + ns::ICMP_HDR + n].copy_from_slice(&data[..n]);
                     ns::icmp_echo(&mut fr[at..], 0, id, seq, n);
-                    ns::ipv4(&mut fr[ns::ETH_HDR..], ip, src, ns::PROTO_ICMP, ns::ICMP_HDR + n, ip_id);
+                    ns::ipv4(
+                        &mut fr[ns::ETH_HDR..],
+                        ip,
+                        src,
+                        ns::PROTO_ICMP,
+                        ns::ICMP_HDR + n,
+                        ip_id,
+                    );
                     (at + ns::ICMP_HDR + n) as u64
                 })?;
             }
@@ -293,8 +300,17 @@ fn arp(st: &mut Stack, arg: Option<&[u8]>) -> Result<(), VirtioError> {
         return Ok(());
     };
     match st.arp(ip)? {
-        Some((mac, us)) => sprintln!("PROBE net-arp ok ip={} mac={} us={}", IpShow(ip), MacShow(mac), us),
-        None => sprintln!("PROBE net-arp FAIL no-reply ip={} tries={}", IpShow(ip), ARP_TRIES),
+        Some((mac, us)) => sprintln!(
+            "PROBE net-arp ok ip={} mac={} us={}",
+            IpShow(ip),
+            MacShow(mac),
+            us
+        ),
+        None => sprintln!(
+            "PROBE net-arp FAIL no-reply ip={} tries={}",
+            IpShow(ip),
+            ARP_TRIES
+        ),
     }
     Ok(())
 }
@@ -310,7 +326,10 @@ fn ping(st: &mut Stack, arg: Option<&[u8]>) -> Result<(), VirtioError> {
         return Ok(());
     };
     let Some(dst_mac) = st.route(ip)? else {
-        sprintln!("PROBE net-ping FAIL no-arp-reply ip={}", IpShow(st.next_hop(ip)));
+        sprintln!(
+            "PROBE net-ping FAIL no-arp-reply ip={}",
+            IpShow(st.next_hop(ip))
+        );
         return Ok(());
     };
     let (mut received, mut min, mut max, mut total) = (0u64, u64::MAX, 0u64, 0u64);
@@ -329,7 +348,14 @@ fn ping(st: &mut Stack, arg: Option<&[u8]>) -> Result<(), VirtioError> {
                 *byte = k as u8;
             }
             ns::icmp_echo(&mut fr[at..], 8, PING_ID, seq, PING_PAYLOAD);
-            ns::ipv4(&mut fr[ns::ETH_HDR..], src, ip, ns::PROTO_ICMP, ns::ICMP_HDR + PING_PAYLOAD, ip_id);
+            ns::ipv4(
+                &mut fr[ns::ETH_HDR..],
+                src,
+                ip,
+                ns::PROTO_ICMP,
+                ns::ICMP_HDR + PING_PAYLOAD,
+                ip_id,
+            );
             (at + ns::ICMP_HDR + PING_PAYLOAD) as u64
         })?;
         let reply = st.wait(REPLY_US, |f| {
@@ -338,7 +364,8 @@ fn ping(st: &mut Stack, arg: Option<&[u8]>) -> Result<(), VirtioError> {
                 return None;
             }
             let (kind, id, s, data) = ns::parse_icmp_echo(p.payload)?;
-            let intact = data.len() == PING_PAYLOAD && data.iter().enumerate().all(|(k, &b)| b == k as u8);
+            let intact =
+                data.len() == PING_PAYLOAD && data.iter().enumerate().all(|(k, &b)| b == k as u8);
             (kind == 0 && id == PING_ID && s == seq && intact).then_some(p.ttl)
         })?;
         match reply {
@@ -395,7 +422,10 @@ fn udp_echo(st: &mut Stack, arg: Option<&[u8]>) -> Result<(), VirtioError> {
         return Ok(());
     };
     let Some(dst_mac) = st.route(ip)? else {
-        sprintln!("PROBE net-udp-echo FAIL no-arp-reply ip={}", IpShow(st.next_hop(ip)));
+        sprintln!(
+            "PROBE net-udp-echo FAIL no-arp-reply ip={}",
+            IpShow(st.next_hop(ip))
+        );
         return Ok(());
     };
     let mac = st.net.mac;
@@ -419,7 +449,11 @@ fn udp_echo(st: &mut Stack, arg: Option<&[u8]>) -> Result<(), VirtioError> {
                 if p.src != ip || u.sport != port || u.dport != UDP_SPORT || u.payload.len() != n {
                     return None;
                 }
-                let same = u.payload.iter().enumerate().all(|(k, &b)| b == udp_payload_byte(off + k as u64));
+                let same = u
+                    .payload
+                    .iter()
+                    .enumerate()
+                    .all(|(k, &b)| b == udp_payload_byte(off + k as u64));
                 same.then_some(())
             })?;
             if echoed.is_some() {
@@ -463,10 +497,18 @@ fn spoof(st: &mut Stack, arg: Option<&[u8]>) -> Result<(), VirtioError> {
     // Resolve with the real MAC; a target that does not answer gets a broadcast.
     let dst_mac = st.route(ip)?;
     let slot = st.net.tx_slot(REPLY_US)?;
-    let len = st.udp_into(slot, dst_mac.unwrap_or(ns::BROADCAST), FORGED_MAC, ip, UDP_SPORT, 9, |p| {
-        p[..16].copy_from_slice(b"probe-spoof-test");
-        16
-    });
+    let len = st.udp_into(
+        slot,
+        dst_mac.unwrap_or(ns::BROADCAST),
+        FORGED_MAC,
+        ip,
+        UDP_SPORT,
+        9,
+        |p| {
+            p[..16].copy_from_slice(b"probe-spoof-test");
+            16
+        },
+    );
     st.net.queue_tx(slot, len);
     st.net.kick_tx();
     // The device must still complete the buffer (dropping the frame is its call).

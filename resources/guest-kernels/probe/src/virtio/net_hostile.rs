@@ -124,7 +124,11 @@ fn good_frame(n: &mut Net) -> Result<(), VirtioError> {
 
 fn report(name: &str, outcome: &str, then: Result<(), VirtioError>, n: &Net) {
     match then {
-        Ok(()) => sprintln!("PROBE net-hostile ok kind={} outcome={} then=ok", name, outcome),
+        Ok(()) => sprintln!(
+            "PROBE net-hostile ok kind={} outcome={} then=ok",
+            name,
+            outcome
+        ),
         Err(e) => sprintln!(
             "PROBE net-hostile FAIL kind={} outcome={} then={} device_status={:#x}",
             name,
@@ -194,7 +198,9 @@ fn rx_kind(index: usize, kind: Kind, name: &str) -> HostileResult {
     let mut n = Net::open_with(index, false).map_err(|e| (e, 0))?;
     match kind {
         Kind::RxRo => n.rx.set_desc(0, n.rx_buf(0), BUF_LEN as u32, 0, 0),
-        _ => n.rx.set_desc(0, dma::outside_memory(), BUF_LEN as u32, DESC_F_WRITE, 0),
+        _ => {
+            n.rx.set_desc(0, dma::outside_memory(), BUF_LEN as u32, DESC_F_WRITE, 0)
+        }
     }
     n.rx.push(0);
     for i in 1..n.rx_count {
@@ -236,7 +242,11 @@ fn setup_kind(index: usize, kind: Kind, name: &str) -> HostileResult {
     let needs_reset = t.needs_reset();
     let _ = t.reset();
     if accepted {
-        sprintln!("PROBE net-hostile FAIL kind={} queue-ready-accepted dev={}", name, index);
+        sprintln!(
+            "PROBE net-hostile FAIL kind={} queue-ready-accepted dev={}",
+            name,
+            index
+        );
         return Ok(());
     }
     if needs_reset {

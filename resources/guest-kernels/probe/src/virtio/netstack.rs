@@ -143,7 +143,9 @@ pub fn udp(b: &mut [u8], src: Ip, dst: Ip, sport: u16, dport: u16, payload_len: 
     put16(&mut b[6..], 0);
     let mut acc = sum(&src, 0);
     acc = sum(&dst, acc);
-    acc = acc.wrapping_add(u32::from(PROTO_UDP)).wrapping_add(u32::from(len));
+    acc = acc
+        .wrapping_add(u32::from(PROTO_UDP))
+        .wrapping_add(u32::from(len));
     let c = fold(sum(&b[..len as usize], acc));
     // 0 means "no checksum" in UDP over IPv4: send 0xffff instead.
     put16(&mut b[6..], if c == 0 { 0xffff } else { c });
@@ -164,8 +166,22 @@ pub fn udp_frame(
     id: u16,
 ) -> usize {
     eth(b, dst_mac, src_mac, ETHERTYPE_IPV4);
-    ipv4(&mut b[ETH_HDR..], src, dst, PROTO_UDP, UDP_HDR + payload_len, id);
-    udp(&mut b[ETH_HDR + IP_HDR..], src, dst, sport, dport, payload_len);
+    ipv4(
+        &mut b[ETH_HDR..],
+        src,
+        dst,
+        PROTO_UDP,
+        UDP_HDR + payload_len,
+        id,
+    );
+    udp(
+        &mut b[ETH_HDR + IP_HDR..],
+        src,
+        dst,
+        sport,
+        dport,
+        payload_len,
+    );
     ETH_HDR + IP_HDR + UDP_HDR + payload_len
 }
 
@@ -200,8 +216,7 @@ pub struct Arp {
 }
 
 pub fn parse_arp(p: &[u8]) -> Option<Arp> {
-    if p.len() < 28 || get16(p) != 1 || get16(&p[2..]) != ETHERTYPE_IPV4 || p[4] != 6 || p[5] != 4
-    {
+    if p.len() < 28 || get16(p) != 1 || get16(&p[2..]) != ETHERTYPE_IPV4 || p[4] != 6 || p[5] != 4 {
         return None;
     }
     let mut a = Arp {

@@ -131,18 +131,20 @@ pub fn run(b: &mut Blk, index: usize, arg: Option<&[u8]>) -> Result<(), VirtioEr
     let mut completed = 0u64;
     b.kick();
     let mut last_progress = start;
+    let mut last_nudge = start;
+    let mut unpublished = false;
     while completed < total {
         let Some((id, _)) = b.q.pop_used() else {
-            let idle = rdtsc().wrapping_sub(last_progress);
-            if idle > stall_ticks {
+            let now = rdtsc();
+            if now.wrapping_sub(last_nudge) > stall_ticks {
                 if b.t.needs_reset() {
                     return Err(VirtioError::NeedsReset);
                 }
-                if idle > give_up_ticks {
+                if now.wrapping_sub(last_progress) > give_up_ticks {
                     return Err(VirtioError::Timeout);
                 }
                 b.t.notify(0);
-                last_progress = rdtsc();
+                last_nudge = now;
             }
             continue;
         };
@@ -159,11 +161,15 @@ pub fn run(b: &mut Blk, index: usize, arg: Option<&[u8]>) -> Result<(), VirtioEr
         if issued < total {
             b.repost(slot, sectors.next());
             issued += 1;
-            if b.q.used_idx() == b.q.last_used() {
-                b.kick();
-            }
+            unpublished = true;
+        }
+        // Publish (and notify) once the completions seen so far are drained.
+        if unpublished && b.q.used_idx() == b.q.last_used() {
+            b.kick();
+            unpublished = false;
         }
         last_progress = rdtsc();
+        last_nudge = last_progress;
     }
     let cycles = rdtsc().wrapping_sub(start).max(1);
     let bytes = total * req;

@@ -111,3 +111,13 @@ pub fn read<T: Copy>(addr: u64) -> T {
     // SAFETY: as for `write`.
     unsafe { core::ptr::read_volatile(addr as *const T) }
 }
+
+/// A byte slice over arena memory.
+///
+/// # Safety
+/// `[addr, addr + len)` must be an arena allocation not aliased by another
+/// live slice, and no device may write it while the slice lives.
+pub unsafe fn bytes_mut<'a>(addr: u64, len: usize) -> &'a mut [u8] {
+    // SAFETY: per the caller.
+    unsafe { core::slice::from_raw_parts_mut(addr as *mut u8, len) }
+}

@@ -19,6 +19,10 @@ pub mod blk_cmds;
 pub mod dma;
 pub mod hostile;
 pub mod mmio;
+pub mod net;
+pub mod net_cmds;
+pub mod net_hostile;
+pub mod netstack;
 pub mod queue;
 
 use crate::bootinfo;
@@ -120,6 +124,8 @@ pub fn run(cmd: Command<'_>) -> bool {
     dma::reset();
     if name.starts_with(b"blk-") {
         blk_cmds::run(as_text(name), index, cmd.arg);
+    } else {
+        net_cmds::run(as_text(name), index, cmd.arg);
     }
     true
 }

@@ -4,7 +4,7 @@
 //! page cache rather than holes) and the probe command
 //! `blk-bench:<mode>:<req_bytes>:<inflight>:<total_mib>,idle`. The probe times the transfer
 //! with its TSC and prints MiB/s and IOPS; while it idles afterwards the tool reads the CPU
-//! time xenia's threads used (`/proc/<pid>/task/*/stat`), then kills it. Each workload runs
+//! time xenia's threads used (`/proc/<pid>/task/*/schedstat`), then kills it. Each workload runs
 //! `--runs` times per engine; the median is reported, as text and (`--json`) as JSON.
 //!
 //! Under PVM the guest's ring-0 driver is emulated (~1 µs an instruction), so these figures
@@ -23,13 +23,14 @@ use serde_json::{json, Value};
 
 const USAGE: &str = "\
 usage: bench-blk [--xenia PATH] [--probe PATH] [--image PATH] [--runs N] [--engines Sync,Async]
-                 [--json PATH] [--quick]
+                 [--json PATH] [--quick] [--only SUBSTRING]
   --xenia    xenia binary (default: <repo>/target/release/xenia; build it with
              `cargo build --release -p vmm --bin xenia`)
   --probe    probe guest ELF (default: <repo>/build/probe/probe.elf)
   --image    1 GiB image to create and reuse (default: $TMPDIR/xenia-bench-blk.img)
   --runs     runs per workload and engine; the median is reported (default 5)
   --quick    a quarter of the data per run (for a smoke test)
+  --only     run only the workloads whose name contains SUBSTRING (e.g. `4K-qd1`)
 ";
 
 const IMAGE_BYTES: u64 = 1 << 30;
@@ -83,6 +84,7 @@ struct Args {
     engines: Vec<String>,
     json: Option<PathBuf>,
     quick: bool,
+    only: Option<String>,
 }
 
 fn repo_root() -> PathBuf {
@@ -103,6 +105,7 @@ fn parse_args() -> Result<Args, String> {
         engines: vec!["Sync".into(), "Async".into()],
         json: None,
         quick: false,
+        only: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -121,6 +124,7 @@ fn parse_args() -> Result<Args, String> {
             "--engines" => a.engines = value()?.split(',').map(str::to_owned).collect(),
             "--json" => a.json = Some(value()?.into()),
             "--quick" => a.quick = true,
+            "--only" => a.only = Some(value()?),
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument `{other}`")),
         }
@@ -149,32 +153,30 @@ fn ensure_image(path: &Path) -> Result<(), String> {
             x ^= x << 17;
             w.copy_from_slice(&(x ^ i).to_le_bytes());
         }
-        f.write_all(&chunk).map_err(|e| format!("write image: {e}"))?;
+        f.write_all(&chunk)
+            .map_err(|e| format!("write image: {e}"))?;
     }
     f.sync_all().map_err(|e| format!("sync image: {e}"))
 }
 
-/// CPU seconds (user + system) per thread name of process `pid`.
+/// CPU seconds per thread name of process `pid`, from the scheduler's nanosecond runtime
+/// (`/proc/<pid>/task/<tid>/schedstat`; `stat`'s clock ticks are too coarse for short runs).
 fn thread_cpu(pid: u32) -> Vec<(String, f64)> {
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return Vec::new();
     };
     let mut out = Vec::new();
     for entry in dir.flatten() {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+        let read = |name: &str| std::fs::read_to_string(entry.path().join(name)).ok();
+        let (Some(comm), Some(sched)) = (read("comm"), read("schedstat")) else {
             continue;
         };
-        // The name is in parentheses and may contain spaces; fields follow the last `)`.
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        let name = stat[open + 1..close].to_owned();
-        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
-        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        // utime and stime are fields 14 and 15 of stat, 11 and 12 after the name.
-        out.push((name, (ticks(11) + ticks(12)) / hz));
+        let ns: f64 = sched
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        out.push((comm.trim().to_owned(), ns / 1e9));
     }
     out
 }
@@ -302,6 +304,12 @@ fn main() -> std::process::ExitCode {
     );
     for engine in &a.engines {
         for w in &WORKLOADS {
+            if a.only
+                .as_ref()
+                .is_some_and(|o| !w.name.contains(o.as_str()))
+            {
+                continue;
+            }
             let mut runs = Vec::new();
             for _ in 0..a.runs {
                 match run_once(&a, engine, w, &dir) {

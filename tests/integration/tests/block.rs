@@ -182,3 +182,23 @@ fn requests_are_served_on_the_io_thread() {
         .unwrap_or_else(|| panic!("no bad-request log line:\n{log}"));
     assert!(line.contains(":io]"), "not logged by the io thread: {line}");
 }
+
+#[test]
+fn drives_work_through_the_linux_64_bit_entry_too() {
+    let dir = TempDir::new();
+    let img = zero_image(&dir, "disk.img", 2 << 20);
+    let mut config = probe_config(
+        "blk-info,blk-write:0:16:31,blk-read:0:16:31",
+        vec![drive("data", &img, json!({}))],
+    );
+    config["boot-source"]["kernel_image_path"] = json!(xenia_integration_tests::probe().linux64);
+    let x = run_probe(&config, &[]);
+    assert!(
+        x.lines.iter().any(|l| l.contains("entry=linux64")),
+        "{}",
+        x.lines.join("\n")
+    );
+    ok_line(&x, "blk-info");
+    ok_line(&x, "blk-read");
+    assert_pattern_on_disk(&img, 31, 0, 16);
+}

@@ -205,11 +205,126 @@ pub fn register_drive_metrics(devices: &[BlockDevice], metrics: &Metrics) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{CacheType, IoEngine, RateLimiterConfig, TokenBucketConfig};
+    use crate::device_manager::mmio::MmioSlot;
+    use crate::vstate::memory::create_guest_memory;
+    use virtio::MmioTransport;
+
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn new(tag: &str) -> Self {
+            let p = std::env::temp_dir().join(format!("xenia-blk-{tag}-{}", std::process::id()));
+            std::fs::create_dir_all(&p).unwrap();
+            Dir(p)
+        }
+        fn image(&self, name: &str, len: u64) -> PathBuf {
+            let p = self.0.join(name);
+            std::fs::File::create(&p).unwrap().set_len(len).unwrap();
+            p
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A drive wired to a transport but not to KVM (enough for updates and metrics).
+    fn device(id: &str, path: &Path) -> BlockDevice {
+        let block = Block::new(&BlockConfig {
+            drive_id: id.into(),
+            path_on_host: path.to_path_buf(),
+            is_read_only: false,
+            cache_type: CacheType::Unsafe,
+            io_engine: IoEngine::Sync,
+            rate_limiter: None,
+        })
+        .unwrap();
+        let device = Arc::new(Mutex::new(block));
+        let mem = create_guest_memory(1 << 20).unwrap();
+        let transport = MmioTransport::new(mem, device.clone()).unwrap();
+        BlockDevice {
+            drive_id: id.into(),
+            device,
+            mmio: MmioDevice {
+                slot: MmioSlot {
+                    base: 0xD000_0000,
+                    irq: 5,
+                },
+                transport: Arc::new(Mutex::new(transport)),
+            },
+        }
+    }
+
+    fn update(id: &str, path: Option<&Path>, limiter: Option<RateLimiterConfig>) -> DriveUpdate {
+        DriveUpdate {
+            drive_id: id.into(),
+            path_on_host: path.map(|p| p.to_string_lossy().into_owned()),
+            rate_limiter: limiter,
+        }
+    }
+
+    #[test]
+    fn patch_swaps_the_backing_file_and_the_limiter() {
+        let dir = Dir::new("patch");
+        let small = dir.image("small.img", 1 << 20);
+        let big = dir.image("big.img", 4 << 20);
+        let devices = vec![device("root", &small)];
+        assert_eq!(devices[0].lock().capacity(), 2048);
+        update_drive(&devices, &update("root", Some(&big), None)).unwrap();
+        assert_eq!(devices[0].lock().capacity(), 8192);
+        let metrics = devices[0].lock().metrics();
+        assert_eq!(metrics.snapshot().config_updates, 1);
+        let limiter = RateLimiterConfig {
+            bandwidth: Some(TokenBucketConfig {
+                size: 1 << 20,
+                one_time_burst: None,
+                refill_time: 1000,
+            }),
+            ops: None,
+        };
+        update_drive(&devices, &update("root", None, Some(limiter))).unwrap();
+    }
+
+    #[test]
+    fn patch_errors_name_the_drive() {
+        let dir = Dir::new("patch-err");
+        let img = dir.image("a.img", 1 << 20);
+        let devices = vec![device("data", &img)];
+        let e = update_drive(&devices, &update("nope", Some(&img), None))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("drives[nope]") && e.contains("no such drive"),
+            "{e}"
+        );
+        let missing = dir.0.join("gone.img");
+        let e = update_drive(&devices, &update("data", Some(&missing), None))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("drives[data]") && e.contains("gone.img"), "{e}");
+        // A failed swap keeps the old image.
+        assert_eq!(devices[0].lock().capacity(), 2048);
+    }
+
+    #[test]
+    fn metrics_appear_under_block_and_the_drive_id() {
+        let dir = Dir::new("metrics");
+        let img = dir.image("a.img", 1 << 20);
+        let devices = vec![device("scratch", &img)];
+        let metrics = Metrics::default();
+        register_drive_metrics(&devices, &metrics);
+        let snap = metrics.snapshot();
+        assert_eq!(snap["block_scratch"]["read_bytes"], 0, "{snap}");
+        assert!(snap["block_scratch"]["invalid_requests"].is_u64(), "{snap}");
+    }
 
     #[test]
     fn pre_flight_names_the_drive_and_the_path() {
-        let dir = std::env::temp_dir().join(format!("xenia-blk-pf-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = Dir::new("pf");
+        let dir = tmp.0.clone();
         let e = check_image("data", &dir.join("nope.img"))
             .unwrap_err()
             .to_string();
@@ -224,6 +339,5 @@ mod tests {
         let img = dir.join("ok.img");
         std::fs::write(&img, [0u8; 4096]).unwrap();
         assert!(check_image("ok", &img).is_ok());
-        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -3,6 +3,9 @@
 //! queue), and a good request afterwards succeeds. The probe checks the recovery itself
 //! (`then=ok`); the test also checks the data and that xenia logged each rejection.
 
+// Helpers outside #[test] functions fail the test with the console attached.
+#![allow(clippy::panic)]
+
 mod block_common;
 
 use block_common::*;

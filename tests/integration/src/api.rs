@@ -62,9 +62,7 @@ pub fn read_response(stream: &mut UnixStream) -> Result<ApiResponse, String> {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break i + 4;
         }
-        let n = stream
-            .read(&mut chunk)
-            .map_err(|e| format!("read: {e}"))?;
+        let n = stream.read(&mut chunk).map_err(|e| format!("read: {e}"))?;
         if n == 0 {
             return Err(format!(
                 "connection closed before a full response: {:?}",

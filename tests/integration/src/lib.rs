@@ -173,7 +173,10 @@ impl Xenia {
     pub fn with_api(extra_args: &[&str]) -> (Self, api::ApiClient) {
         let dir = TempDir::new();
         let socket = dir.path().join("api.sock");
-        let mut args = vec!["--api-sock".to_owned(), socket.to_string_lossy().into_owned()];
+        let mut args = vec![
+            "--api-sock".to_owned(),
+            socket.to_string_lossy().into_owned(),
+        ];
         args.extend(extra_args.iter().map(|s| s.to_string()));
         let x = Self::spawn(&args, dir);
         let client = api::ApiClient::new(socket);

@@ -115,7 +115,10 @@ fn a_second_xenia_on_the_same_socket_fails_clearly() {
         "{stderr}"
     );
     // The first one is untouched.
-    assert_eq!(api.expect("GET", "/", "", 200).json()["state"], "Not started");
+    assert_eq!(
+        api.expect("GET", "/", "", 200).json()["state"],
+        "Not started"
+    );
 }
 
 #[test]
@@ -124,15 +127,27 @@ fn a_failed_start_answers_400_and_the_vmm_stays_usable() {
     // A readable file that is not a kernel passes PUT /boot-source but cannot boot.
     let not_a_kernel = x.dir().join("not-a-kernel");
     std::fs::write(&not_a_kernel, b"plain text, no ELF header").unwrap();
-    api.expect("PUT", "/boot-source", &boot_source(&not_a_kernel, "idle"), 204);
+    api.expect(
+        "PUT",
+        "/boot-source",
+        &boot_source(&not_a_kernel, "idle"),
+        204,
+    );
     let r = api.expect(
         "PUT",
         "/actions",
         r#"{"action_type": "InstanceStart"}"#,
         400,
     );
-    assert!(r.fault().contains("Cannot start the microVM"), "{}", r.fault());
-    assert_eq!(api.expect("GET", "/", "", 200).json()["state"], "Not started");
+    assert!(
+        r.fault().contains("Cannot start the microVM"),
+        "{}",
+        r.fault()
+    );
+    assert_eq!(
+        api.expect("GET", "/", "", 200).json()["state"],
+        "Not started"
+    );
     start_through_api(&api, &probe().pvh, "idle");
     x.wait_for_line("PROBE idle ok", BOOT_TIMEOUT).unwrap();
     assert_eq!(api.expect("GET", "/", "", 200).json()["state"], "Running");

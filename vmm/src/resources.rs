@@ -206,13 +206,6 @@ impl VmResources {
             )
             .into());
         }
-        if !self.config.drives.is_empty() {
-            return Err(ConfigError::invalid(
-                "drives",
-                "virtio-blk devices are not supported by this build of xenia yet",
-            )
-            .into());
-        }
         Ok(())
     }
 }

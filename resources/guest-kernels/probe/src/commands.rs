@@ -44,6 +44,7 @@ pub fn run(cmd: Command<'_>) {
             // SAFETY: deliberately raises #UD to exercise the exception path.
             unsafe { core::arch::asm!("ud2", options(nomem, nostack)) };
         }
+        _ if crate::virtio::run(cmd) => {}
         _ => sprintln!("PROBE {} FAIL unknown-command", name),
     }
 }

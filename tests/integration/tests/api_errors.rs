@@ -286,6 +286,12 @@ fn pre_boot_calls_after_boot_are_refused() {
     let body = serde_json::json!({"serial_out_path": serial}).to_string();
     api.expect("PUT", "/serial", &body, 204);
     api.expect("PUT", "/boot-source", &kernel_body("idle"), 204);
+    let data = x.dir().join("data.img");
+    std::fs::write(&data, [0u8; 4096]).unwrap();
+    let body = serde_json::json!({"drive_id": "data", "path_on_host": data,
+        "is_root_device": false})
+    .to_string();
+    api.expect("PUT", "/drives/data", &body, 204);
     api.expect(
         "PUT",
         "/actions",
@@ -338,8 +344,25 @@ fn pre_boot_calls_after_boot_are_refused() {
     refused(
         &api,
         "PATCH",
-        "/drives/d",
-        r#"{"drive_id": "d"}"#,
-        "not supported",
+        "/drives/nope",
+        r#"{"drive_id": "nope"}"#,
+        "nope",
+    );
+    // PATCH /drives swaps the backing file of the running drive.
+    let disk2 = x.dir().join("d2.img");
+    std::fs::write(&disk2, [0u8; 1024]).unwrap();
+    let body = serde_json::json!({"drive_id": "data", "path_on_host": disk2}).to_string();
+    api.expect("PATCH", "/drives/data", &body, 204);
+    let config = api.expect("GET", "/vm/config", "", 200).json();
+    assert_eq!(
+        config["drives"][0]["path_on_host"],
+        disk2.to_string_lossy().as_ref()
+    );
+    refused(
+        &api,
+        "PATCH",
+        "/drives/data",
+        r#"{"drive_id": "data", "path_on_host": "/no/such.img"}"#,
+        "/no/such.img",
     );
 }

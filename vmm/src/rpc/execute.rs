@@ -214,11 +214,11 @@ impl Vmm {
                 Ok(VmmData::Empty)
             }
             A::PatchDrive(update) => {
-                self.running_vm()?;
-                Err(ActionError::Failed(format!(
-                    "Updating drive `{}` is not supported yet by this build of xenia.",
-                    update.drive_id
-                )))
+                self.running_vm()?
+                    .update_drive(&update)
+                    .map_err(|e| failed(&e))?;
+                self.resources.record_drive_update(&update);
+                Ok(VmmData::Empty)
             }
             A::PatchNetworkInterface(update) => {
                 self.running_vm()?;

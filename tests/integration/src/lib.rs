@@ -72,6 +72,8 @@ pub struct Probe {
     pub pvh: PathBuf,
     /// Same code without the note: booted through the 64-bit Linux boot protocol.
     pub linux64: PathBuf,
+    /// Same code in a bzImage wrapper: the bzImage loader, then the 64-bit boot protocol.
+    pub bzimage: PathBuf,
 }
 
 /// Builds the probe guest (once per test process; its script caches across runs).
@@ -85,6 +87,7 @@ pub fn probe() -> Probe {
     Probe {
         pvh: dir.join("probe.elf"),
         linux64: dir.join("probe-nopvh.elf"),
+        bzimage: dir.join("probe.bzImage"),
     }
 }
 

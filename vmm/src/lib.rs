@@ -1,4 +1,11 @@
 //! The xenia VMM library.
 
+pub mod arch;
+pub mod builder;
+pub mod cli;
 pub mod config;
+pub mod control;
+pub mod device_manager;
+pub mod logger;
 pub mod metrics;
+pub mod vstate;

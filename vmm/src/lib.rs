@@ -8,4 +8,5 @@ pub mod control;
 pub mod device_manager;
 pub mod logger;
 pub mod metrics;
+pub mod seccomp;
 pub mod vstate;

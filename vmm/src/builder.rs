@@ -13,13 +13,14 @@ use crate::arch::cpuid::Topology;
 use crate::arch::kernel::{load_cmdline, load_initrd, load_kernel, KernelError};
 use crate::arch::mptable::{setup_mptable, MpTableError};
 use crate::arch::regs::{default_boot_info, write_boot_tables, EntryProtocol, RegsError};
-use crate::config::{MachineConfig, VmConfig};
+use crate::config::VmConfig;
 use crate::device_manager::legacy::{attach_legacy_devices, LegacyDevices, LegacyError};
 use crate::device_manager::DeviceBuses;
 use crate::vstate::kvm::{KvmContext, KvmError};
 use crate::vstate::memory::{create_guest_memory, MemoryError};
 use crate::vstate::vcpu::{
-    register_kick_signal_handler, Vcpu, VcpuError, VcpuExitReason, VcpuExitSink, VcpuHandle,
+    register_kick_signal_handler, Vcpu, VcpuError, VcpuEvent, VcpuExitReason, VcpuExitSink,
+    VcpuHandle, VcpuResponse,
 };
 use crate::vstate::vm::{Vm, VmError};
 
@@ -107,10 +108,7 @@ pub fn build_and_boot(config: &VmConfig, options: BuildOptions) -> Result<Runnin
         .boot_source
         .as_ref()
         .ok_or(StartError::MissingBootSource)?;
-    let machine = config
-        .machine_config
-        .clone()
-        .unwrap_or_else(MachineConfig::default);
+    let machine = config.machine_config.clone().unwrap_or_default();
     let mem_size = machine.mem_size_bytes();
     let serial_out = serial_output(config)?;
 
@@ -188,4 +186,41 @@ pub fn build_and_boot(config: &VmConfig, options: BuildOptions) -> Result<Runnin
         vcpu_exits,
         vcpu_exit_evt,
     })
+}
+
+/// How long the VMM waits for a vCPU to acknowledge a pause or resume.
+const VCPU_RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl RunningVm {
+    /// Injects Ctrl-Alt-Del through the i8042 (the API's `SendCtrlAltDel` action).
+    pub fn send_ctrl_alt_del(&self) -> std::io::Result<()> {
+        self.legacy
+            .i8042
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .trigger_ctrl_alt_del()
+    }
+
+    fn broadcast(&self, event: VcpuEvent, expected: VcpuResponse) -> Result<(), VcpuError> {
+        for vcpu in &self.vcpus {
+            vcpu.send_event(event)?;
+        }
+        for vcpu in &self.vcpus {
+            let got = vcpu.response(VCPU_RESPONSE_TIMEOUT)?;
+            if got != expected {
+                return Err(VcpuError::NoResponse(vcpu.index()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops every vCPU outside KVM_RUN and waits until all have acknowledged.
+    pub fn pause(&self) -> Result<(), VcpuError> {
+        self.broadcast(VcpuEvent::Pause, VcpuResponse::Paused)
+    }
+
+    /// Lets every vCPU run again.
+    pub fn resume(&self) -> Result<(), VcpuError> {
+        self.broadcast(VcpuEvent::Resume, VcpuResponse::Resumed)
+    }
 }

@@ -18,6 +18,10 @@ Usage: xenia [OPTIONS]
   --boot-timer         log the time from start to the guest's boot-timer write (port 0x3f0)
   --version            print the version and exit
   --help               print this help and exit
+
+Exit status: 0 after a guest reset (i8042) or power-off, or SIGTERM/SIGINT; 1 for a bad
+command line or configuration or a VM that could not start; 2 when the guest crashed
+(triple fault, KVM internal error or entry failure).
 ";
 
 /// Errors on the command line.

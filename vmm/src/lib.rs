@@ -8,5 +8,6 @@ pub mod control;
 pub mod device_manager;
 pub mod logger;
 pub mod metrics;
+pub mod rpc;
 pub mod seccomp;
 pub mod vstate;

@@ -2,27 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::rate_limiter::validate_limiter;
 use super::{validate_id, validate_path, ConfigError, RateLimiterConfig, MAX_DRIVES};
 
-/// How guest flushes reach the host.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub enum CacheType {
-    /// The device does not advertise flush: the guest never asks for one (Firecracker's default).
-    #[default]
-    Unsafe,
-    /// The device advertises flush; a completed flush means the data is on stable storage.
-    Writeback,
-}
-
-/// Which engine performs the file I/O.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub enum IoEngine {
-    /// Blocking reads and writes on the I/O thread.
-    #[default]
-    Sync,
-    /// io_uring, completions on the I/O thread's event loop.
-    Async,
-}
+pub use virtio::block::{CacheType, IoEngine};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -77,7 +60,7 @@ impl DriveConfig {
             }
         }
         if let Some(r) = &self.rate_limiter {
-            r.validate(&field("rate_limiter"))?;
+            validate_limiter(r, &field("rate_limiter"))?;
         }
         Ok(())
     }
@@ -157,7 +140,7 @@ impl DriveUpdate {
             validate_path("path_on_host", p)?;
         }
         if let Some(r) = &self.rate_limiter {
-            r.validate("rate_limiter")?;
+            validate_limiter(r, "rate_limiter")?;
         }
         Ok(())
     }

@@ -23,7 +23,7 @@ pub use logger::{LogLevel, LoggerConfig};
 pub use machine_config::{HugePages, MachineConfig, MachineConfigUpdate, MAX_VCPUS};
 pub use metrics::MetricsConfig;
 pub use net::{MacAddr, NetworkInterfaceConfig, NetworkInterfaceUpdate};
-pub use rate_limiter::{RateLimiterConfig, TokenBucketConfig};
+pub use rate_limiter::{bucket_is_active, limiter_is_active, RateLimiterConfig, TokenBucketConfig};
 pub use serial::SerialConfig;
 
 /// Most block devices one VM may have; each takes an MMIO window and an IRQ line.

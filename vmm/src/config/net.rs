@@ -5,6 +5,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::rate_limiter::validate_limiter;
 use super::{validate_id, ConfigError, RateLimiterConfig, MAX_NETWORK_INTERFACES};
 
 /// Linux interface names are at most IFNAMSIZ - 1 bytes.
@@ -115,10 +116,10 @@ impl NetworkInterfaceConfig {
             }
         }
         if let Some(r) = &self.rx_rate_limiter {
-            r.validate(&field("rx_rate_limiter"))?;
+            validate_limiter(r, &field("rx_rate_limiter"))?;
         }
         if let Some(r) = &self.tx_rate_limiter {
-            r.validate(&field("tx_rate_limiter"))?;
+            validate_limiter(r, &field("tx_rate_limiter"))?;
         }
         Ok(())
     }
@@ -170,10 +171,10 @@ impl NetworkInterfaceUpdate {
     pub fn validate(&self) -> Result<(), ConfigError> {
         validate_id("iface_id", &self.iface_id)?;
         if let Some(r) = &self.rx_rate_limiter {
-            r.validate("rx_rate_limiter")?;
+            validate_limiter(r, "rx_rate_limiter")?;
         }
         if let Some(r) = &self.tx_rate_limiter {
-            r.validate("tx_rate_limiter")?;
+            validate_limiter(r, "tx_rate_limiter")?;
         }
         Ok(())
     }

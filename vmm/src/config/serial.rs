@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::rate_limiter::validate_bucket;
 use super::{validate_path, ConfigError, TokenBucketConfig};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,7 +22,7 @@ impl SerialConfig {
             validate_path("serial.serial_out_path", p)?;
         }
         if let Some(r) = &self.rate_limiter {
-            r.validate("serial.rate_limiter")?;
+            validate_bucket(r, "serial.rate_limiter")?;
         }
         Ok(())
     }

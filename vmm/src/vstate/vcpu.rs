@@ -399,3 +399,78 @@ impl VcpuHandle {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::mpsc::Receiver;
+
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+    use super::*;
+    use crate::arch::regs::write_boot_tables;
+    use crate::vstate::kvm::KvmContext;
+    use crate::vstate::memory::create_guest_memory;
+
+    const TIMEOUT: Duration = Duration::from_secs(20);
+    const CODE: u64 = 0x10_0000;
+
+    /// A running test vCPU with what must outlive it.
+    type TestGuest = (
+        VcpuHandle,
+        Receiver<(u8, VcpuExitReason)>,
+        GuestMemoryMmap,
+        Vm,
+    );
+
+    /// Starts one vCPU running `code` in long mode; None when the host has no KVM.
+    fn start_guest(code: &[u8]) -> Option<TestGuest> {
+        if !Path::new("/dev/kvm").exists() {
+            return None;
+        }
+        let kvm = KvmContext::open().unwrap();
+        let vm = Vm::new(&kvm).unwrap();
+        let mem = create_guest_memory(4 << 20).unwrap();
+        vm.register_memory(&mem, false).unwrap();
+        mem.write_slice(code, GuestAddress(CODE)).unwrap();
+        write_boot_tables(&mem, EntryProtocol::Linux64).unwrap();
+        let vcpu = Vcpu::new(&vm, 0, Bus::new(), Bus::new()).unwrap();
+        let cpuid = kvm.supported_cpuid().unwrap();
+        vcpu.configure(
+            &cpuid,
+            Topology::new(1, false),
+            Some((EntryProtocol::Linux64, CODE, 0)),
+        )
+        .unwrap();
+        register_kick_signal_handler().unwrap();
+        let (tx, rx) = channel();
+        let evt = EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap();
+        let handle = vcpu.start(VcpuExitSink::new(tx, evt)).unwrap();
+        Some((handle, rx, mem, vm))
+    }
+
+    #[test]
+    fn a_spinning_vcpu_pauses_resumes_and_stops() {
+        // jmp $: never exits to user space by itself, so only the kick can interrupt it.
+        let Some((vcpu, exits, _mem, _vm)) = start_guest(&[0xeb, 0xfe]) else {
+            return;
+        };
+        vcpu.send_event(VcpuEvent::Pause).unwrap();
+        assert_eq!(vcpu.response(TIMEOUT).unwrap(), VcpuResponse::Paused);
+        vcpu.send_event(VcpuEvent::Resume).unwrap();
+        assert_eq!(vcpu.response(TIMEOUT).unwrap(), VcpuResponse::Resumed);
+        vcpu.send_event(VcpuEvent::Stop).unwrap();
+        let (index, reason) = exits.recv_timeout(TIMEOUT).unwrap();
+        assert_eq!((index, reason), (0, VcpuExitReason::Stopped));
+    }
+
+    #[test]
+    fn a_triple_fault_is_reported() {
+        // ud2 with no IDT: #UD cannot be delivered, the CPU shuts down.
+        let Some((_vcpu, exits, _mem, _vm)) = start_guest(&[0x0f, 0x0b]) else {
+            return;
+        };
+        let (_, reason) = exits.recv_timeout(TIMEOUT).unwrap();
+        assert_eq!(reason, VcpuExitReason::TripleFault);
+    }
+}

@@ -11,14 +11,17 @@ pub(super) const VMM: &[&str] = &[
     "exit_group",
     "fcntl",
     "futex",
+    "getpid",
     "madvise",
     "mmap",
     "mprotect",
     "mremap",
     "munmap",
     "read",
+    "rt_sigprocmask",
     "rt_sigreturn",
     "sigaltstack",
+    "tgkill",
     "write",
 ];
 
@@ -95,4 +98,5 @@ pub(super) const IO: &[&str] = &[
 ];
 
 /// Calls whose every rule checks arguments (in every filter that allows them).
-pub(super) const ARG_CHECKED: &[&str] = &["fcntl", "ioctl", "madvise", "mmap", "mprotect"];
+pub(super) const ARG_CHECKED: &[&str] =
+    &["fcntl", "ioctl", "madvise", "mmap", "mprotect", "tgkill"];

@@ -216,6 +216,28 @@ fn memory_can_never_be_made_executable() {
 }
 
 #[test]
+fn the_vmm_thread_may_only_kick_vcpus() {
+    // The JSON pins the kick signal as 34; glibc's SIGRTMIN must still be that.
+    let kick = vmm_sys_util::signal::SIGRTMIN() as u64;
+    assert_eq!(
+        kick, 34,
+        "update the tgkill rule in resources/seccomp/x86_64.json"
+    );
+    let tgkill = |sig: u64| decide(ThreadKind::Vmm, "tgkill", [1, 2, sig, 0, 0, 0]);
+    assert_eq!(tgkill(kick), RET_ALLOW);
+    for sig in [libc::SIGKILL, libc::SIGTERM, libc::SIGSYS] {
+        assert_eq!(tgkill(sig as u64), RET_TRAP, "signal {sig}");
+    }
+    for kind in [ThreadKind::Api, ThreadKind::Vcpu, ThreadKind::Io] {
+        assert_eq!(
+            decide(kind, "tgkill", [1, 2, kick, 0, 0, 0]),
+            RET_TRAP,
+            "{kind}"
+        );
+    }
+}
+
+#[test]
 fn no_thread_may_create_sockets_or_processes_or_open_files() {
     for kind in ThreadKind::ALL {
         for name in [

@@ -268,6 +268,11 @@ impl Xenia {
         self.child.wait().map_err(|e| format!("wait: {e}"))
     }
 
+    /// The process id (for /proc inspection).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Everything xenia wrote on stderr so far.
     pub fn stderr(&self) -> String {
         self.stderr

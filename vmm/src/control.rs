@@ -180,6 +180,12 @@ impl ControlLoop {
         Ok(())
     }
 
+    /// Boots the VM from the gathered resources (the `--config-file` path) and watches it.
+    pub fn start_vm(&mut self) -> Result<(), String> {
+        self.vmm.start().map_err(|e| e.to_string())?;
+        self.watch_vm().map_err(|e| e.to_string())
+    }
+
     /// Serves the API thread's requests from now on.
     pub fn attach_api(&mut self, api: ApiThread) -> Result<(), ControlError> {
         self.watch(api.wake.as_raw_fd(), Token::Api)?;
@@ -260,6 +266,10 @@ impl ControlLoop {
         let _ = api.wake.read();
         let vmm = &mut self.vmm;
         serve_pending(&api.requests, |action| vmm.execute(action));
+        if let Some(why) = self.vmm.fatal() {
+            log::error!("{why}");
+            return Some(ExitCode::StartError);
+        }
         // An InstanceStart may have started the VM: its events join the loop now.
         if let Err(e) = self.watch_vm() {
             log::error!("{e}");

@@ -10,4 +10,5 @@ pub mod logger;
 pub mod metrics;
 pub mod resources;
 pub mod rpc;
+pub mod seccomp;
 pub mod vstate;

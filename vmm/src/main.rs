@@ -6,13 +6,14 @@ use std::process::ExitCode as ProcessExit;
 use std::time::{Duration, Instant};
 
 use api_socket::{ApiServer, ServerOptions};
-use vmm::builder::BuildOptions;
+use vmm::builder::{BootHooks, BuildOptions};
 use vmm::cli::{self, CliArgs, DEFAULT_MAX_PAYLOAD, USAGE};
 use vmm::config::{MetricsConfig, VmConfig};
 use vmm::control::{ControlLoop, ExitCode};
 use vmm::logger::{self, LoggerSettings};
 use vmm::resources::VmResources;
 use vmm::rpc::{ApiThread, ThreadStartHook, Vmm};
+use vmm::seccomp::{self, SeccompLevel, ThreadKind};
 
 /// How long shutdown waits for the API thread to close its socket.
 const API_STOP_TIMEOUT: Duration = Duration::from_secs(2);
@@ -44,9 +45,16 @@ fn read_config(path: &str) -> Result<VmConfig, String> {
     VmConfig::from_json(&text).map_err(|e| format!("--config-file `{path}`: {e}"))
 }
 
-/// The seam where the `api` thread installs its seccomp filter before serving anything.
-fn api_thread_start_hook() -> ThreadStartHook {
-    Box::new(|| Ok(()))
+/// A hook that installs `kind`'s seccomp filter on the thread that runs it.
+fn filter_hook(kind: ThreadKind) -> ThreadStartHook {
+    Box::new(move || seccomp::install(kind).map_err(|e| e.to_string()))
+}
+
+/// Hooks for the threads the builder starts (the `io` thread's filter).
+fn boot_hooks() -> BootHooks {
+    BootHooks {
+        io_thread: Some(filter_hook(ThreadKind::Io)),
+    }
 }
 
 /// Sets up the VMM; returns the control loop ready to run, or a start-up error message.
@@ -76,6 +84,11 @@ fn prepare(args: &CliArgs, start: Instant) -> Result<ControlLoop, String> {
         boot_timer: args.boot_timer.then_some(start),
     };
     let mut vmm = Vmm::new(args.id.clone(), resources, options, settings);
+    vmm.set_boot_hooks(Box::new(boot_hooks));
+    // The VMM thread's filter goes on once the VM runs: building it needs calls (KVM set-up,
+    // thread creation, opening images) that the running VMM never makes again. Every other
+    // thread exists by then, so none inherits it.
+    vmm.set_after_start(filter_hook(ThreadKind::Vmm));
     let metrics = match (&args.metrics_path, file_metrics) {
         (Some(path), _) => Some(MetricsConfig {
             metrics_path: path.clone(),
@@ -87,14 +100,17 @@ fn prepare(args: &CliArgs, start: Instant) -> Result<ControlLoop, String> {
     if let Some(m) = metrics {
         vmm.open_metrics(m).map_err(|e| e.to_string())?;
     }
-    if args.config_file.is_some() {
-        vmm.start().map_err(|e| e.to_string())?;
-    }
     let mut control = ControlLoop::new(vmm).map_err(|e| e.to_string())?;
     if let Some(server) = server {
         log::info!("API server listening on {}", server.path().display());
-        let api = ApiThread::spawn(server, api_thread_start_hook()).map_err(|e| e.to_string())?;
+        let api =
+            ApiThread::spawn(server, filter_hook(ThreadKind::Api)).map_err(|e| e.to_string())?;
         control.attach_api(api).map_err(|e| e.to_string())?;
+    }
+    // Last: starting the VM installs the VMM thread's filter, which threads started after it
+    // would inherit.
+    if args.config_file.is_some() {
+        control.start_vm().map_err(|e| e.to_string())?;
     }
     Ok(control)
 }
@@ -122,6 +138,12 @@ fn run(start: Instant) -> ExitCode {
     }
     if args.no_api && args.api_sock.is_some() {
         log::warn!("--api-sock is ignored with --no-api");
+    }
+    // Before any thread starts: each thread installs its own filter as it begins.
+    if let Err(e) = SeccompLevel::from_flags(args.no_seccomp, args.seccomp_filter.as_deref())
+        .and_then(|level| seccomp::init(&level))
+    {
+        return fail(&e.to_string());
     }
     let mut control = match prepare(&args, start) {
         Ok(c) => c,

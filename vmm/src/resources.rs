@@ -9,8 +9,8 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileTypeExt;
 
 use crate::config::{
-    BootSourceConfig, ConfigError, DriveConfig, LoggerConfig, MachineConfig, MachineConfigUpdate,
-    MetricsConfig, NetworkInterfaceConfig, SerialConfig, VmConfig,
+    BootSourceConfig, ConfigError, DriveConfig, DriveUpdate, LoggerConfig, MachineConfig,
+    MachineConfigUpdate, MetricsConfig, NetworkInterfaceConfig, SerialConfig, VmConfig,
 };
 
 /// Why a pre-boot resource was refused. Answered with 400 by the API.
@@ -141,6 +141,24 @@ impl VmResources {
             None => c.drives.push(drive),
         }
         self.commit(c)
+    }
+
+    /// Records a `PATCH /drives/{id}` the running VM has applied, so that `GET /vm/config`
+    /// shows the drive as it is now.
+    pub fn record_drive_update(&mut self, update: &DriveUpdate) {
+        if let Some(d) = self
+            .config
+            .drives
+            .iter_mut()
+            .find(|d| d.drive_id == update.drive_id)
+        {
+            if let Some(p) = &update.path_on_host {
+                d.path_on_host = Some(p.clone());
+            }
+            if let Some(r) = &update.rate_limiter {
+                d.rate_limiter = Some(*r);
+            }
+        }
     }
 
     /// Adds a network interface, or replaces the one with the same id.

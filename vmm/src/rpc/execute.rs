@@ -1,7 +1,7 @@
 //! Executing actions on the VMM thread: the [`Vmm`] state (resources before boot, the running
 //! VM after it, the metrics sink, the logger settings) and what each [`VmmAction`] does to it.
 
-use crate::builder::{build_and_boot, BuildOptions, RunningVm};
+use crate::builder::{build_and_boot_with, BootHooks, BuildOptions, RunningVm, ThreadStartHook};
 use crate::config::{LoggerConfig, MetricsConfig};
 use crate::logger::{self, LoggerSettings};
 use crate::metrics::{self, MetricsSink};
@@ -14,7 +14,6 @@ use super::{VmState, VmmAction};
 pub const APP_NAME: &str = "xenia";
 
 /// Everything the VMM thread owns, before and after boot.
-#[derive(Debug)]
 pub struct Vmm {
     instance_id: String,
     resources: VmResources,
@@ -23,6 +22,23 @@ pub struct Vmm {
     metrics_sink: Option<MetricsSink>,
     build_options: BuildOptions,
     logger: LoggerSettings,
+    /// Makes the hooks for the threads each boot starts.
+    boot_hooks: Option<Box<dyn Fn() -> BootHooks>>,
+    /// Runs on the VMM thread once the VM has started (its seccomp filter).
+    after_start: Option<ThreadStartHook>,
+    /// Set when the VMM cannot go on (the after-start hook failed): the loop exits.
+    fatal: Option<String>,
+}
+
+impl std::fmt::Debug for Vmm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vmm")
+            .field("instance_id", &self.instance_id)
+            .field("resources", &self.resources)
+            .field("vm", &self.vm)
+            .field("paused", &self.paused)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why the VMM could not be set up from the command line and config file.
@@ -34,6 +50,8 @@ pub enum VmmError {
     Resources(#[from] crate::resources::ResourceError),
     #[error(transparent)]
     Start(#[from] crate::builder::StartError),
+    #[error("the VMM thread could not finish starting: {0}")]
+    AfterStart(String),
 }
 
 impl Vmm {
@@ -52,7 +70,25 @@ impl Vmm {
             metrics_sink: None,
             build_options,
             logger,
+            boot_hooks: None,
+            after_start: None,
+            fatal: None,
         }
+    }
+
+    /// Hooks for the threads the builder starts, made afresh for each boot attempt.
+    pub fn set_boot_hooks(&mut self, make: Box<dyn Fn() -> BootHooks>) {
+        self.boot_hooks = Some(make);
+    }
+
+    /// Runs once on the VMM thread right after the VM has started.
+    pub fn set_after_start(&mut self, hook: ThreadStartHook) {
+        self.after_start = Some(hook);
+    }
+
+    /// Why the VMM must stop, if it must.
+    pub fn fatal(&self) -> Option<&str> {
+        self.fatal.as_deref()
     }
 
     /// The running VM, once started.
@@ -78,9 +114,20 @@ impl Vmm {
     /// running and the resources are unchanged, so the caller may fix them and try again.
     pub fn start(&mut self) -> Result<(), VmmError> {
         self.resources.check_startable()?;
-        let vm = build_and_boot(self.resources.config(), self.build_options)?;
+        let hooks = self
+            .boot_hooks
+            .as_ref()
+            .map(|make| make())
+            .unwrap_or_default();
+        let vm = build_and_boot_with(self.resources.config(), self.build_options, hooks)?;
         log::info!("the microVM is running");
         self.vm = Some(vm);
+        if let Some(hook) = self.after_start.take() {
+            if let Err(e) = hook() {
+                self.fatal = Some(e.clone());
+                return Err(VmmError::AfterStart(e));
+            }
+        }
         Ok(())
     }
 
@@ -214,11 +261,11 @@ impl Vmm {
                 Ok(VmmData::Empty)
             }
             A::PatchDrive(update) => {
-                self.running_vm()?;
-                Err(ActionError::Failed(format!(
-                    "Updating drive `{}` is not supported yet by this build of xenia.",
-                    update.drive_id
-                )))
+                self.running_vm()?
+                    .update_drive(&update)
+                    .map_err(|e| failed(&e))?;
+                self.resources.record_drive_update(&update);
+                Ok(VmmData::Empty)
             }
             A::PatchNetworkInterface(update) => {
                 self.running_vm()?;

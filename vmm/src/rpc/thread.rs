@@ -12,8 +12,8 @@ use super::bridge::{api_handler, ApiRequest};
 use super::routes::ROUTES;
 use crate::metrics;
 
-/// Runs first on the `api` thread, before any request is read (the seccomp filter goes here).
-pub type ThreadStartHook = Box<dyn FnOnce() -> Result<(), String> + Send>;
+/// Runs first on the `api` thread, before any request is read (its seccomp filter).
+pub use crate::builder::ThreadStartHook;
 
 /// Errors while starting the API thread.
 #[derive(Debug, thiserror::Error)]

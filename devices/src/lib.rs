@@ -4,5 +4,8 @@
 //! (which the VMM registers as irqfds), so every device is unit-testable without `/dev/kvm`.
 
 pub mod bus;
+pub mod legacy;
+pub mod trigger;
 
-pub use bus::{Bus, BusDevice, BusError};
+pub use bus::{Bus, BusDevice, BusError, SharedDevice};
+pub use trigger::EventFdTrigger;

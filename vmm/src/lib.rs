@@ -1,1 +1,12 @@
 //! The xenia VMM library.
+
+pub mod arch;
+pub mod builder;
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod device_manager;
+pub mod logger;
+pub mod metrics;
+pub mod rpc;
+pub mod vstate;

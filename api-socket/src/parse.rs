@@ -1,0 +1,340 @@
+//! Framing one HTTP/1.1 request out of a connection's read buffer, with `httparse`.
+
+use crate::http::{Method, Request};
+
+/// How many header lines a request may carry.
+const MAX_HEADERS: usize = 32;
+
+/// Limits applied while framing a request.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// The request line plus headers, in bytes.
+    pub max_header_bytes: usize,
+    /// The body (`Content-Length`), in bytes.
+    pub max_payload: usize,
+}
+
+/// The outcome of looking at the start of a read buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Parsed {
+    /// A whole request took the first `consumed` bytes.
+    Complete {
+        request: Request,
+        consumed: usize,
+        keep_alive: bool,
+    },
+    /// More bytes are needed. `expect_continue` is set once the headers are complete and the
+    /// client asked for `100 Continue` before sending its body.
+    Partial { expect_continue: bool },
+    /// The request is invalid. When its framing is still known (`resync` = the bytes it took),
+    /// the connection can go on after the error answer; otherwise it must be closed.
+    Invalid {
+        fault: String,
+        resync: Option<usize>,
+        keep_alive: bool,
+    },
+}
+
+fn invalid(fault: impl Into<String>) -> Parsed {
+    Parsed::Invalid {
+        fault: fault.into(),
+        resync: None,
+        keep_alive: false,
+    }
+}
+
+/// Frames the first request in `buf`.
+pub(crate) fn parse_request(buf: &[u8], limits: &Limits) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let header_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => {
+            if buf.len() > limits.max_header_bytes {
+                return invalid(format!(
+                    "Request headers are larger than the limit of {} bytes.",
+                    limits.max_header_bytes
+                ));
+            }
+            return Parsed::Partial {
+                expect_continue: false,
+            };
+        }
+        Err(httparse::Error::TooManyHeaders) => {
+            return invalid(format!("Request has more than {MAX_HEADERS} header lines."))
+        }
+        Err(e) => return invalid(format!("Invalid HTTP request: {e}.")),
+    };
+    if header_len > limits.max_header_bytes {
+        return invalid(format!(
+            "Request headers are larger than the limit of {} bytes.",
+            limits.max_header_bytes
+        ));
+    }
+
+    let version_minor = req.version.unwrap_or(1);
+    let mut content_length: Option<usize> = None;
+    let mut conn_close = false;
+    let mut conn_keep_alive = false;
+    let mut expect_continue = false;
+    let mut header_list = Vec::with_capacity(req.headers.len());
+    for h in req.headers.iter() {
+        let Ok(value) = std::str::from_utf8(h.value) else {
+            return invalid(format!("Header {} has a value that is not UTF-8.", h.name));
+        };
+        let value = value.trim();
+        let name = h.name.to_ascii_lowercase();
+        match name.as_str() {
+            "content-length" => {
+                let Ok(len) = value.parse::<usize>() else {
+                    return invalid(format!("Invalid Content-Length: {value:?}."));
+                };
+                if content_length.is_some_and(|prev| prev != len) {
+                    return invalid("Conflicting Content-Length headers.");
+                }
+                content_length = Some(len);
+            }
+            "transfer-encoding" => {
+                return invalid(
+                    "Transfer-Encoding is not supported; send the body with Content-Length.",
+                )
+            }
+            "connection" => {
+                for token in value.split(',').map(str::trim) {
+                    if token.eq_ignore_ascii_case("close") {
+                        conn_close = true;
+                    } else if token.eq_ignore_ascii_case("keep-alive") {
+                        conn_keep_alive = true;
+                    }
+                }
+            }
+            "expect" => expect_continue = value.eq_ignore_ascii_case("100-continue"),
+            _ => {}
+        }
+        header_list.push((name, value.to_string()));
+    }
+    // HTTP/1.1 keeps the connection unless told otherwise; HTTP/1.0 only when asked.
+    let keep_alive = !conn_close && (version_minor >= 1 || conn_keep_alive);
+
+    let body_len = content_length.unwrap_or(0);
+    if body_len > limits.max_payload {
+        return invalid(format!(
+            "Request payload with size {body_len} is larger than the limit of {} allowed by server.",
+            limits.max_payload
+        ));
+    }
+    let Some(total) = header_len.checked_add(body_len) else {
+        return invalid("Request length overflows.");
+    };
+    if buf.len() < total {
+        return Parsed::Partial { expect_continue };
+    }
+
+    let method_token = req.method.unwrap_or("");
+    let Some(method) = Method::from_token(method_token) else {
+        return Parsed::Invalid {
+            fault: format!("Unsupported HTTP method: {method_token}."),
+            resync: Some(total),
+            keep_alive,
+        };
+    };
+    let target = req.path.unwrap_or("");
+    if !target.starts_with('/') {
+        return Parsed::Invalid {
+            fault: format!("Invalid request target: {target:?}."),
+            resync: Some(total),
+            keep_alive,
+        };
+    }
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p.to_string(), Some(q.to_string())),
+        None => (target.to_string(), None),
+    };
+    let body = buf.get(header_len..total).unwrap_or_default().to_vec();
+    Parsed::Complete {
+        request: Request {
+            method,
+            path,
+            query,
+            headers: header_list,
+            body,
+        },
+        consumed: total,
+        keep_alive,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_header_bytes: 1024,
+        max_payload: 16,
+    };
+
+    fn complete(buf: &[u8]) -> (Request, usize, bool) {
+        match parse_request(buf, &LIMITS) {
+            Parsed::Complete {
+                request,
+                consumed,
+                keep_alive,
+            } => (request, consumed, keep_alive),
+            other => panic!("expected a complete request, got {other:?}"),
+        }
+    }
+
+    fn fault_of(buf: &[u8]) -> (String, Option<usize>) {
+        match parse_request(buf, &LIMITS) {
+            Parsed::Invalid { fault, resync, .. } => (fault, resync),
+            other => panic!("expected an invalid request, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn get_without_body() {
+        let buf = b"GET /machine-config HTTP/1.1\r\nHost: localhost\r\n\r\nGET";
+        let (req, consumed, keep_alive) = complete(buf);
+        assert_eq!(req.method, Method::Get);
+        assert_eq!(req.path, "/machine-config");
+        assert_eq!(req.query, None);
+        assert!(req.body.is_empty());
+        assert_eq!(consumed, buf.len() - 3);
+        assert!(keep_alive);
+        assert_eq!(req.header("host"), Some("localhost"));
+    }
+
+    #[test]
+    fn put_with_body_and_query() {
+        let buf = b"PUT /drives/a?x=1 HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}";
+        let (req, consumed, _) = complete(buf);
+        assert_eq!(req.method, Method::Put);
+        assert_eq!(req.path, "/drives/a");
+        assert_eq!(req.query.as_deref(), Some("x=1"));
+        assert_eq!(req.body, b"{}");
+        assert_eq!(consumed, buf.len());
+    }
+
+    #[test]
+    fn partial_headers_and_partial_body() {
+        assert_eq!(
+            parse_request(b"PUT /vm HTTP/1.1\r\nContent-Le", &LIMITS),
+            Parsed::Partial {
+                expect_continue: false
+            }
+        );
+        assert_eq!(
+            parse_request(
+                b"PATCH /vm HTTP/1.1\r\nContent-Length: 5\r\n\r\n{}",
+                &LIMITS
+            ),
+            Parsed::Partial {
+                expect_continue: false
+            }
+        );
+        assert_eq!(
+            parse_request(
+                b"PUT /vm HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+                &LIMITS
+            ),
+            Parsed::Partial {
+                expect_continue: true
+            }
+        );
+    }
+
+    #[test]
+    fn connection_close_and_http10() {
+        let (_, _, ka) = complete(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n");
+        assert!(!ka);
+        let (_, _, ka) = complete(b"GET / HTTP/1.0\r\n\r\n");
+        assert!(!ka);
+        let (_, _, ka) = complete(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n");
+        assert!(ka);
+    }
+
+    #[test]
+    fn garbage_is_invalid_without_resync() {
+        let (fault, resync) = fault_of(b"\x01\x02 garbage\r\n\r\n");
+        assert!(fault.starts_with("Invalid HTTP request"), "{fault}");
+        assert_eq!(resync, None);
+    }
+
+    #[test]
+    fn payload_over_limit_is_refused_before_the_body_arrives() {
+        let (fault, resync) = fault_of(b"PUT /mmds HTTP/1.1\r\nContent-Length: 17\r\n\r\n");
+        assert_eq!(
+            fault,
+            "Request payload with size 17 is larger than the limit of 16 allowed by server."
+        );
+        assert_eq!(resync, None);
+        // Exactly at the limit is fine.
+        let body = [b'x'; 16];
+        let mut buf = b"PUT /mmds HTTP/1.1\r\nContent-Length: 16\r\n\r\n".to_vec();
+        buf.extend_from_slice(&body);
+        assert_eq!(complete(&buf).0.body, body);
+    }
+
+    #[test]
+    fn unsupported_method_keeps_framing() {
+        let buf = b"POST /actions HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}GET";
+        let (fault, resync) = fault_of(buf);
+        assert_eq!(fault, "Unsupported HTTP method: POST.");
+        assert_eq!(resync, Some(buf.len() - 3));
+    }
+
+    #[test]
+    fn bad_or_conflicting_content_length() {
+        assert!(fault_of(b"PUT / HTTP/1.1\r\nContent-Length: abc\r\n\r\n")
+            .0
+            .contains("Content-Length"));
+        assert!(fault_of(b"PUT / HTTP/1.1\r\nContent-Length: -1\r\n\r\n")
+            .0
+            .contains("Content-Length"));
+        assert!(
+            fault_of(b"PUT / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
+                .0
+                .contains("Conflicting")
+        );
+    }
+
+    #[test]
+    fn chunked_body_is_refused() {
+        let (fault, resync) =
+            fault_of(b"PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n");
+        assert!(fault.contains("Transfer-Encoding"), "{fault}");
+        assert_eq!(resync, None);
+    }
+
+    #[test]
+    fn oversized_headers_are_refused_even_when_incomplete() {
+        let mut buf = b"GET / HTTP/1.1\r\nX-Long: ".to_vec();
+        buf.resize(2000, b'a');
+        let (fault, _) = fault_of(&buf);
+        assert!(fault.contains("headers are larger"), "{fault}");
+    }
+
+    #[test]
+    fn too_many_headers() {
+        let mut buf = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..40 {
+            buf.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+        }
+        buf.extend_from_slice(b"\r\n");
+        let limits = Limits {
+            max_header_bytes: 4096,
+            max_payload: 16,
+        };
+        assert!(matches!(
+            parse_request(&buf, &limits),
+            Parsed::Invalid { resync: None, .. }
+        ));
+    }
+
+    #[test]
+    fn absolute_form_target_is_refused() {
+        let (fault, resync) = fault_of(b"GET http://x/ HTTP/1.1\r\n\r\n");
+        assert!(fault.contains("request target"), "{fault}");
+        assert!(resync.is_some());
+    }
+}

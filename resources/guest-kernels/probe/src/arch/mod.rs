@@ -1,0 +1,6 @@
+//! x86_64 plumbing: entry, descriptor tables, port and register access.
+
+pub mod cpu;
+pub mod entry;
+pub mod idt;
+pub mod port;

@@ -1,0 +1,242 @@
+//! The `probe.cmds` commands. Each prints exactly one final line,
+//! `PROBE <cmd> ok key=value ...` or `PROBE <cmd> FAIL <reason>`, possibly
+//! after detail lines of its own.
+
+use crate::arch::cpu;
+use crate::arch::port::outb;
+use crate::bootinfo::{self, BootInfo};
+use crate::cmdline::{as_text, parse_u64, Command};
+use crate::e820::{find_free, E820_RAM};
+use crate::mem::{read_phys, MAPPED_LIMIT};
+use crate::{cpuinfo, mptable, smp, sprintln, timer};
+
+extern "C" {
+    static __image_end: u8;
+}
+
+/// Runs one command and prints its result line(s).
+pub fn run(cmd: Command<'_>) {
+    let name = as_text(cmd.name);
+    let boot = bootinfo::get();
+    match cmd.name {
+        b"e820" => e820(boot),
+        b"cmdline" => cmdline(boot),
+        b"initrd" => initrd(boot),
+        b"touch" => touch(boot, cmd.arg),
+        b"timer" => {
+            outb(0x3f0, 123);
+            sprintln!("PROBE timer ok");
+        }
+        b"cpuid" => cpuid(),
+        b"smp" => smp(cmd.arg),
+        b"tick" => tick(cmd.arg),
+        b"idle" => {
+            sprintln!("PROBE idle ok halting");
+            cpu::halt_forever();
+        }
+        b"reboot" => {
+            sprintln!("PROBE reboot ok");
+            crate::reset();
+        }
+        b"panic" => {
+            sprintln!("PROBE panic ok triggering-ud2");
+            // SAFETY: deliberately raises #UD to exercise the exception path.
+            unsafe { core::arch::asm!("ud2", options(nomem, nostack)) };
+        }
+        _ => sprintln!("PROBE {} FAIL unknown-command", name),
+    }
+}
+
+fn e820(boot: &BootInfo) {
+    if let Some(reason) = boot.e820_missing {
+        sprintln!("PROBE e820 FAIL {}", reason);
+        return;
+    }
+    let map = &boot.e820[..boot.e820_len];
+    let mut ram = 0u64;
+    for e in map {
+        sprintln!("PROBE e820-entry addr={:#x} len={:#x} type={}", e.addr, e.size, e.kind);
+        if e.kind == E820_RAM {
+            ram = ram.saturating_add(e.size);
+        }
+    }
+    sprintln!("PROBE e820 ok entries={} ram_bytes={} ram_mib={}", map.len(), ram, ram >> 20);
+}
+
+fn cmdline(boot: &BootInfo) {
+    let text = &boot.cmdline[..boot.cmdline_len];
+    sprintln!("PROBE cmdline ok len={} text={}", text.len(), as_text(text));
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x100_0000_01b3;
+
+fn initrd(boot: &BootInfo) {
+    let Some((addr, size)) = boot.initrd else {
+        sprintln!("PROBE initrd FAIL none");
+        return;
+    };
+    if addr.checked_add(size).is_none_or(|end| end > MAPPED_LIMIT) {
+        sprintln!("PROBE initrd FAIL unmapped addr={:#x} size={}", addr, size);
+        return;
+    }
+    let mut hash = FNV_OFFSET;
+    for i in 0..size {
+        // SAFETY: [addr, addr + size) is below MAPPED_LIMIT (checked above).
+        hash = (hash ^ unsafe { read_phys::<u8>(addr + i) } as u64).wrapping_mul(FNV_PRIME);
+    }
+    // `{:#018x}` would pull padded formatting (SSE) from libcore: pad by hand.
+    sprintln!("PROBE initrd ok addr={:#x} size={} fnv1a64=0x{}", addr, size, Hex16(hash));
+}
+
+/// A u64 as exactly 16 lowercase hex digits.
+struct Hex16(u64);
+
+impl core::fmt::Display for Hex16 {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let mut buf = [0u8; 16];
+        for (i, b) in buf.iter_mut().enumerate() {
+            let nibble = (self.0 >> (60 - 4 * i)) & 0xf;
+            *b = b"0123456789abcdef"[nibble as usize];
+        }
+        f.write_str(as_text(&buf))
+    }
+}
+
+const PAGE: u64 = 4096;
+const MIB: u64 = 1 << 20;
+
+fn touch(boot: &BootInfo, arg: Option<&[u8]>) {
+    let Some(mib) = arg.and_then(parse_u64) else {
+        sprintln!("PROBE touch FAIL bad-argument");
+        return;
+    };
+    let Some(len) = mib.checked_mul(MIB) else {
+        sprintln!("PROBE touch FAIL bad-argument");
+        return;
+    };
+    if let Some(reason) = boot.e820_missing {
+        sprintln!("PROBE touch FAIL {}", reason);
+        return;
+    }
+    let image_end = core::ptr::addr_of!(__image_end) as u64;
+    let initrd = boot.initrd.map(|(a, s)| (a, a.saturating_add(s)));
+    let avoid = initrd.as_slice();
+    let Some(start) = find_free(&boot.e820[..boot.e820_len], len, image_end, MAPPED_LIMIT, avoid) else {
+        sprintln!("PROBE touch FAIL no-free-ram mib={}", mib);
+        return;
+    };
+    let pattern = 0x5eed_0000_0000_0000u64;
+    let mut page = start;
+    while page < start + len {
+        // SAFETY: [start, start + len) is free RAM below MAPPED_LIMIT (find_free).
+        unsafe { core::ptr::write_volatile(page as *mut u64, page ^ pattern) };
+        page += PAGE;
+    }
+    let mut page = start;
+    while page < start + len {
+        // SAFETY: as above.
+        let got = unsafe { core::ptr::read_volatile(page as *const u64) };
+        if got != page ^ pattern {
+            sprintln!("PROBE touch FAIL mismatch at={:#x} got={:#x}", page, got);
+            return;
+        }
+        page += PAGE;
+    }
+    sprintln!("PROBE touch ok mib={} addr={:#x} pages={}", mib, start, len / PAGE);
+}
+
+fn cpuid() {
+    let info = cpuinfo::read();
+    let mut vendor = [0u8; 12];
+    let vendor_len = cpuinfo::signature_text(&info.vendor, &mut vendor);
+    let mut hv = [0u8; 12];
+    let hv_text = match &info.hypervisor {
+        Some(sig) => {
+            let n = cpuinfo::signature_text(sig, &mut hv);
+            if n == 0 {
+                "empty"
+            } else {
+                as_text(&hv[..n])
+            }
+        }
+        None => "none",
+    };
+    sprintln!(
+        "PROBE cpuid ok vendor={} max_leaf={:#x} apic_id={} hypervisor={} logical={} threads_per_core={} cores_per_pkg={} topology_source={}",
+        as_text(&vendor[..vendor_len]),
+        info.max_leaf,
+        info.apic_id,
+        hv_text,
+        info.logical,
+        info.threads_per_core,
+        info.cores_per_pkg,
+        info.topology_source
+    );
+}
+
+/// `smp` wakes the processors of the MP table; `smp:N` instead wakes APIC
+/// IDs 0..N-1 (for VMMs whose firmware lists fewer CPUs than it has, like
+/// SeaBIOS under QEMU/TCG).
+fn smp(arg: Option<&[u8]>) {
+    let table = match arg {
+        Some(a) => match parse_u64(a) {
+            Some(n) if (1..=255).contains(&n) => mptable::MpTable::first_n(n as usize),
+            _ => {
+                sprintln!("PROBE smp FAIL bad-argument");
+                return;
+            }
+        },
+        None => match mptable::parse() {
+            Ok(t) => t,
+            Err(e) => {
+                sprintln!("PROBE smp FAIL {}", e.reason());
+                return;
+            }
+        },
+    };
+    for cpu in &table.cpus[..table.cpu_count] {
+        sprintln!("PROBE smp-cpu apic_id={} bsp={} mp={:#x}", cpu.apic_id, cpu.bsp as u8, table.floating_pointer);
+    }
+    let result = match smp::start_aps(&table) {
+        Ok(r) => r,
+        Err(smp::SmpError::BadLapicAddress(a)) => {
+            sprintln!("PROBE smp FAIL bad-lapic-address addr={:#x}", a);
+            return;
+        }
+    };
+    let status = if result.online >= result.expected { "ok" } else { "FAIL" };
+    crate::sprint!("PROBE smp {} expected={} online={} apic_ids=", status, result.expected, result.online);
+    for (i, id) in result.ids[..result.id_count].iter().enumerate() {
+        if i > 0 {
+            crate::sprint!(",");
+        }
+        crate::sprint!("{}", id);
+    }
+    sprintln!("");
+}
+
+const TICK_US: u64 = 100_000;
+
+fn tick(arg: Option<&[u8]>) {
+    let Some(count) = arg.map_or(Some(0), parse_u64) else {
+        sprintln!("PROBE tick FAIL bad-argument");
+        return;
+    };
+    let Some(freq) = timer::tsc_freq() else {
+        sprintln!("PROBE tick FAIL no-tsc-calibration");
+        return;
+    };
+    let ticks_per_period = freq.khz * TICK_US / 1000;
+    let mut next = cpu::rdtsc().wrapping_add(ticks_per_period);
+    let mut n = 0u64;
+    while count == 0 || n < count {
+        while (cpu::rdtsc().wrapping_sub(next) as i64) < 0 {
+            cpu::pause();
+        }
+        next = next.wrapping_add(ticks_per_period);
+        n += 1;
+        sprintln!("PROBE tick n={}", n);
+    }
+    sprintln!("PROBE tick ok n={} tsc_khz={} source={}", n, freq.khz, freq.source);
+}

@@ -1,0 +1,5 @@
+//! Architecture-specific VM set-up. Only x86_64 is supported.
+
+pub mod x86_64;
+
+pub use self::x86_64::*;

@@ -1,0 +1,226 @@
+//! The one place that turns a configuration into a running VM.
+
+use std::fs::OpenOptions;
+use std::sync::mpsc::{channel, Receiver};
+use std::time::Instant;
+
+use devices::legacy::SerialOut;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::arch::boot_params::{write_pvh_info, write_zero_page, BootInfo, BootParamsError};
+use crate::arch::cpuid::Topology;
+use crate::arch::kernel::{load_cmdline, load_initrd, load_kernel, KernelError};
+use crate::arch::mptable::{setup_mptable, MpTableError};
+use crate::arch::regs::{default_boot_info, write_boot_tables, EntryProtocol, RegsError};
+use crate::config::VmConfig;
+use crate::device_manager::legacy::{attach_legacy_devices, LegacyDevices, LegacyError};
+use crate::device_manager::DeviceBuses;
+use crate::vstate::kvm::{KvmContext, KvmError};
+use crate::vstate::memory::{create_guest_memory, MemoryError};
+use crate::vstate::vcpu::{
+    register_kick_signal_handler, Vcpu, VcpuError, VcpuEvent, VcpuExitReason, VcpuExitSink,
+    VcpuHandle, VcpuResponse,
+};
+use crate::vstate::vm::{Vm, VmError};
+
+/// Kernel command line used when the configuration gives none.
+pub const DEFAULT_BOOT_ARGS: &str =
+    "console=ttyS0 reboot=k panic=1 pci=off nomodule i8042.noaux i8042.nomux i8042.dumbkbd";
+
+/// Errors while building and starting the VM; each names what failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("boot-source: missing; a kernel is required to start the VM")]
+    MissingBootSource,
+    #[error("serial.serial_out_path: cannot open `{path}`: {source}")]
+    SerialOut {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error(transparent)]
+    BootParams(#[from] BootParamsError),
+    #[error(transparent)]
+    MpTable(#[from] MpTableError),
+    #[error(transparent)]
+    BootTables(#[from] RegsError),
+    #[error(transparent)]
+    Legacy(#[from] LegacyError),
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    #[error("cannot create the vCPU exit eventfd: {0}")]
+    ExitEvent(std::io::Error),
+}
+
+/// Options that do not come from the VM configuration.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct BuildOptions {
+    /// With `--boot-timer`: the process start, for the boot-timer port.
+    pub boot_timer: Option<Instant>,
+}
+
+/// A running VM and everything the VMM thread needs to drive it.
+#[derive(Debug)]
+pub struct RunningVm {
+    pub kvm: KvmContext,
+    pub vm: Vm,
+    /// Guest RAM; must outlive `vm` (KVM maps it).
+    pub memory: GuestMemoryMmap,
+    pub legacy: LegacyDevices,
+    pub vcpus: Vec<VcpuHandle>,
+    /// Why each vCPU stopped; `vcpu_exit_evt` is signalled on each report.
+    pub vcpu_exits: Receiver<(u8, VcpuExitReason)>,
+    pub vcpu_exit_evt: EventFd,
+}
+
+fn serial_output(config: &VmConfig) -> Result<SerialOut, StartError> {
+    match config
+        .serial
+        .as_ref()
+        .and_then(|s| s.serial_out_path.as_ref())
+    {
+        Some(path) => {
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|source| StartError::SerialOut {
+                    path: path.clone(),
+                    source,
+                })?;
+            Ok(Box::new(file))
+        }
+        None => Ok(Box::new(std::io::stdout())),
+    }
+}
+
+/// Builds the VM described by `config` and starts its vCPUs.
+pub fn build_and_boot(config: &VmConfig, options: BuildOptions) -> Result<RunningVm, StartError> {
+    let boot_source = config
+        .boot_source
+        .as_ref()
+        .ok_or(StartError::MissingBootSource)?;
+    let machine = config.machine_config.clone().unwrap_or_default();
+    let mem_size = machine.mem_size_bytes();
+    let serial_out = serial_output(config)?;
+
+    let kvm = KvmContext::open()?;
+    let vm = Vm::new(&kvm)?;
+    let memory = create_guest_memory(mem_size)?;
+    vm.register_memory(&memory, machine.track_dirty_pages)?;
+
+    let kernel = load_kernel(&memory, &boot_source.kernel_image_path)?;
+    log::info!(
+        "kernel `{}` loaded: {:?} entry at {:#x}",
+        boot_source.kernel_image_path,
+        kernel.protocol,
+        kernel.entry
+    );
+    let args = boot_source
+        .boot_args
+        .as_deref()
+        .unwrap_or(DEFAULT_BOOT_ARGS);
+    let cmdline_len = load_cmdline(&memory, args)?;
+    let initrd = match &boot_source.initrd_path {
+        Some(path) => Some(load_initrd(&memory, mem_size, kernel.kernel_end, path)?),
+        None => None,
+    };
+    let info = BootInfo {
+        mem_size,
+        cmdline_len,
+        initrd,
+        setup_header: kernel.setup_header,
+    };
+    match kernel.protocol {
+        EntryProtocol::Linux64 => write_zero_page(&memory, &info)?,
+        EntryProtocol::Pvh => write_pvh_info(&memory, &info)?,
+    }
+    write_boot_tables(&memory, kernel.protocol)?;
+    setup_mptable(&memory, machine.vcpu_count)?;
+
+    let mut buses = DeviceBuses::default();
+    let legacy = attach_legacy_devices(&vm, &mut buses, serial_out, options.boot_timer)?;
+
+    let supported_cpuid = kvm.supported_cpuid()?;
+    let topology = Topology::new(machine.vcpu_count, machine.smt);
+    let mut vcpus = Vec::with_capacity(usize::from(machine.vcpu_count));
+    for index in 0..machine.vcpu_count {
+        let vcpu = Vcpu::new(&vm, index, buses.pio.clone(), buses.mmio.clone())?;
+        let boot = (index == 0).then(|| {
+            (
+                kernel.protocol,
+                kernel.entry,
+                default_boot_info(kernel.protocol),
+            )
+        });
+        vcpu.configure(&supported_cpuid, topology, boot)?;
+        vcpus.push(vcpu);
+    }
+
+    register_kick_signal_handler()?;
+    let vcpu_exit_evt = EventFd::new(EFD_NONBLOCK).map_err(StartError::ExitEvent)?;
+    let (exit_tx, vcpu_exits) = channel();
+    let sink = VcpuExitSink::new(
+        exit_tx,
+        vcpu_exit_evt.try_clone().map_err(StartError::ExitEvent)?,
+    );
+    let handles = vcpus
+        .into_iter()
+        .map(|v| v.start(sink.try_clone()?))
+        .collect::<Result<Vec<_>, VcpuError>>()?;
+
+    Ok(RunningVm {
+        kvm,
+        vm,
+        memory,
+        legacy,
+        vcpus: handles,
+        vcpu_exits,
+        vcpu_exit_evt,
+    })
+}
+
+/// How long the VMM waits for a vCPU to acknowledge a pause or resume.
+const VCPU_RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl RunningVm {
+    /// Injects Ctrl-Alt-Del through the i8042 (the API's `SendCtrlAltDel` action).
+    pub fn send_ctrl_alt_del(&self) -> std::io::Result<()> {
+        self.legacy
+            .i8042
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .trigger_ctrl_alt_del()
+    }
+
+    fn broadcast(&self, event: VcpuEvent, expected: VcpuResponse) -> Result<(), VcpuError> {
+        for vcpu in &self.vcpus {
+            vcpu.send_event(event)?;
+        }
+        for vcpu in &self.vcpus {
+            let got = vcpu.response(VCPU_RESPONSE_TIMEOUT)?;
+            if got != expected {
+                return Err(VcpuError::NoResponse(vcpu.index()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops every vCPU outside KVM_RUN and waits until all have acknowledged.
+    pub fn pause(&self) -> Result<(), VcpuError> {
+        self.broadcast(VcpuEvent::Pause, VcpuResponse::Paused)
+    }
+
+    /// Lets every vCPU run again.
+    pub fn resume(&self) -> Result<(), VcpuError> {
+        self.broadcast(VcpuEvent::Resume, VcpuResponse::Resumed)
+    }
+}

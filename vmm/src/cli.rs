@@ -1,0 +1,239 @@
+//! The `xenia` command line (hand-written: a dozen flags do not need a parser crate).
+
+use crate::config::LogLevel;
+use crate::logger::DEFAULT_INSTANCE_ID;
+
+/// Usage text for `--help`.
+pub const USAGE: &str = "\
+Usage: xenia [OPTIONS]
+
+  --config-file PATH   boot the VM described by this JSON file (Firecracker's schema)
+  --no-api             do not start the API server (requires --config-file)
+  --api-sock PATH      path of the API socket
+  --id ID              instance id shown in logs (default: anonymous-instance)
+  --level LEVEL        log level: Error, Warning, Info, Debug, Trace or Off (default: Warning)
+  --log-path PATH      write logs to this file instead of stderr
+  --show-level         show the level in log lines
+  --show-log-origin    show the source file and line in log lines
+  --boot-timer         log the time from start to the guest's boot-timer write (port 0x3f0)
+  --version            print the version and exit
+  --help               print this help and exit
+
+Exit status: 0 after a guest reset (i8042) or power-off, or SIGTERM/SIGINT; 1 for a bad
+command line or configuration or a VM that could not start; 2 when the guest crashed
+(triple fault, KVM internal error or entry failure).
+";
+
+/// Errors on the command line.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CliError {
+    #[error("unknown argument `{0}` (see --help)")]
+    Unknown(String),
+    #[error("{0} needs a value")]
+    MissingValue(&'static str),
+    #[error("{flag}: {reason}")]
+    BadValue { flag: &'static str, reason: String },
+    #[error("{0} was given twice")]
+    Duplicate(&'static str),
+}
+
+/// Parsed arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CliArgs {
+    pub config_file: Option<String>,
+    pub no_api: bool,
+    pub api_sock: Option<String>,
+    pub id: String,
+    pub level: Option<LogLevel>,
+    pub log_path: Option<String>,
+    pub show_level: bool,
+    pub show_log_origin: bool,
+    pub boot_timer: bool,
+    pub version: bool,
+    pub help: bool,
+}
+
+impl Default for CliArgs {
+    fn default() -> Self {
+        Self {
+            config_file: None,
+            no_api: false,
+            api_sock: None,
+            id: DEFAULT_INSTANCE_ID.to_owned(),
+            level: None,
+            log_path: None,
+            show_level: false,
+            show_log_origin: false,
+            boot_timer: false,
+            version: false,
+            help: false,
+        }
+    }
+}
+
+fn set_once<T>(slot: &mut Option<T>, flag: &'static str, value: T) -> Result<(), CliError> {
+    if slot.is_some() {
+        return Err(CliError::Duplicate(flag));
+    }
+    *slot = Some(value);
+    Ok(())
+}
+
+fn non_empty(flag: &'static str, value: String) -> Result<String, CliError> {
+    if value.is_empty() {
+        return Err(CliError::BadValue {
+            flag,
+            reason: "must not be empty".into(),
+        });
+    }
+    Ok(value)
+}
+
+/// Parses the arguments after the program name. `--flag=value` and `--flag value` both work.
+pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<CliArgs, CliError> {
+    let mut out = CliArgs::default();
+    let mut id = None;
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let (name, inline) = match arg.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n.to_owned(), Some(v.to_owned())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = |flag: &'static str| -> Result<String, CliError> {
+            let v = match inline.clone() {
+                Some(v) => v,
+                None => args.next().ok_or(CliError::MissingValue(flag))?,
+            };
+            non_empty(flag, v)
+        };
+        match name.as_str() {
+            "--config-file" => set_once(
+                &mut out.config_file,
+                "--config-file",
+                value("--config-file")?,
+            )?,
+            "--api-sock" => set_once(&mut out.api_sock, "--api-sock", value("--api-sock")?)?,
+            "--id" => set_once(&mut id, "--id", value("--id")?)?,
+            "--log-path" => set_once(&mut out.log_path, "--log-path", value("--log-path")?)?,
+            "--level" => {
+                let v = value("--level")?;
+                let level = v.parse::<LogLevel>().map_err(|reason| CliError::BadValue {
+                    flag: "--level",
+                    reason,
+                })?;
+                set_once(&mut out.level, "--level", level)?;
+            }
+            flag @ ("--no-api" | "--show-level" | "--show-log-origin" | "--boot-timer"
+            | "--version" | "--help") => {
+                if inline.is_some() {
+                    return Err(CliError::Unknown(arg));
+                }
+                match flag {
+                    "--no-api" => out.no_api = true,
+                    "--show-level" => out.show_level = true,
+                    "--show-log-origin" => out.show_log_origin = true,
+                    "--boot-timer" => out.boot_timer = true,
+                    "--version" => out.version = true,
+                    _ => out.help = true,
+                }
+            }
+            _ => return Err(CliError::Unknown(arg)),
+        }
+    }
+    if let Some(id) = id {
+        if id.len() > 64
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(CliError::BadValue {
+                flag: "--id",
+                reason: format!("`{id}` must be 1 to 64 ASCII letters, digits, `-` or `_`"),
+            });
+        }
+        out.id = id;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(args: &[&str]) -> Result<CliArgs, CliError> {
+        parse(args.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn defaults() {
+        let a = p(&[]).unwrap();
+        assert_eq!(a, CliArgs::default());
+        assert_eq!(a.id, "anonymous-instance");
+    }
+
+    #[test]
+    fn every_flag() {
+        let a = p(&[
+            "--config-file",
+            "/c.json",
+            "--no-api",
+            "--api-sock=/s",
+            "--id",
+            "vm-1",
+            "--level",
+            "debug",
+            "--log-path",
+            "/l",
+            "--show-level",
+            "--show-log-origin",
+            "--boot-timer",
+        ])
+        .unwrap();
+        assert_eq!(a.config_file.as_deref(), Some("/c.json"));
+        assert_eq!(a.api_sock.as_deref(), Some("/s"));
+        assert_eq!(a.id, "vm-1");
+        assert_eq!(a.level, Some(LogLevel::Debug));
+        assert_eq!(a.log_path.as_deref(), Some("/l"));
+        assert!(a.no_api && a.show_level && a.show_log_origin && a.boot_timer);
+    }
+
+    #[test]
+    fn levels_use_firecracker_names_case_insensitively() {
+        for (s, l) in [
+            ("Error", LogLevel::Error),
+            ("WARNING", LogLevel::Warning),
+            ("info", LogLevel::Info),
+            ("Trace", LogLevel::Trace),
+            ("off", LogLevel::Off),
+        ] {
+            assert_eq!(p(&["--level", s]).unwrap().level, Some(l));
+        }
+        assert!(matches!(
+            p(&["--level", "loud"]),
+            Err(CliError::BadValue {
+                flag: "--level",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn errors_name_the_flag() {
+        assert_eq!(p(&["--bogus"]), Err(CliError::Unknown("--bogus".into())));
+        assert_eq!(
+            p(&["--config-file"]),
+            Err(CliError::MissingValue("--config-file"))
+        );
+        assert_eq!(
+            p(&["--id", "a", "--id", "b"]),
+            Err(CliError::Duplicate("--id"))
+        );
+        assert!(p(&["--id", "bad id"]).is_err());
+        assert!(p(&["--config-file="]).is_err());
+        assert_eq!(
+            p(&["--no-api=1"]),
+            Err(CliError::Unknown("--no-api=1".into()))
+        );
+        assert_eq!(p(&["stray"]), Err(CliError::Unknown("stray".into())));
+    }
+}

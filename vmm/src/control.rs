@@ -1,0 +1,266 @@
+//! The VMM control loop on the main thread: epoll over the reset event, vCPU exits,
+//! SIGTERM/SIGINT and console input.
+//!
+//! Seam for the API: the API thread's request eventfd is added with
+//! [`ControlLoop::add_source`] under [`Token::Api`]; the loop then calls the handler given
+//! there for each wake-up.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::unix::fs::FileTypeExt;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::signal::register_signal_handler;
+
+use crate::builder::RunningVm;
+use crate::vstate::vcpu::VcpuExitReason;
+
+/// xenia's exit statuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitCode {
+    /// Guest reset through the i8042, guest power-off, or SIGTERM/SIGINT.
+    Ok = 0,
+    /// Bad command line or configuration, or the VM could not be started.
+    StartError = 1,
+    /// The guest crashed (triple fault) or KVM could not run it.
+    GuestCrash = 2,
+}
+
+/// Errors of the loop itself (not of the guest).
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("cannot set up the control loop's epoll: {0}")]
+    Epoll(std::io::Error),
+    #[error("cannot create the signal eventfd: {0}")]
+    SignalEvent(std::io::Error),
+    #[error("cannot install the handler for signal {signal}: {source}")]
+    SignalHandler {
+        signal: i32,
+        source: vmm_sys_util::errno::Error,
+    },
+}
+
+/// What woke the loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u64)]
+pub enum Token {
+    Reset = 1,
+    VcpuExit = 2,
+    Signal = 3,
+    Stdin = 4,
+    /// Reserved for the API thread's request eventfd.
+    Api = 5,
+}
+
+impl Token {
+    fn from_u64(v: u64) -> Option<Self> {
+        [
+            Token::Reset,
+            Token::VcpuExit,
+            Token::Signal,
+            Token::Stdin,
+            Token::Api,
+        ]
+        .into_iter()
+        .find(|t| *t as u64 == v)
+    }
+}
+
+/// Handles wake-ups on an extra source (the API); returns an exit code to stop the VMM.
+pub trait ControlHandler {
+    fn handle(&mut self, vm: &mut RunningVm) -> Option<ExitCode>;
+}
+
+/// The eventfd SIGTERM/SIGINT write to (-1 before the loop exists).
+static SIGNAL_EVT_FD: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn handle_exit_signal(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let fd = SIGNAL_EVT_FD.load(Ordering::Relaxed);
+    if fd >= 0 {
+        let one: u64 = 1;
+        // SAFETY: write(2) is async-signal-safe; `one` is a valid 8-byte buffer and `fd` an
+        // eventfd kept open for the life of the process.
+        unsafe { libc::write(fd, std::ptr::addr_of!(one).cast(), 8) };
+    }
+}
+
+/// The loop and its sources.
+pub struct ControlLoop {
+    epoll: Epoll,
+    vm: RunningVm,
+    signal_evt: EventFd,
+    stdin: Option<File>,
+    api: Option<Box<dyn ControlHandler>>,
+}
+
+impl std::fmt::Debug for ControlLoop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlLoop").field("vm", &self.vm).finish()
+    }
+}
+
+/// Console input is forwarded when stdin is a terminal or a pipe (not a file or /dev/null).
+fn forwardable_stdin() -> Option<File> {
+    let fd = std::io::stdin().as_fd().try_clone_to_owned().ok()?;
+    let file = File::from(fd);
+    let kind = file.metadata().ok()?.file_type();
+    let is_tty = std::io::IsTerminal::is_terminal(&std::io::stdin());
+    (is_tty || kind.is_fifo() || kind.is_socket()).then_some(file)
+}
+
+impl ControlLoop {
+    pub fn new(vm: RunningVm) -> Result<Self, ControlError> {
+        let epoll = Epoll::new().map_err(ControlError::Epoll)?;
+        let signal_evt = EventFd::new(EFD_NONBLOCK).map_err(ControlError::SignalEvent)?;
+        SIGNAL_EVT_FD.store(signal_evt.as_raw_fd(), Ordering::Relaxed);
+        for signal in [libc::SIGTERM, libc::SIGINT] {
+            register_signal_handler(signal, handle_exit_signal)
+                .map_err(|source| ControlError::SignalHandler { signal, source })?;
+        }
+        let mut this = Self {
+            epoll,
+            vm,
+            signal_evt,
+            stdin: None,
+            api: None,
+        };
+        this.watch(this.vm.legacy.reset_evt.as_raw_fd(), Token::Reset)?;
+        this.watch(this.vm.vcpu_exit_evt.as_raw_fd(), Token::VcpuExit)?;
+        this.watch(this.signal_evt.as_raw_fd(), Token::Signal)?;
+        if let Some(stdin) = forwardable_stdin() {
+            match this.watch(stdin.as_raw_fd(), Token::Stdin) {
+                Ok(()) => this.stdin = Some(stdin),
+                Err(e) => log::debug!("console input not forwarded: {e}"),
+            }
+        }
+        Ok(this)
+    }
+
+    fn watch(&self, fd: RawFd, token: Token) -> Result<(), ControlError> {
+        self.epoll
+            .ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, token as u64),
+            )
+            .map_err(ControlError::Epoll)
+    }
+
+    /// Adds the API's request eventfd; `handler` runs on each wake-up.
+    pub fn add_source(
+        &mut self,
+        fd: RawFd,
+        handler: Box<dyn ControlHandler>,
+    ) -> Result<(), ControlError> {
+        self.watch(fd, Token::Api)?;
+        self.api = Some(handler);
+        Ok(())
+    }
+
+    pub fn vm(&mut self) -> &mut RunningVm {
+        &mut self.vm
+    }
+
+    /// Runs until the VM ends; returns the process exit status.
+    pub fn run(&mut self) -> ExitCode {
+        let mut events = vec![EpollEvent::default(); 8];
+        loop {
+            let n = match self.epoll.wait(-1, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) => {
+                    log::error!("control loop: epoll_wait failed: {e}");
+                    return ExitCode::GuestCrash;
+                }
+            };
+            for event in &events[..n] {
+                let Some(token) = Token::from_u64(event.data()) else {
+                    continue;
+                };
+                if let Some(code) = self.dispatch(token) {
+                    return code;
+                }
+            }
+        }
+    }
+
+    fn dispatch(&mut self, token: Token) -> Option<ExitCode> {
+        match token {
+            Token::Reset => {
+                let _ = self.vm.legacy.reset_evt.read();
+                log::info!("the guest reset the machine through the i8042; exiting");
+                Some(ExitCode::Ok)
+            }
+            Token::VcpuExit => {
+                let _ = self.vm.vcpu_exit_evt.read();
+                self.vcpu_exited()
+            }
+            Token::Signal => {
+                let _ = self.signal_evt.read();
+                log::info!("received SIGTERM or SIGINT; shutting down");
+                Some(ExitCode::Ok)
+            }
+            Token::Stdin => {
+                self.forward_stdin();
+                None
+            }
+            Token::Api => {
+                let mut handler = self.api.take()?;
+                let code = handler.handle(&mut self.vm);
+                self.api = Some(handler);
+                code
+            }
+        }
+    }
+
+    fn vcpu_exited(&mut self) -> Option<ExitCode> {
+        // The first vCPU that stops ends the VM.
+        let (index, reason) = self.vm.vcpu_exits.try_recv().ok()?;
+        let code = match reason {
+            VcpuExitReason::GuestShutdown | VcpuExitReason::Halted | VcpuExitReason::Stopped => {
+                ExitCode::Ok
+            }
+            VcpuExitReason::TripleFault | VcpuExitReason::Crash(_) => ExitCode::GuestCrash,
+        };
+        log::info!(
+            "vCPU {index} stopped ({reason:?}); exiting with status {}",
+            code as i32
+        );
+        Some(code)
+    }
+
+    fn forward_stdin(&mut self) {
+        let Some(stdin) = self.stdin.as_mut() else {
+            return;
+        };
+        let mut buf = [0u8; 256];
+        match stdin.read(&mut buf) {
+            Ok(0) | Err(_) => {
+                // EOF or a broken input: stop watching it, the guest keeps running.
+                if let Err(e) = self.epoll.ctl(
+                    ControlOperation::Delete,
+                    stdin.as_raw_fd(),
+                    EpollEvent::default(),
+                ) {
+                    log::debug!("cannot stop watching stdin: {e}");
+                }
+                self.stdin = None;
+            }
+            Ok(n) => {
+                let mut serial = self
+                    .vm
+                    .legacy
+                    .serial
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                let taken = serial.enqueue_input(&buf[..n]);
+                if taken < n {
+                    log::debug!("console input: dropped {} bytes", n - taken);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! Metrics: counters kept by every part of the VMM, written as one JSON object per line.
+//!
+//! Hot paths only bump atomics. Whoever owns the sink (the VMM thread) serialises a snapshot
+//! on a timer (every 60 s), on the `FlushMetrics` action and at exit. Devices register a
+//! closure that returns their own counters as JSON, so this module knows no device types.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::config::MetricsConfig;
+
+/// How often metrics are flushed without being asked.
+pub const FLUSH_INTERVAL: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("cannot open metrics file {path}: {source}")]
+    Open {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("metrics are already configured")]
+    AlreadyConfigured,
+    #[error("cannot write metrics: {0}")]
+    Write(std::io::Error),
+}
+
+/// A monotonically increasing counter, cheap to bump from any thread.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn inc(&self) {
+        self.add(1);
+    }
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl Serialize for Counter {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.get())
+    }
+}
+
+/// Request count and latency for one API route.
+#[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct RouteStats {
+    pub count: u64,
+    pub errors: u64,
+    pub total_us: u64,
+    pub max_us: u64,
+}
+
+/// Exits taken by all vCPUs, by kind.
+#[derive(Debug, Default, Serialize)]
+pub struct VcpuMetrics {
+    pub exit_io_in: Counter,
+    pub exit_io_out: Counter,
+    pub exit_mmio_read: Counter,
+    pub exit_mmio_write: Counter,
+    pub exit_hlt: Counter,
+    pub exit_shutdown: Counter,
+    pub exit_other: Counter,
+    pub failures: Counter,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct SerialMetrics {
+    pub bytes_out: Counter,
+    pub bytes_in: Counter,
+    pub dropped_bytes: Counter,
+}
+
+type DeviceSource = Box<dyn Fn() -> Value + Send + Sync>;
+
+/// Every metric of one VMM process.
+#[derive(Default)]
+pub struct Metrics {
+    pub vcpu: VcpuMetrics,
+    pub serial: SerialMetrics,
+    api: Mutex<BTreeMap<String, RouteStats>>,
+    devices: Mutex<Vec<(String, DeviceSource)>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics")
+            .field("vcpu", &self.vcpu)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Records one API request on `route` (e.g. `PUT /drives`).
+    pub fn record_api(&self, route: &str, elapsed: Duration, failed: bool) {
+        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        let mut api = self.api.lock().unwrap_or_else(|e| e.into_inner());
+        let s = api.entry(route.to_owned()).or_default();
+        s.count += 1;
+        s.errors += u64::from(failed);
+        s.total_us = s.total_us.saturating_add(us);
+        s.max_us = s.max_us.max(us);
+    }
+
+    /// Adds a device whose counters appear under `name` (e.g. `block_rootfs`).
+    pub fn register_device(&self, name: impl Into<String>, source: DeviceSource) {
+        let mut d = self.devices.lock().unwrap_or_else(|e| e.into_inner());
+        d.push((name.into(), source));
+    }
+
+    /// The whole metrics object as written on one line.
+    pub fn snapshot(&self) -> Value {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let api = self.api.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut out = json!({
+            "utc_timestamp_ms": u64::try_from(now.as_millis()).unwrap_or(u64::MAX),
+            "api_server": api,
+            "vcpu": &self.vcpu,
+            "uart": &self.serial,
+        });
+        let devices = self.devices.lock().unwrap_or_else(|e| e.into_inner());
+        if let Value::Object(map) = &mut out {
+            for (name, source) in devices.iter() {
+                map.insert(name.clone(), source());
+            }
+        }
+        out
+    }
+}
+
+/// Where metrics lines go, with the per-line extras from the configuration.
+#[derive(Debug)]
+pub struct MetricsSink {
+    file: File,
+    id: Option<String>,
+    properties: Option<BTreeMap<String, String>>,
+}
+
+impl MetricsSink {
+    /// Opens the metrics destination (a regular file is appended to; a FIFO is written to).
+    pub fn open(config: &MetricsConfig, instance_id: &str) -> Result<Self, MetricsError> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(Path::new(&config.metrics_path))
+            .map_err(|source| MetricsError::Open {
+                path: config.metrics_path.clone(),
+                source,
+            })?;
+        Ok(MetricsSink {
+            file,
+            id: config
+                .emit_id
+                .unwrap_or(false)
+                .then(|| instance_id.to_owned()),
+            properties: config.properties.clone(),
+        })
+    }
+
+    /// Writes one line with the current values.
+    pub fn flush(&mut self, metrics: &Metrics) -> Result<(), MetricsError> {
+        let mut line = metrics.snapshot();
+        if let Value::Object(map) = &mut line {
+            if let Some(id) = &self.id {
+                map.insert("id".into(), Value::String(id.clone()));
+            }
+            if let Some(p) = &self.properties {
+                map.insert("properties".into(), json!(p));
+            }
+        }
+        let mut text = line.to_string();
+        text.push('\n');
+        // One write per line so that a reader of a FIFO never sees half a line.
+        self.file
+            .write_all(text.as_bytes())
+            .map_err(MetricsError::Write)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_stats_accumulate_per_route() {
+        let m = Metrics::default();
+        m.record_api("GET /", Duration::from_micros(10), false);
+        m.record_api("GET /", Duration::from_micros(30), true);
+        m.record_api("PUT /drives", Duration::from_micros(5), false);
+        let s = m.snapshot();
+        assert_eq!(s["api_server"]["GET /"]["count"], 2);
+        assert_eq!(s["api_server"]["GET /"]["errors"], 1);
+        assert_eq!(s["api_server"]["GET /"]["max_us"], 30);
+        assert_eq!(s["api_server"]["GET /"]["total_us"], 40);
+        assert_eq!(s["api_server"]["PUT /drives"]["count"], 1);
+    }
+
+    #[test]
+    fn devices_and_counters_appear_in_the_snapshot() {
+        let m = Metrics::default();
+        m.vcpu.exit_io_out.add(3);
+        m.serial.bytes_out.add(12);
+        m.register_device("block_root", Box::new(|| json!({"read_bytes": 4096})));
+        let s = m.snapshot();
+        assert_eq!(s["vcpu"]["exit_io_out"], 3);
+        assert_eq!(s["uart"]["bytes_out"], 12);
+        assert_eq!(s["block_root"]["read_bytes"], 4096);
+    }
+
+    #[test]
+    fn sink_writes_one_json_object_per_line_with_extras() {
+        let dir = std::env::temp_dir().join(format!("xenia-metrics-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.json");
+        let cfg = MetricsConfig {
+            metrics_path: path.to_string_lossy().into_owned(),
+            emit_id: Some(true),
+            properties: Some(BTreeMap::from([("az".to_string(), "eu-1".to_string())])),
+        };
+        let m = Metrics::default();
+        let mut sink = MetricsSink::open(&cfg, "vm-7").unwrap();
+        sink.flush(&m).unwrap();
+        m.vcpu.exit_hlt.inc();
+        sink.flush(&m).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[1]["vcpu"]["exit_hlt"], 1);
+        assert_eq!(lines[0]["id"], "vm-7");
+        assert_eq!(lines[0]["properties"]["az"], "eu-1");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn open_failure_names_the_path() {
+        let cfg = MetricsConfig {
+            metrics_path: "/nonexistent-dir/m".into(),
+            emit_id: None,
+            properties: None,
+        };
+        let e = MetricsSink::open(&cfg, "x").unwrap_err().to_string();
+        assert!(e.contains("/nonexistent-dir/m"), "{e}");
+    }
+}

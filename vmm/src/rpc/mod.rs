@@ -1,0 +1,71 @@
+//! The API's vocabulary: HTTP requests parsed into typed [`VmmAction`]s, and the VMM's
+//! answers ([`VmmData`] or [`ActionError`]) turned back into HTTP responses.
+//!
+//! Parsing happens on the API thread: a request that cannot become an action is answered
+//! there (400 + `fault_message`, as Firecracker does) without bothering the VMM thread.
+//! Executing actions is the VMM thread's business, not this module's; nothing here
+//! touches KVM.
+
+mod bridge;
+mod response;
+mod routes;
+
+pub use bridge::{api_handler, serve_pending, ApiRequest};
+
+pub use response::{response_for, ActionError, InstanceInfo, InstanceState, VersionInfo, VmmData};
+pub use routes::{parse_request, ParsedRequest, RouteError, ROUTES, UNSUPPORTED_ROUTES};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{
+    BootSourceConfig, DriveConfig, DriveUpdate, LoggerConfig, MachineConfig, MachineConfigUpdate,
+    MetricsConfig, NetworkInterfaceConfig, NetworkInterfaceUpdate, SerialConfig,
+};
+
+/// The state `PATCH /vm` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VmState {
+    Paused,
+    Resumed,
+}
+
+/// Everything the API can ask the VMM to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VmmAction {
+    /// `GET /`
+    GetInstanceInfo,
+    /// `GET /version`
+    GetVersion,
+    /// `GET /vm/config`
+    GetFullConfig,
+    /// `GET /machine-config`
+    GetMachineConfig,
+    /// `PUT /boot-source`
+    PutBootSource(BootSourceConfig),
+    /// `PUT /machine-config`
+    PutMachineConfig(MachineConfig),
+    /// `PATCH /machine-config`: applied over the current configuration by the VMM.
+    PatchMachineConfig(MachineConfigUpdate),
+    /// `PUT /actions` with `InstanceStart`
+    StartInstance,
+    /// `PUT /actions` with `SendCtrlAltDel`
+    SendCtrlAltDel,
+    /// `PUT /actions` with `FlushMetrics`
+    FlushMetrics,
+    /// `PATCH /vm`
+    PatchVmState(VmState),
+    /// `PUT /logger`
+    PutLogger(LoggerConfig),
+    /// `PUT /metrics`
+    PutMetrics(MetricsConfig),
+    /// `PUT /serial`
+    PutSerial(SerialConfig),
+    /// `PUT /drives/{id}` (the path id equals `drive_id`)
+    PutDrive(DriveConfig),
+    /// `PATCH /drives/{id}`
+    PatchDrive(DriveUpdate),
+    /// `PUT /network-interfaces/{id}` (the path id equals `iface_id`)
+    PutNetworkInterface(NetworkInterfaceConfig),
+    /// `PATCH /network-interfaces/{id}`
+    PatchNetworkInterface(NetworkInterfaceUpdate),
+}

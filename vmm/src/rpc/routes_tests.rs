@@ -1,0 +1,440 @@
+//! Every route with good and bad bodies, and the OpenAPI document kept in step.
+
+use super::*;
+use crate::config::ConfigError;
+use crate::rpc::{VmState, VmmAction};
+
+fn ok(method: Method, path: &str, body: &str) -> VmmAction {
+    match route(method, path, body.as_bytes()) {
+        Ok(parsed) => parsed.action,
+        Err(e) => panic!("{method} {path} {body}: unexpected error {e}"),
+    }
+}
+
+fn err(method: Method, path: &str, body: &str) -> RouteError {
+    match route(method, path, body.as_bytes()) {
+        Ok(parsed) => panic!("{method} {path} {body}: unexpected success {parsed:?}"),
+        Err(e) => e,
+    }
+}
+
+fn json_err(method: Method, path: &str, body: &str) -> String {
+    match err(method, path, body) {
+        RouteError::Json(msg) => msg,
+        other => panic!("{method} {path} {body}: expected a serde error, got {other:?}"),
+    }
+}
+
+const MACHINE: &str = r#"{"vcpu_count": 2, "mem_size_mib": 256}"#;
+const DRIVE: &str = r#"{"drive_id": "rootfs", "path_on_host": "/r.ext4", "is_root_device": true, "is_read_only": false}"#;
+const NET: &str = r#"{"iface_id": "eth0", "host_dev_name": "tap0"}"#;
+
+#[test]
+fn get_routes() {
+    assert_eq!(ok(Method::Get, "/", ""), VmmAction::GetInstanceInfo);
+    assert_eq!(ok(Method::Get, "/version", ""), VmmAction::GetVersion);
+    assert_eq!(ok(Method::Get, "/vm/config", ""), VmmAction::GetFullConfig);
+    assert_eq!(
+        ok(Method::Get, "/machine-config", ""),
+        VmmAction::GetMachineConfig
+    );
+}
+
+#[test]
+fn actions() {
+    let put = |t: &str| {
+        ok(
+            Method::Put,
+            "/actions",
+            &format!(r#"{{"action_type": "{t}"}}"#),
+        )
+    };
+    assert_eq!(put("InstanceStart"), VmmAction::StartInstance);
+    assert_eq!(put("SendCtrlAltDel"), VmmAction::SendCtrlAltDel);
+    assert_eq!(put("FlushMetrics"), VmmAction::FlushMetrics);
+    let msg = json_err(Method::Put, "/actions", r#"{"action_type": "Explode"}"#);
+    assert!(msg.contains("unknown variant `Explode`"), "{msg}");
+    let msg = json_err(Method::Put, "/actions", r#"{}"#);
+    assert!(msg.contains("missing field `action_type`"), "{msg}");
+    let msg = json_err(
+        Method::Put,
+        "/actions",
+        r#"{"action_type": "InstanceStart", "x": 1}"#,
+    );
+    assert!(msg.contains("unknown field `x`"), "{msg}");
+    assert!(matches!(
+        err(Method::Put, "/actions", ""),
+        RouteError::EmptyBody { .. }
+    ));
+}
+
+#[test]
+fn vm_state() {
+    assert_eq!(
+        ok(Method::Patch, "/vm", r#"{"state": "Paused"}"#),
+        VmmAction::PatchVmState(VmState::Paused)
+    );
+    assert_eq!(
+        ok(Method::Patch, "/vm", r#"{"state": "Resumed"}"#),
+        VmmAction::PatchVmState(VmState::Resumed)
+    );
+    let msg = json_err(Method::Patch, "/vm", r#"{"state": "Stopped"}"#);
+    assert!(msg.contains("unknown variant `Stopped`"), "{msg}");
+    let msg = json_err(Method::Patch, "/vm", r#"{"state": 1}"#);
+    assert!(msg.contains("line 1 column"), "{msg}");
+    let msg = json_err(
+        Method::Patch,
+        "/vm",
+        r#"{"state": "Paused", "force": true}"#,
+    );
+    assert!(msg.contains("unknown field `force`"), "{msg}");
+    assert!(matches!(
+        err(Method::Patch, "/vm/config", r#"{"state": "Paused"}"#),
+        RouteError::InvalidPathMethod { .. }
+    ));
+    assert!(matches!(
+        err(Method::Put, "/vm", r#"{"state": "Paused"}"#),
+        RouteError::InvalidPathMethod { .. }
+    ));
+}
+
+#[test]
+fn boot_source() {
+    match ok(
+        Method::Put,
+        "/boot-source",
+        r#"{"kernel_image_path": "/k", "boot_args": "console=ttyS0"}"#,
+    ) {
+        VmmAction::PutBootSource(b) => {
+            assert_eq!(b.kernel_image_path, "/k");
+            assert_eq!(b.boot_args.as_deref(), Some("console=ttyS0"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let msg = json_err(Method::Put, "/boot-source", r#"{"boot_args": "x"}"#);
+    assert!(msg.contains("missing field `kernel_image_path`"), "{msg}");
+    let msg = json_err(Method::Put, "/boot-source", r#"{"kernel_image_path": 5}"#);
+    assert!(msg.contains("invalid type: integer `5`"), "{msg}");
+    let msg = json_err(Method::Put, "/boot-source", r#"{"kernel_image_path": "/k""#);
+    assert!(msg.contains("EOF"), "{msg}");
+    assert!(matches!(
+        err(Method::Put, "/boot-source", r#"{"kernel_image_path": ""}"#),
+        RouteError::Invalid(_)
+    ));
+    assert!(matches!(
+        err(Method::Get, "/boot-source", ""),
+        RouteError::InvalidPathMethod { .. }
+    ));
+}
+
+#[test]
+fn machine_config() {
+    match ok(Method::Put, "/machine-config", MACHINE) {
+        VmmAction::PutMachineConfig(m) => assert_eq!((m.vcpu_count, m.mem_size_mib), (2, 256)),
+        other => panic!("{other:?}"),
+    }
+    match ok(Method::Patch, "/machine-config", r#"{"vcpu_count": 4}"#) {
+        VmmAction::PatchMachineConfig(u) => {
+            assert_eq!(u.vcpu_count, Some(4));
+            assert_eq!(u.mem_size_mib, None);
+        }
+        other => panic!("{other:?}"),
+    }
+    let msg = json_err(Method::Put, "/machine-config", r#"{"vcpu_count": 2}"#);
+    assert!(msg.contains("missing field `mem_size_mib`"), "{msg}");
+    let msg = json_err(
+        Method::Put,
+        "/machine-config",
+        r#"{"vcpu_count": "2", "mem_size_mib": 1}"#,
+    );
+    assert!(msg.contains("invalid type"), "{msg}");
+    let msg = json_err(Method::Patch, "/machine-config", r#"{"vcpus": 2}"#);
+    assert!(msg.contains("unknown field `vcpus`"), "{msg}");
+    assert!(matches!(
+        err(
+            Method::Put,
+            "/machine-config",
+            r#"{"vcpu_count": 0, "mem_size_mib": 256}"#
+        ),
+        RouteError::Invalid(_)
+    ));
+}
+
+#[test]
+fn logger_metrics_serial() {
+    assert!(matches!(
+        ok(
+            Method::Put,
+            "/logger",
+            r#"{"log_path": "/tmp/log", "level": "Info"}"#
+        ),
+        VmmAction::PutLogger(_)
+    ));
+    let msg = json_err(Method::Put, "/logger", r#"{"level": "Loud"}"#);
+    assert!(msg.contains("`Loud`"), "{msg}");
+    assert!(matches!(
+        ok(Method::Put, "/metrics", r#"{"metrics_path": "/tmp/m"}"#),
+        VmmAction::PutMetrics(_)
+    ));
+    let msg = json_err(Method::Put, "/metrics", r#"{}"#);
+    assert!(msg.contains("missing field `metrics_path`"), "{msg}");
+    assert!(matches!(
+        ok(Method::Put, "/serial", r#"{"serial_out_path": "/tmp/s"}"#),
+        VmmAction::PutSerial(_)
+    ));
+    let msg = json_err(Method::Put, "/serial", r#"{"out": "/tmp/s"}"#);
+    assert!(msg.contains("unknown field `out`"), "{msg}");
+}
+
+#[test]
+fn drives() {
+    match ok(Method::Put, "/drives/rootfs", DRIVE) {
+        VmmAction::PutDrive(d) => assert_eq!(d.drive_id, "rootfs"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        err(Method::Put, "/drives/other", DRIVE),
+        RouteError::IdMismatch
+    );
+    assert_eq!(
+        err(Method::Put, "/drives/", DRIVE),
+        RouteError::MissingId("drive id")
+    );
+    assert_eq!(
+        err(Method::Put, "/drives", DRIVE),
+        RouteError::MissingId("drive id")
+    );
+    let msg = json_err(Method::Put, "/drives/rootfs", r#"{"drive_id": "rootfs"}"#);
+    assert!(msg.contains("missing field"), "{msg}");
+    match ok(
+        Method::Patch,
+        "/drives/rootfs",
+        r#"{"drive_id": "rootfs", "path_on_host": "/new.ext4"}"#,
+    ) {
+        VmmAction::PatchDrive(u) => assert_eq!(u.path_on_host.as_deref(), Some("/new.ext4")),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        err(Method::Patch, "/drives/x", r#"{"drive_id": "rootfs"}"#),
+        RouteError::IdMismatch
+    );
+    let msg = json_err(
+        Method::Patch,
+        "/drives/rootfs",
+        r#"{"drive_id": "rootfs", "is_root_device": true}"#,
+    );
+    assert!(msg.contains("unknown field `is_root_device`"), "{msg}");
+    assert!(matches!(
+        err(Method::Get, "/drives/rootfs", ""),
+        RouteError::InvalidPathMethod { .. }
+    ));
+}
+
+#[test]
+fn network_interfaces() {
+    match ok(Method::Put, "/network-interfaces/eth0", NET) {
+        VmmAction::PutNetworkInterface(n) => assert_eq!(n.host_dev_name, "tap0"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        err(Method::Put, "/network-interfaces/eth1", NET),
+        RouteError::IdMismatch
+    );
+    assert_eq!(
+        err(Method::Put, "/network-interfaces", NET),
+        RouteError::MissingId("network interface id")
+    );
+    let msg = json_err(
+        Method::Put,
+        "/network-interfaces/eth0",
+        r#"{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": 7}"#,
+    );
+    assert!(msg.contains("invalid type"), "{msg}");
+    assert!(matches!(
+        ok(
+            Method::Patch,
+            "/network-interfaces/eth0",
+            r#"{"iface_id": "eth0", "rx_rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 100}}}"#
+        ),
+        VmmAction::PatchNetworkInterface(_)
+    ));
+    assert_eq!(
+        err(
+            Method::Patch,
+            "/network-interfaces/eth1",
+            r#"{"iface_id": "eth0"}"#
+        ),
+        RouteError::IdMismatch
+    );
+}
+
+#[test]
+fn unknown_paths_and_methods() {
+    for (m, p) in [
+        (Method::Get, "/nope"),
+        (Method::Put, "/"),
+        (Method::Patch, "/version"),
+        (Method::Get, "/vm"),
+        (Method::Put, "/vm/config"),
+        (Method::Get, "/actions"),
+    ] {
+        let e = err(m, p, "{}");
+        assert_eq!(
+            e,
+            RouteError::InvalidPathMethod {
+                method: m,
+                path: p.to_string()
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            format!("Invalid request method and/or path: {m} {p}.")
+        );
+    }
+}
+
+#[test]
+fn unsupported_features_are_refused_by_name_never_accepted() {
+    for (m, p) in [
+        (Method::Put, "/vsock"),
+        (Method::Put, "/vsock/vsock0"),
+        (Method::Put, "/balloon"),
+        (Method::Get, "/balloon/statistics"),
+        (Method::Put, "/entropy"),
+        (Method::Put, "/mmds"),
+        (Method::Put, "/mmds/config"),
+        (Method::Put, "/snapshot/create"),
+        (Method::Put, "/snapshot/load"),
+        (Method::Put, "/cpu-config"),
+        (Method::Put, "/pmem/p0"),
+        (Method::Patch, "/hotplug/memory"),
+    ] {
+        let e = err(m, p, "{}");
+        assert!(
+            matches!(e, RouteError::Unsupported { .. }),
+            "{m} {p}: {e:?}"
+        );
+        assert!(
+            e.to_string()
+                .ends_with("is not supported by this version of xenia."),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn a_trailing_segment_is_ignored_on_routes_that_take_none() {
+    assert!(matches!(
+        ok(Method::Put, "/machine-config/extra", MACHINE),
+        VmmAction::PutMachineConfig(_)
+    ));
+    assert_eq!(ok(Method::Get, "/version/x", ""), VmmAction::GetVersion);
+    assert!(matches!(
+        ok(Method::Put, "/drives/rootfs/extra", DRIVE),
+        VmmAction::PutDrive(_)
+    ));
+}
+
+#[test]
+fn route_errors_become_400_fault_messages() {
+    let resp: Response = RouteError::IdMismatch.into();
+    assert_eq!(resp.status, 400);
+    let v: serde_json::Value =
+        serde_json::from_slice(resp.body.as_deref().expect("body")).expect("json");
+    assert_eq!(
+        v["fault_message"],
+        "The id from the path does not match the id from the body!"
+    );
+    let resp: Response = RouteError::Invalid(ConfigError::Unsupported("vsock")).into();
+    assert_eq!(resp.status, 400);
+}
+
+#[test]
+fn parse_request_reads_the_http_request() {
+    let req = Request {
+        method: Method::Put,
+        path: "/machine-config".into(),
+        query: None,
+        headers: Vec::new(),
+        body: MACHINE.as_bytes().to_vec(),
+    };
+    let parsed = parse_request(&req).expect("parses");
+    assert!(!parsed.deprecated);
+    assert!(matches!(parsed.action, VmmAction::PutMachineConfig(_)));
+}
+
+/// The (method, path) pairs documented in `api-socket/openapi.yaml`, by a line scan of its
+/// `paths:` section: a path is a two-space-indented key starting with `/`, a method a
+/// four-space-indented `get:`/`put:`/`patch:` key under it.
+fn documented_routes() -> Vec<(Method, String)> {
+    let text = include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../api-socket/openapi.yaml"
+    ));
+    let mut routes = Vec::new();
+    let mut in_paths = false;
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        if !line.starts_with(' ') && !line.trim().is_empty() && !line.starts_with('#') {
+            in_paths = line.trim_end() == "paths:";
+            current = None;
+            continue;
+        }
+        if !in_paths {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("  /") {
+            let key = rest.trim_end().trim_end_matches(':');
+            current = Some(format!("/{key}"));
+        } else if let Some(rest) = line.strip_prefix("    ") {
+            if rest.starts_with(' ') {
+                continue;
+            }
+            let method = match rest.trim_end() {
+                "get:" => Method::Get,
+                "put:" => Method::Put,
+                "patch:" => Method::Patch,
+                _ => continue,
+            };
+            let path = current
+                .clone()
+                .expect("a method outside a path in openapi.yaml");
+            routes.push((method, path));
+        }
+    }
+    routes
+}
+
+#[test]
+fn openapi_document_matches_the_router() {
+    let documented = documented_routes();
+    assert!(!documented.is_empty(), "openapi.yaml lists no paths");
+    for (method, path) in &documented {
+        assert!(
+            ROUTES.iter().any(|(m, p)| m == method && p == path),
+            "{method} {path} is documented but not routed"
+        );
+    }
+    for (method, path) in ROUTES {
+        assert!(
+            documented.iter().any(|(m, p)| m == method && p == path),
+            "{method} {path} is routed but not documented"
+        );
+    }
+}
+
+#[test]
+fn every_listed_route_is_served() {
+    // A concrete request for each entry of ROUTES must not come back as an unknown route.
+    for (method, template) in ROUTES {
+        let path = template
+            .replace("{drive_id}", "rootfs")
+            .replace("{iface_id}", "eth0");
+        match route(*method, &path, b"{}") {
+            Err(RouteError::InvalidPathMethod { .. }) | Err(RouteError::Unsupported { .. }) => {
+                panic!("{method} {path} is listed in ROUTES but not served")
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,476 @@
+//! vCPUs: configuration before boot and the `vcpu N` threads running KVM_RUN.
+//!
+//! A vCPU thread owns its `VcpuFd`. The VMM thread talks to it through [`VcpuHandle`]: a
+//! message ([`VcpuEvent`]) plus a kick signal that makes a blocked KVM_RUN return. The signal
+//! handler sets `immediate_exit` in the thread's `kvm_run`, so a kick that lands just before
+//! KVM_RUN is entered is not lost: KVM returns EINTR at once and the thread reads its
+//! messages. Exits that end the VM are reported through a [`VcpuExitSink`].
+
+use std::cell::Cell;
+use std::os::unix::thread::JoinHandleExt;
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use devices::Bus;
+use kvm_bindings::{
+    kvm_run, CpuId, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
+
+use super::vm::Vm;
+use crate::arch::cpuid::{self, Topology};
+use crate::arch::interrupts::{setup_lapic, LapicError};
+use crate::arch::msr::{setup_msrs, MsrError};
+use crate::arch::regs::{setup_boot_vcpu, EntryProtocol, RegsError};
+
+/// Offset from SIGRTMIN of the signal that kicks a vCPU out of KVM_RUN.
+const KICK_SIGNAL_OFFSET: i32 = 0;
+
+/// Errors while creating, configuring or talking to a vCPU.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    #[error("KVM_CREATE_VCPU {index} failed: {source}")]
+    Create {
+        index: u8,
+        source: kvm_ioctls::Error,
+    },
+    #[error("vCPU {index}: KVM_SET_CPUID2 failed: {source}")]
+    Cpuid {
+        index: u8,
+        source: kvm_ioctls::Error,
+    },
+    #[error("vCPU {index}: {source}")]
+    Msrs { index: u8, source: MsrError },
+    #[error("vCPU {index}: {source}")]
+    Lapic { index: u8, source: LapicError },
+    #[error("vCPU {index}: {source}")]
+    Regs { index: u8, source: RegsError },
+    #[error("cannot register the vCPU kick signal handler: {0}")]
+    KickHandler(vmm_sys_util::errno::Error),
+    #[error("cannot start the thread for vCPU {index}: {source}")]
+    Spawn { index: u8, source: std::io::Error },
+    #[error("vCPU {0} is gone (its thread has exited)")]
+    Gone(u8),
+    #[error("vCPU {0} did not answer in time")]
+    NoResponse(u8),
+    #[error("cannot clone the vCPU exit eventfd: {0}")]
+    ExitEvent(std::io::Error),
+}
+
+/// Why a vCPU stopped running the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VcpuExitReason {
+    /// The guest asked for a reset or power-off through KVM (KVM_SYSTEM_EVENT).
+    GuestShutdown,
+    /// The guest halted with interrupts that will never come (KVM_EXIT_HLT).
+    Halted,
+    /// Triple fault (KVM_EXIT_SHUTDOWN): the guest crashed.
+    TripleFault,
+    /// KVM could not run the guest (entry failure, internal error, unexpected exit).
+    Crash(String),
+    /// The VMM asked the vCPU to stop.
+    Stopped,
+}
+
+/// Messages from the VMM thread to a vCPU thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VcpuEvent {
+    Pause,
+    Resume,
+    Stop,
+}
+
+/// Answers from a vCPU thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VcpuResponse {
+    Paused,
+    Resumed,
+}
+
+/// Where vCPU threads report that they stopped: a channel for the reason and an eventfd the
+/// VMM loop polls.
+#[derive(Debug)]
+pub struct VcpuExitSink {
+    tx: Sender<(u8, VcpuExitReason)>,
+    evt: EventFd,
+}
+
+impl VcpuExitSink {
+    pub fn new(tx: Sender<(u8, VcpuExitReason)>, evt: EventFd) -> Self {
+        Self { tx, evt }
+    }
+
+    pub fn try_clone(&self) -> Result<Self, VcpuError> {
+        Ok(Self {
+            tx: self.tx.clone(),
+            evt: self.evt.try_clone().map_err(VcpuError::ExitEvent)?,
+        })
+    }
+
+    fn report(&self, index: u8, reason: VcpuExitReason) {
+        // The receiver lives on the VMM thread until the process exits; if it is gone there
+        // is nobody left to tell.
+        let _ = self.tx.send((index, reason));
+        if let Err(e) = self.evt.write(1) {
+            log::error!("vCPU {index}: cannot signal its exit: {e}");
+        }
+    }
+}
+
+thread_local! {
+    /// The running vCPU's `kvm_run`, for the kick signal handler.
+    static KVM_RUN_PTR: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+extern "C" fn handle_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    KVM_RUN_PTR.with(|p| {
+        let run = p.get();
+        if !run.is_null() {
+            // SAFETY: the pointer is set by this thread to its own vCPU's kvm_run mapping and
+            // cleared before the VcpuFd (and the mapping) is dropped; a volatile byte store is
+            // async-signal-safe.
+            unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) };
+        }
+    });
+}
+
+/// Installs the kick signal handler; call once before starting vCPU threads.
+pub fn register_kick_signal_handler() -> Result<(), VcpuError> {
+    register_signal_handler(SIGRTMIN() + KICK_SIGNAL_OFFSET, handle_kick)
+        .map_err(VcpuError::KickHandler)
+}
+
+/// A vCPU that has not started yet.
+#[derive(Debug)]
+pub struct Vcpu {
+    index: u8,
+    fd: VcpuFd,
+    pio: Bus,
+    mmio: Bus,
+}
+
+impl Vcpu {
+    pub fn new(vm: &Vm, index: u8, pio: Bus, mmio: Bus) -> Result<Self, VcpuError> {
+        let fd = vm
+            .fd()
+            .create_vcpu(u64::from(index))
+            .map_err(|source| VcpuError::Create { index, source })?;
+        Ok(Self {
+            index,
+            fd,
+            pio,
+            mmio,
+        })
+    }
+
+    pub fn index(&self) -> u8 {
+        self.index
+    }
+
+    /// CPUID, MSRs and LAPIC for this vCPU; `boot` (the boot vCPU only) also sets the entry
+    /// registers.
+    pub fn configure(
+        &self,
+        supported_cpuid: &CpuId,
+        topology: Topology,
+        boot: Option<(EntryProtocol, u64, u64)>,
+    ) -> Result<(), VcpuError> {
+        let index = self.index;
+        let mut cpuid = supported_cpuid.clone();
+        cpuid::normalize(&mut cpuid, index, topology);
+        self.fd
+            .set_cpuid2(&cpuid)
+            .map_err(|source| VcpuError::Cpuid { index, source })?;
+        let refused = setup_msrs(&self.fd).map_err(|source| VcpuError::Msrs { index, source })?;
+        if !refused.is_empty() {
+            let list: Vec<String> = refused.iter().map(|m| format!("{m:#x}")).collect();
+            log::info!("vCPU {index}: KVM refused boot MSRs {}", list.join(", "));
+        }
+        setup_lapic(&self.fd).map_err(|source| VcpuError::Lapic { index, source })?;
+        if let Some((protocol, entry, boot_info)) = boot {
+            setup_boot_vcpu(&self.fd, protocol, entry, boot_info)
+                .map_err(|source| VcpuError::Regs { index, source })?;
+        }
+        Ok(())
+    }
+
+    /// Starts the `vcpu N` thread.
+    pub fn start(self, exits: VcpuExitSink) -> Result<VcpuHandle, VcpuError> {
+        let index = self.index;
+        let (event_tx, event_rx) = channel();
+        let (response_tx, response_rx) = channel();
+        let thread = std::thread::Builder::new()
+            .name(format!("vcpu {index}"))
+            .spawn(move || self.run(event_rx, response_tx, exits))
+            .map_err(|source| VcpuError::Spawn { index, source })?;
+        Ok(VcpuHandle {
+            index,
+            events: event_tx,
+            responses: response_rx,
+            thread,
+        })
+    }
+
+    fn run(
+        mut self,
+        events: Receiver<VcpuEvent>,
+        responses: Sender<VcpuResponse>,
+        exits: VcpuExitSink,
+    ) {
+        KVM_RUN_PTR.with(|p| p.set(self.fd.get_kvm_run() as *mut kvm_run));
+        let reason = self.run_loop(&events, &responses);
+        KVM_RUN_PTR.with(|p| p.set(std::ptr::null_mut()));
+        match &reason {
+            VcpuExitReason::Crash(why) => log::error!("vCPU {}: {why}", self.index),
+            VcpuExitReason::TripleFault => {
+                log::error!(
+                    "vCPU {}: triple fault (KVM_EXIT_SHUTDOWN), the guest crashed",
+                    self.index
+                )
+            }
+            other => log::info!("vCPU {}: stopped: {other:?}", self.index),
+        }
+        exits.report(self.index, reason);
+    }
+
+    fn run_loop(
+        &mut self,
+        events: &Receiver<VcpuEvent>,
+        responses: &Sender<VcpuResponse>,
+    ) -> VcpuExitReason {
+        loop {
+            match events.try_recv() {
+                Ok(VcpuEvent::Pause) => {
+                    if let Some(reason) = self.paused(events, responses) {
+                        return reason;
+                    }
+                }
+                Ok(VcpuEvent::Resume) => {
+                    let _ = responses.send(VcpuResponse::Resumed);
+                }
+                Ok(VcpuEvent::Stop) | Err(TryRecvError::Disconnected) => {
+                    return VcpuExitReason::Stopped
+                }
+                Err(TryRecvError::Empty) => {}
+            }
+            if let Some(reason) = self.run_once() {
+                return reason;
+            }
+        }
+    }
+
+    /// Waits while paused; returns a reason if the vCPU must stop instead of resuming.
+    fn paused(
+        &mut self,
+        events: &Receiver<VcpuEvent>,
+        responses: &Sender<VcpuResponse>,
+    ) -> Option<VcpuExitReason> {
+        let _ = responses.send(VcpuResponse::Paused);
+        loop {
+            match events.recv() {
+                Ok(VcpuEvent::Resume) => {
+                    let _ = responses.send(VcpuResponse::Resumed);
+                    return None;
+                }
+                Ok(VcpuEvent::Pause) => {
+                    let _ = responses.send(VcpuResponse::Paused);
+                }
+                Ok(VcpuEvent::Stop) | Err(_) => return Some(VcpuExitReason::Stopped),
+            }
+        }
+    }
+
+    /// One KVM_RUN; returns a reason when the vCPU must stop.
+    fn run_once(&mut self) -> Option<VcpuExitReason> {
+        match self.fd.run() {
+            Ok(VcpuExit::IoIn(port, data)) => {
+                if !self.pio.read(u64::from(port), data) {
+                    // Nothing decodes this port: the bus floats high.
+                    data.fill(0xff);
+                }
+                None
+            }
+            Ok(VcpuExit::IoOut(port, data)) => {
+                if !self.pio.write(u64::from(port), data) {
+                    log::trace!("vCPU {}: unhandled write to port {port:#x}", self.index);
+                }
+                None
+            }
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                if !self.mmio.read(addr, data) {
+                    data.fill(0);
+                }
+                None
+            }
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                if !self.mmio.write(addr, data) {
+                    log::trace!("vCPU {}: unhandled MMIO write at {addr:#x}", self.index);
+                }
+                None
+            }
+            Ok(VcpuExit::Hlt) => Some(VcpuExitReason::Halted),
+            Ok(VcpuExit::Shutdown) => Some(VcpuExitReason::TripleFault),
+            Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
+                KVM_SYSTEM_EVENT_SHUTDOWN | KVM_SYSTEM_EVENT_RESET => {
+                    Some(VcpuExitReason::GuestShutdown)
+                }
+                KVM_SYSTEM_EVENT_CRASH => Some(VcpuExitReason::Crash(
+                    "the guest reported a crash (KVM_SYSTEM_EVENT_CRASH)".into(),
+                )),
+                other => Some(VcpuExitReason::Crash(format!(
+                    "unexpected KVM system event {other}"
+                ))),
+            },
+            Ok(VcpuExit::FailEntry(reason, cpu)) => Some(VcpuExitReason::Crash(format!(
+                "KVM_EXIT_FAIL_ENTRY: hardware entry failure reason {reason:#x} on host CPU {cpu}"
+            ))),
+            Ok(VcpuExit::InternalError) => {
+                let suberror = self.internal_error_suberror();
+                Some(VcpuExitReason::Crash(format!(
+                    "KVM_EXIT_INTERNAL_ERROR (suberror {suberror}): KVM could not emulate the guest"
+                )))
+            }
+            Ok(VcpuExit::Intr) | Ok(VcpuExit::IrqWindowOpen) => None,
+            Ok(other) => Some(VcpuExitReason::Crash(format!(
+                "unexpected KVM exit: {other:?}"
+            ))),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                // Kicked: clear the request and look at the messages.
+                self.fd.set_kvm_immediate_exit(0);
+                None
+            }
+            Err(e) => Some(VcpuExitReason::Crash(format!("KVM_RUN failed: {e}"))),
+        }
+    }
+
+    fn internal_error_suberror(&mut self) -> u32 {
+        let run = self.fd.get_kvm_run();
+        // SAFETY: after KVM_EXIT_INTERNAL_ERROR the kernel filled the `internal` member of
+        // the exit union; reading a plain u32 from it is valid.
+        unsafe { run.__bindgen_anon_1.internal.suberror }
+    }
+}
+
+/// The VMM thread's handle on a running vCPU.
+#[derive(Debug)]
+pub struct VcpuHandle {
+    index: u8,
+    events: Sender<VcpuEvent>,
+    responses: Receiver<VcpuResponse>,
+    thread: JoinHandle<()>,
+}
+
+impl VcpuHandle {
+    pub fn index(&self) -> u8 {
+        self.index
+    }
+
+    /// Sends `event` and kicks the thread out of KVM_RUN so it sees it.
+    pub fn send_event(&self, event: VcpuEvent) -> Result<(), VcpuError> {
+        self.events
+            .send(event)
+            .map_err(|_| VcpuError::Gone(self.index))?;
+        self.kick();
+        Ok(())
+    }
+
+    /// Waits for the thread's answer to a Pause or Resume.
+    pub fn response(&self, timeout: Duration) -> Result<VcpuResponse, VcpuError> {
+        self.responses.recv_timeout(timeout).map_err(|e| match e {
+            RecvTimeoutError::Timeout => VcpuError::NoResponse(self.index),
+            RecvTimeoutError::Disconnected => VcpuError::Gone(self.index),
+        })
+    }
+
+    fn kick(&self) {
+        if self.thread.is_finished() {
+            return;
+        }
+        // SAFETY: the pthread_t comes from a JoinHandle we still own, so the thread has not
+        // been joined or detached and the id is valid; the signal has a handler installed.
+        let ret = unsafe {
+            libc::pthread_kill(self.thread.as_pthread_t(), SIGRTMIN() + KICK_SIGNAL_OFFSET)
+        };
+        if ret != 0 {
+            log::warn!("vCPU {}: kick failed: errno {ret}", self.index);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::mpsc::Receiver;
+
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+    use super::*;
+    use crate::arch::regs::write_boot_tables;
+    use crate::vstate::kvm::KvmContext;
+    use crate::vstate::memory::create_guest_memory;
+
+    const TIMEOUT: Duration = Duration::from_secs(20);
+    const CODE: u64 = 0x10_0000;
+
+    /// A running test vCPU with what must outlive it.
+    type TestGuest = (
+        VcpuHandle,
+        Receiver<(u8, VcpuExitReason)>,
+        GuestMemoryMmap,
+        Vm,
+    );
+
+    /// Starts one vCPU running `code` in long mode; None when the host has no KVM.
+    fn start_guest(code: &[u8]) -> Option<TestGuest> {
+        if !Path::new("/dev/kvm").exists() {
+            return None;
+        }
+        let kvm = KvmContext::open().unwrap();
+        let vm = Vm::new(&kvm).unwrap();
+        let mem = create_guest_memory(4 << 20).unwrap();
+        vm.register_memory(&mem, false).unwrap();
+        mem.write_slice(code, GuestAddress(CODE)).unwrap();
+        write_boot_tables(&mem, EntryProtocol::Linux64).unwrap();
+        let vcpu = Vcpu::new(&vm, 0, Bus::new(), Bus::new()).unwrap();
+        let cpuid = kvm.supported_cpuid().unwrap();
+        vcpu.configure(
+            &cpuid,
+            Topology::new(1, false),
+            Some((EntryProtocol::Linux64, CODE, 0)),
+        )
+        .unwrap();
+        register_kick_signal_handler().unwrap();
+        let (tx, rx) = channel();
+        let evt = EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap();
+        let handle = vcpu.start(VcpuExitSink::new(tx, evt)).unwrap();
+        Some((handle, rx, mem, vm))
+    }
+
+    #[test]
+    fn a_spinning_vcpu_pauses_resumes_and_stops() {
+        // jmp $: never exits to user space by itself, so only the kick can interrupt it.
+        let Some((vcpu, exits, _mem, _vm)) = start_guest(&[0xeb, 0xfe]) else {
+            return;
+        };
+        vcpu.send_event(VcpuEvent::Pause).unwrap();
+        assert_eq!(vcpu.response(TIMEOUT).unwrap(), VcpuResponse::Paused);
+        vcpu.send_event(VcpuEvent::Resume).unwrap();
+        assert_eq!(vcpu.response(TIMEOUT).unwrap(), VcpuResponse::Resumed);
+        vcpu.send_event(VcpuEvent::Stop).unwrap();
+        let (index, reason) = exits.recv_timeout(TIMEOUT).unwrap();
+        assert_eq!((index, reason), (0, VcpuExitReason::Stopped));
+    }
+
+    #[test]
+    fn a_triple_fault_is_reported() {
+        // ud2 with no IDT: #UD cannot be delivered, the CPU shuts down.
+        let Some((_vcpu, exits, _mem, _vm)) = start_guest(&[0x0f, 0x0b]) else {
+            return;
+        };
+        let (_, reason) = exits.recv_timeout(TIMEOUT).unwrap();
+        assert_eq!(reason, VcpuExitReason::TripleFault);
+    }
+}

@@ -1,0 +1,120 @@
+//! The KVM VM: in-kernel irqchip and PIT, memory slots, irqfds.
+
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::VmFd;
+use vm_memory::{
+    Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress,
+};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::kvm::KvmContext;
+use crate::arch::layout::{KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
+
+/// Errors while creating or configuring the VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("KVM_CREATE_VM failed: {0}")]
+    Create(kvm_ioctls::Error),
+    #[error("KVM_SET_TSS_ADDR failed: {0}")]
+    TssAddress(kvm_ioctls::Error),
+    #[error("KVM_SET_IDENTITY_MAP_ADDR failed: {0}")]
+    IdentityMap(kvm_ioctls::Error),
+    #[error("KVM_CREATE_IRQCHIP failed: {0}")]
+    Irqchip(kvm_ioctls::Error),
+    #[error("KVM_CREATE_PIT2 failed: {0}")]
+    Pit(kvm_ioctls::Error),
+    #[error("guest memory region at {addr:#x} has no host mapping: {source}")]
+    HostAddress {
+        addr: u64,
+        source: vm_memory::GuestMemoryError,
+    },
+    #[error(
+        "KVM_SET_USER_MEMORY_REGION for slot {slot} ({addr:#x}, {size:#x} bytes) failed: {source}"
+    )]
+    MemoryRegion {
+        slot: u32,
+        addr: u64,
+        size: u64,
+        source: kvm_ioctls::Error,
+    },
+    #[error("KVM_IRQFD for GSI {gsi} failed: {source}")]
+    Irqfd { gsi: u32, source: kvm_ioctls::Error },
+}
+
+/// A VM with its interrupt controllers.
+#[derive(Debug)]
+pub struct Vm {
+    fd: VmFd,
+}
+
+impl Vm {
+    /// Creates the VM with the in-kernel LAPICs/IOAPIC/PIC and PIT.
+    pub fn new(kvm: &KvmContext) -> Result<Self, VmError> {
+        let fd = kvm.kvm.create_vm().map_err(VmError::Create)?;
+        fd.set_tss_address(KVM_TSS_ADDRESS as usize)
+            .map_err(VmError::TssAddress)?;
+        fd.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
+            .map_err(VmError::IdentityMap)?;
+        fd.create_irq_chip().map_err(VmError::Irqchip)?;
+        let pit = kvm_pit_config {
+            // The PC speaker port is claimed by KVM's PIT so that guests probing it do not
+            // exit to user space.
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        fd.create_pit2(pit).map_err(VmError::Pit)?;
+        Ok(Self { fd })
+    }
+
+    pub fn fd(&self) -> &VmFd {
+        &self.fd
+    }
+
+    /// Registers every region of `mem` with KVM, one slot each (the fewest possible: this
+    /// ioctl dominates start-up time).
+    pub fn register_memory(
+        &self,
+        mem: &GuestMemoryMmap,
+        track_dirty_pages: bool,
+    ) -> Result<(), VmError> {
+        let flags = if track_dirty_pages {
+            KVM_MEM_LOG_DIRTY_PAGES
+        } else {
+            0
+        };
+        for (slot, region) in mem.iter().enumerate() {
+            let addr = region.start_addr().raw_value();
+            let host = region
+                .get_host_address(MemoryRegionAddress(0))
+                .map_err(|source| VmError::HostAddress { addr, source })?;
+            let slot = slot as u32;
+            let desc = kvm_userspace_memory_region {
+                slot,
+                flags,
+                guest_phys_addr: addr,
+                memory_size: region.len(),
+                userspace_addr: host as u64,
+            };
+            // SAFETY: `host` maps `region.len()` bytes owned by `mem`, which the caller keeps
+            // alive for as long as the VM exists (the builder stores both together).
+            unsafe { self.fd.set_user_memory_region(desc) }.map_err(|source| {
+                VmError::MemoryRegion {
+                    slot,
+                    addr,
+                    size: region.len(),
+                    source,
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Makes a write to `evt` raise `gsi`.
+    pub fn register_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<(), VmError> {
+        self.fd
+            .register_irqfd(evt, gsi)
+            .map_err(|source| VmError::Irqfd { gsi, source })
+    }
+}

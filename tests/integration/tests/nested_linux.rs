@@ -62,8 +62,24 @@ fn boot(scenario: Scenario) -> Option<Outcome> {
         "xenia did not exit 0 after the guest's reset\n{}",
         context()
     );
+    // Linux's PVH entry code fills the zero page itself and marks it with loader type
+    // 0xb0; on the Linux boot protocol the VMM writes it. So this tells the paths apart.
+    let loader = outcome.fact("L2-INIT-OK", "loader").unwrap_or_default();
+    match scenario.kernel {
+        Kernel::VmlinuxPvh => {
+            assert_eq!(loader, PVH_LOADER, "not entered through PVH\n{}", context())
+        }
+        Kernel::VmlinuxNoPvh | Kernel::BzImage => assert!(
+            loader.len() == 4 && loader != PVH_LOADER,
+            "expected the Linux boot protocol (a VMM-written loader type), got loader={loader}\n{}",
+            context()
+        ),
+    }
     Some(outcome)
 }
+
+/// boot_params.hdr.type_of_loader as Linux's PVH entry sets it outside Xen.
+const PVH_LOADER: &str = "0xb0";
 
 fn scenario(kernel: Kernel, vcpus: u8, mem_mib: u32) -> Scenario {
     Scenario {

@@ -197,8 +197,9 @@ pub fn run(scenario: &Scenario) -> Result<Option<Outcome>, String> {
         Tier::Nested(qemu) => qemu::run(qemu, scenario)?,
     };
     eprintln!(
-        "scenario {scenario:?}: {:.1} s",
-        start.elapsed().as_secs_f64()
+        "scenario {scenario:?}: {:.1} s, L2-INIT-OK{}",
+        start.elapsed().as_secs_f64(),
+        outcome.marker("L2-INIT-OK").unwrap_or(" missing")
     );
     Ok(Some(outcome))
 }

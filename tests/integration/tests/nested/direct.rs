@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use super::watchdog::{self, Limits};
-use super::{repo_root, ArtifactDir, Outcome, Scenario, IDLE_LIMIT, TOTAL_LIMIT};
+use super::{repo_root, ArtifactDir, Outcome, Scenario, TOTAL_LIMIT};
 
 /// The xenia binary built next to this test (target/<profile>/xenia), or `$XENIA_BIN`.
 fn xenia_binary() -> Result<PathBuf, String> {
@@ -57,7 +57,7 @@ pub fn run(scenario: &Scenario) -> Result<Outcome, String> {
     let watched = watchdog::run(
         command,
         &Limits {
-            idle: IDLE_LIMIT,
+            idle: super::idle_limit(),
             total: TOTAL_LIMIT,
             on_hang: &no_diagnostics,
         },

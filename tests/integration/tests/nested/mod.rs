@@ -204,6 +204,14 @@ pub fn run(scenario: &Scenario) -> Result<Option<Outcome>, String> {
     Ok(Some(outcome))
 }
 
-/// Idle and total limits for one run: a hang is reported after this much silence.
-pub const IDLE_LIMIT: Duration = Duration::from_secs(45);
+/// A run is declared hung after this much console silence (`XENIA_LINUX_IDLE_SECS`
+/// overrides it, e.g. to check the hang report quickly).
+pub fn idle_limit() -> Duration {
+    std::env::var("XENIA_LINUX_IDLE_SECS")
+        .ok()
+        .and_then(|secs| secs.parse().ok())
+        .map_or(Duration::from_secs(45), Duration::from_secs)
+}
+
+/// No scenario takes this long, even on a loaded machine.
 pub const TOTAL_LIMIT: Duration = Duration::from_secs(300);

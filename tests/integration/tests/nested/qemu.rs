@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use super::watchdog::{self, Limits};
-use super::{repo_root, ArtifactDir, Outcome, Scenario, IDLE_LIMIT, TOTAL_LIMIT};
+use super::{repo_root, ArtifactDir, Outcome, Scenario, TOTAL_LIMIT};
 
 /// L1's memory: enough for a 1 GiB L2 plus L1's initramfs (~80 MiB, unpacked in RAM).
 const L1_MEM_MIB: u32 = 2048;
@@ -66,7 +66,7 @@ pub fn run(qemu: &Path, scenario: &Scenario) -> Result<Outcome, String> {
     let watched = watchdog::run(
         command,
         &Limits {
-            idle: IDLE_LIMIT,
+            idle: super::idle_limit(),
             total: TOTAL_LIMIT,
             on_hang: &dump_registers,
         },
@@ -147,7 +147,12 @@ fn registers(monitor: &Path) -> String {
                 break;
             }
         }
-        Ok(String::from_utf8_lossy(&text).into_owned())
+        // Drop the monitor's echo of the command, full of line-editing escapes.
+        Ok(String::from_utf8_lossy(&text)
+            .lines()
+            .filter(|line| !line.contains('\u{1b}'))
+            .collect::<Vec<_>>()
+            .join("\n"))
     };
     match dump() {
         Ok(text) => format!("QEMU `info registers`:\n{text}"),

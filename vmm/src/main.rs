@@ -78,7 +78,14 @@ fn run(start: Instant) -> ExitCode {
         Err(e) => return fail(&e.to_string()),
     };
     match ControlLoop::new(vm) {
-        Ok(mut control) => control.run(),
+        Ok(mut control) => {
+            let code = control.run();
+            // vCPU threads may still be inside KVM_RUN: dropping the VM here would unmap
+            // guest memory under them (KVM_RUN then fails with EFAULT, and a device thread
+            // touching guest memory would fault). Process exit ends them instead.
+            std::mem::forget(control);
+            code
+        }
         Err(e) => fail(&e.to_string()),
     }
 }

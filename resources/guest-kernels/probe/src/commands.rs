@@ -3,7 +3,7 @@
 //! after detail lines of its own.
 
 use crate::arch::cpu;
-use crate::arch::port::outb;
+use crate::arch::port::{inb, outb};
 use crate::bootinfo::{self, BootInfo};
 use crate::cmdline::{as_text, parse_u64, Command};
 use crate::e820::{find_free, E820_RAM};
@@ -34,6 +34,7 @@ pub fn run(cmd: Command<'_>) {
             sprintln!("PROBE idle ok halting");
             cpu::halt_forever();
         }
+        b"kbd" => kbd(),
         b"reboot" => {
             sprintln!("PROBE reboot ok");
             crate::reset();
@@ -43,6 +44,7 @@ pub fn run(cmd: Command<'_>) {
             // SAFETY: deliberately raises #UD to exercise the exception path.
             unsafe { core::arch::asm!("ud2", options(nomem, nostack)) };
         }
+        _ if crate::virtio::run(cmd) => {}
         _ => sprintln!("PROBE {} FAIL unknown-command", name),
     }
 }
@@ -284,4 +286,28 @@ fn tick(arg: Option<&[u8]>) {
         freq.khz,
         freq.source
     );
+}
+
+/// Waits for keyboard bytes from the i8042 (e.g. the VMM's Ctrl-Alt-Del), polling its
+/// status port with interrupts off, and resets the machine once three bytes arrived, as a
+/// guest that honours Ctrl-Alt-Del would.
+fn kbd() {
+    sprintln!("PROBE kbd waiting");
+    let mut got = [0u8; 3];
+    let mut n = 0;
+    while n < got.len() {
+        if inb(0x64) & 1 != 0 {
+            got[n] = inb(0x60);
+            n += 1;
+        } else {
+            timer::delay_us(1_000);
+        }
+    }
+    sprintln!(
+        "PROBE kbd ok bytes={:#x},{:#x},{:#x}",
+        got[0],
+        got[1],
+        got[2]
+    );
+    crate::reset();
 }

@@ -16,12 +16,20 @@ Usage: xenia [OPTIONS]
   --show-level         show the level in log lines
   --show-log-origin    show the source file and line in log lines
   --boot-timer         log the time from start to the guest's boot-timer write (port 0x3f0)
+  --seccomp-filter FILE
+                       use the seccomp filters in FILE (JSON, the format of
+                       resources/seccomp/x86_64.json, one filter each for vmm, api, vcpu
+                       and io) instead of the built-in ones; a filter too narrow kills xenia
+                       (exit status 148), one too wide weakens the sandbox
+  --no-seccomp         run every thread without a seccomp filter: for debugging only, it
+                       leaves the whole kernel interface open to a guest that escapes
   --version            print the version and exit
   --help               print this help and exit
 
 Exit status: 0 after a guest reset (i8042) or power-off, or SIGTERM/SIGINT; 1 for a bad
 command line or configuration or a VM that could not start; 2 when the guest crashed
-(triple fault, KVM internal error or entry failure).
+(triple fault, KVM internal error or entry failure); 148 when a thread made a system call
+its seccomp filter forbids (the call is named on stderr).
 ";
 
 /// Errors on the command line.
@@ -49,6 +57,8 @@ pub struct CliArgs {
     pub show_level: bool,
     pub show_log_origin: bool,
     pub boot_timer: bool,
+    pub seccomp_filter: Option<String>,
+    pub no_seccomp: bool,
     pub version: bool,
     pub help: bool,
 }
@@ -65,6 +75,8 @@ impl Default for CliArgs {
             show_level: false,
             show_log_origin: false,
             boot_timer: false,
+            seccomp_filter: None,
+            no_seccomp: false,
             version: false,
             help: false,
         }
@@ -115,6 +127,11 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<CliArgs, CliErro
             "--api-sock" => set_once(&mut out.api_sock, "--api-sock", value("--api-sock")?)?,
             "--id" => set_once(&mut id, "--id", value("--id")?)?,
             "--log-path" => set_once(&mut out.log_path, "--log-path", value("--log-path")?)?,
+            "--seccomp-filter" => set_once(
+                &mut out.seccomp_filter,
+                "--seccomp-filter",
+                value("--seccomp-filter")?,
+            )?,
             "--level" => {
                 let v = value("--level")?;
                 let level = v.parse::<LogLevel>().map_err(|reason| CliError::BadValue {
@@ -124,7 +141,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<CliArgs, CliErro
                 set_once(&mut out.level, "--level", level)?;
             }
             flag @ ("--no-api" | "--show-level" | "--show-log-origin" | "--boot-timer"
-            | "--version" | "--help") => {
+            | "--no-seccomp" | "--version" | "--help") => {
                 if inline.is_some() {
                     return Err(CliError::Unknown(arg));
                 }
@@ -133,6 +150,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<CliArgs, CliErro
                     "--show-level" => out.show_level = true,
                     "--show-log-origin" => out.show_log_origin = true,
                     "--boot-timer" => out.boot_timer = true,
+                    "--no-seccomp" => out.no_seccomp = true,
                     "--version" => out.version = true,
                     _ => out.help = true,
                 }
@@ -195,6 +213,22 @@ mod tests {
         assert_eq!(a.level, Some(LogLevel::Debug));
         assert_eq!(a.log_path.as_deref(), Some("/l"));
         assert!(a.no_api && a.show_level && a.show_log_origin && a.boot_timer);
+    }
+
+    #[test]
+    fn seccomp_flags() {
+        let a = p(&["--seccomp-filter", "/f.json"]).unwrap();
+        assert_eq!(a.seccomp_filter.as_deref(), Some("/f.json"));
+        assert!(!a.no_seccomp);
+        assert!(p(&["--no-seccomp"]).unwrap().no_seccomp);
+        assert_eq!(
+            p(&["--seccomp-filter"]),
+            Err(CliError::MissingValue("--seccomp-filter"))
+        );
+        assert_eq!(
+            p(&["--no-seccomp=yes"]),
+            Err(CliError::Unknown("--no-seccomp=yes".into()))
+        );
     }
 
     #[test]

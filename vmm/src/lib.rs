@@ -9,4 +9,5 @@ pub mod device_manager;
 pub mod logger;
 pub mod metrics;
 pub mod rpc;
+pub mod seccomp;
 pub mod vstate;

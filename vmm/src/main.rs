@@ -8,6 +8,7 @@ use vmm::cli::{self, CliArgs, USAGE};
 use vmm::config::VmConfig;
 use vmm::control::{ControlLoop, ExitCode};
 use vmm::logger::{self, LoggerSettings};
+use vmm::seccomp::{self, SeccompLevel, ThreadKind};
 
 #[allow(clippy::print_stderr)]
 fn fail(message: &str) -> ExitCode {
@@ -70,6 +71,12 @@ fn run(start: Instant) -> ExitCode {
             "--api-sock: the API server is not available yet; booting from --config-file only"
         );
     }
+    // Before any thread starts: each thread installs its own filter as it begins.
+    if let Err(e) = SeccompLevel::from_flags(args.no_seccomp, args.seccomp_filter.as_deref())
+        .and_then(|level| seccomp::init(&level))
+    {
+        return fail(&e.to_string());
+    }
     let options = BuildOptions {
         boot_timer: args.boot_timer.then_some(start),
     };
@@ -77,17 +84,21 @@ fn run(start: Instant) -> ExitCode {
         Ok(vm) => vm,
         Err(e) => return fail(&e.to_string()),
     };
-    match ControlLoop::new(vm) {
-        Ok(mut control) => {
-            let code = control.run();
-            // vCPU threads may still be inside KVM_RUN: dropping the VM here would unmap
-            // guest memory under them (KVM_RUN then fails with EFAULT, and a device thread
-            // touching guest memory would fault). Process exit ends them instead.
-            std::mem::forget(control);
-            code
-        }
-        Err(e) => fail(&e.to_string()),
+    let mut control = match ControlLoop::new(vm) {
+        Ok(control) => control,
+        Err(e) => return fail(&e.to_string()),
+    };
+    // Last: every other thread has started (they would inherit this filter) and the loop's
+    // one-time set-up is done.
+    if let Err(e) = seccomp::install(ThreadKind::Vmm) {
+        return fail(&e.to_string());
     }
+    let code = control.run();
+    // vCPU threads may still be inside KVM_RUN: dropping the VM here would unmap guest
+    // memory under them (KVM_RUN then fails with EFAULT, and a device thread touching
+    // guest memory would fault). Process exit ends them instead.
+    std::mem::forget(control);
+    code
 }
 
 fn main() -> ProcessExit {

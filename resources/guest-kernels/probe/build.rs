@@ -6,8 +6,22 @@ use std::fs;
 use std::path::PathBuf;
 
 const LOAD_ADDR: u64 = 0x10_0000;
+/// Real-mode part of the bzImage: boot sector + one setup sector.
+const SETUP_SIZE: u64 = 0x400;
 
-fn script(with_note: bool) -> String {
+#[derive(Clone, Copy, PartialEq)]
+enum Flavour {
+    /// ELF with the PVH note.
+    Pvh,
+    /// ELF without it (64-bit Linux boot protocol).
+    NoPvh,
+    /// ELF whose flat binary (objcopy -O binary) is a bzImage: a 1 KiB
+    /// real-mode part with the setup header right below the kernel.
+    BzImage,
+}
+
+fn script(flavour: Flavour) -> String {
+    let with_note = flavour == Flavour::Pvh;
     let phdrs = if with_note {
         "PHDRS {\n  image PT_LOAD FLAGS(7);\n  xen_note PT_NOTE FLAGS(4);\n}\n"
     } else {
@@ -19,24 +33,40 @@ fn script(with_note: bool) -> String {
     } else {
         "  /DISCARD/ : { *(.note.Xen) }\n"
     };
+    let setup = if flavour == Flavour::BzImage {
+        format!(
+            "  .setup {:#x} : {{ KEEP(*(.setup)) }} :image\n",
+            LOAD_ADDR - SETUP_SIZE
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "ENTRY(linux64_entry)\n{phdrs}SECTIONS {{\n  . = {LOAD_ADDR:#x};\n  __image_start = .;\n\
-  .text : {{ KEEP(*(.text.entry)) *(.text .text.*) }} :image\n\
+        "ENTRY(linux64_entry)\n{phdrs}SECTIONS {{\n{setup}  . = {LOAD_ADDR:#x};\n  __image_start = .;\n\
+  .text : {{ KEEP(*(.text.head32)) . = ALIGN(0x200); KEEP(*(.text.entry)) *(.text .text.*) }} :image\n\
   .rodata : ALIGN(16) {{ *(.rodata .rodata.*) }} :image\n\
   .data : ALIGN(4096) {{ *(.data.pagetables) *(.data .data.*) *(.got .got.*) *(.data.rel.ro .data.rel.ro.*) }} :image\n\
 {note}\
+  __load_end = .;\n\
   .bss : ALIGN(4096) {{ __bss_start = .; *(.bss .bss.*) *(COMMON) . = ALIGN(8); __bss_end = .; }} :image\n\
   .stack (NOLOAD) : ALIGN(4096) {{ *(.stack) }} :image\n\
   . = ALIGN(4096);\n  __image_end = .;\n\
-  /DISCARD/ : {{ *(.eh_frame*) *(.note.gnu*) *(.comment) *(.note.GNU-stack) }}\n}}\n"
+  __probe_syssize = (__load_end - __image_start + 15) / 16;\n\
+  __probe_init_size = __image_end - __image_start;\n\
+  /DISCARD/ : {{ *(.eh_frame*) *(.note.gnu*) *(.comment) *(.note.GNU-stack) }}\n}}\n\
+ASSERT(linux64_entry == __image_start + 0x200, \"linux64_entry must sit at +0x200\")\n"
     )
 }
 
 fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    for (bin, with_note) in [("probe", true), ("probe-nopvh", false)] {
+    for (bin, flavour) in [
+        ("probe", Flavour::Pvh),
+        ("probe-nopvh", Flavour::NoPvh),
+        ("probe-bzimage", Flavour::BzImage),
+    ] {
         let path = out.join(format!("{bin}.ld"));
-        fs::write(&path, script(with_note)).expect("write linker script");
+        fs::write(&path, script(flavour)).expect("write linker script");
         println!("cargo:rustc-link-arg-bin={bin}=-T{}", path.display());
         println!("cargo:rustc-link-arg-bin={bin}=-Wl,--undefined=linux64_entry");
     }

@@ -16,7 +16,8 @@ install -m 0644 "$bin/probe" "$out/probe.elf.tmp" && mv "$out/probe.elf.tmp" "$o
 install -m 0644 "$bin/probe-nopvh" "$out/probe-nopvh.elf.tmp" && mv "$out/probe-nopvh.elf.tmp" "$out/probe-nopvh.elf"
 echo "$out/probe.elf"
 echo "$out/probe-nopvh.elf"
-if [ -x "$here/mkbzimage.sh" ]; then
-    "$here/mkbzimage.sh" "$out/probe-nopvh.elf" "$out/probe.bzImage"
-    echo "$out/probe.bzImage"
+if [ "$bin/probe-bzimage" -nt "$out/probe.bzImage" ] || [ ! -e "$out/probe.bzImage" ]; then
+    objcopy -O binary "$bin/probe-bzimage" "$out/probe.bzImage.tmp"
+    mv "$out/probe.bzImage.tmp" "$out/probe.bzImage"
 fi
+echo "$out/probe.bzImage"

@@ -72,6 +72,8 @@ pub struct Probe {
     pub pvh: PathBuf,
     /// Same code without the note: booted through the 64-bit Linux boot protocol.
     pub linux64: PathBuf,
+    /// Same code in a bzImage wrapper: the bzImage loader, then the 64-bit boot protocol.
+    pub bzimage: PathBuf,
 }
 
 /// Builds the probe guest (once per test process; its script caches across runs).
@@ -85,6 +87,7 @@ pub fn probe() -> Probe {
     Probe {
         pvh: dir.join("probe.elf"),
         linux64: dir.join("probe-nopvh.elf"),
+        bzimage: dir.join("probe.bzImage"),
     }
 }
 
@@ -263,6 +266,11 @@ impl Xenia {
         let left = deadline.saturating_duration_since(Instant::now());
         let _ = self.stderr_done.recv_timeout(left);
         self.child.wait().map_err(|e| format!("wait: {e}"))
+    }
+
+    /// The process id (for /proc inspection).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Everything xenia wrote on stderr so far.

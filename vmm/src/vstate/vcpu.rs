@@ -220,6 +220,11 @@ impl Vcpu {
         responses: Sender<VcpuResponse>,
         exits: VcpuExitSink,
     ) {
+        // The filter goes on before the first KVM_RUN, i.e. before any guest input.
+        if let Err(e) = crate::seccomp::install(crate::seccomp::ThreadKind::Vcpu) {
+            exits.report(self.index, VcpuExitReason::Crash(e.to_string()));
+            return;
+        }
         KVM_RUN_PTR.with(|p| p.set(self.fd.get_kvm_run() as *mut kvm_run));
         let reason = self.run_loop(&events, &responses);
         KVM_RUN_PTR.with(|p| p.set(std::ptr::null_mut()));

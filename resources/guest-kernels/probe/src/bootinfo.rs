@@ -84,15 +84,20 @@ const BP_E820_TABLE: u64 = 0x2d0;
 const BP_E820_TABLE_MAX: usize = 128;
 
 fn capture_zero_page(boot: &mut BootInfo, bp: u64) {
-    // SAFETY (all reads below): bp was checked to lie in mapped memory with a
-    // page to spare, and every offset is inside the 4 KiB boot_params.
+    // SAFETY: bp was checked to lie in mapped memory with a page to spare, and
+    // every offset read from it is inside the 4 KiB boot_params.
     let n = unsafe { read_phys::<u8>(bp + BP_E820_ENTRIES) } as usize;
     let n = n.min(BP_E820_TABLE_MAX).min(MAX_E820);
     for i in 0..n {
         let at = bp + BP_E820_TABLE + 20 * i as u64;
         // SAFETY: see above (0x2d0 + 128 * 20 = 0xcd0 < 4096).
-        let (addr, size, kind) =
-            unsafe { (read_phys::<u64>(at), read_phys::<u64>(at + 8), read_phys::<u32>(at + 16)) };
+        let (addr, size, kind) = unsafe {
+            (
+                read_phys::<u64>(at),
+                read_phys::<u64>(at + 8),
+                read_phys::<u32>(at + 16),
+            )
+        };
         boot.e820[i] = E820Entry { addr, size, kind };
     }
     boot.e820_len = n;
@@ -101,14 +106,17 @@ fn capture_zero_page(boot: &mut BootInfo, bp: u64) {
     }
     // SAFETY: see above.
     let cmd = unsafe {
-        read_phys::<u32>(bp + BP_CMD_LINE_PTR) as u64 | (read_phys::<u32>(bp + BP_EXT_CMD_LINE_PTR) as u64) << 32
+        read_phys::<u32>(bp + BP_CMD_LINE_PTR) as u64
+            | (read_phys::<u32>(bp + BP_EXT_CMD_LINE_PTR) as u64) << 32
     };
     copy_cmdline(boot, cmd);
     // SAFETY: see above.
     let (image, size) = unsafe {
         (
-            read_phys::<u32>(bp + BP_RAMDISK_IMAGE) as u64 | (read_phys::<u32>(bp + BP_EXT_RAMDISK_IMAGE) as u64) << 32,
-            read_phys::<u32>(bp + BP_RAMDISK_SIZE) as u64 | (read_phys::<u32>(bp + BP_EXT_RAMDISK_SIZE) as u64) << 32,
+            read_phys::<u32>(bp + BP_RAMDISK_IMAGE) as u64
+                | (read_phys::<u32>(bp + BP_EXT_RAMDISK_IMAGE) as u64) << 32,
+            read_phys::<u32>(bp + BP_RAMDISK_SIZE) as u64
+                | (read_phys::<u32>(bp + BP_EXT_RAMDISK_SIZE) as u64) << 32,
         )
     };
     if image != 0 && size != 0 {
@@ -127,8 +135,8 @@ const SI_MEMMAP_ENTRIES: u64 = 48;
 const MEMMAP_ENTRY_SIZE: u64 = 24;
 
 fn capture_pvh(boot: &mut BootInfo, si: u64) {
-    // SAFETY (reads of the start_info): si was checked to be mapped with a
-    // page to spare; the structure is 56 bytes.
+    // SAFETY: si was checked to be mapped with a page to spare; the
+    // structure is 56 bytes.
     let magic = unsafe { read_phys::<u32>(si) };
     if magic != PVH_MAGIC {
         boot.e820_missing = Some("bad-pvh-magic");
@@ -156,7 +164,12 @@ fn capture_pvh(boot: &mut BootInfo, si: u64) {
         return;
     }
     // SAFETY: see above (version >= 1 has the memmap fields).
-    let (memmap, entries) = unsafe { (read_phys::<u64>(si + SI_MEMMAP), read_phys::<u32>(si + SI_MEMMAP_ENTRIES)) };
+    let (memmap, entries) = unsafe {
+        (
+            read_phys::<u64>(si + SI_MEMMAP),
+            read_phys::<u32>(si + SI_MEMMAP_ENTRIES),
+        )
+    };
     let n = (entries as usize).min(MAX_E820);
     if memmap == 0 || n == 0 || memmap + n as u64 * MEMMAP_ENTRY_SIZE > MAPPED_LIMIT {
         boot.e820_missing = Some("no-pvh-memmap");
@@ -165,8 +178,13 @@ fn capture_pvh(boot: &mut BootInfo, si: u64) {
     for i in 0..n {
         let at = memmap + MEMMAP_ENTRY_SIZE * i as u64;
         // SAFETY: the whole memmap was checked to be mapped above.
-        let (addr, size, kind) =
-            unsafe { (read_phys::<u64>(at), read_phys::<u64>(at + 8), read_phys::<u32>(at + 16)) };
+        let (addr, size, kind) = unsafe {
+            (
+                read_phys::<u64>(at),
+                read_phys::<u64>(at + 8),
+                read_phys::<u32>(at + 16),
+            )
+        };
         boot.e820[i] = E820Entry { addr, size, kind };
     }
     boot.e820_len = n;

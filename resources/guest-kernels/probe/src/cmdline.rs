@@ -2,10 +2,12 @@
 
 /// Value of the first `key=value` word whose key is `key`.
 pub fn param<'a>(cmdline: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
-    cmdline.split(|&b| b == b' ' || b == b'\t' || b == b'\n').find_map(|word| {
-        let eq = word.iter().position(|&b| b == b'=')?;
-        (&word[..eq] == key).then(|| &word[eq + 1..])
-    })
+    cmdline
+        .split(|&b| b == b' ' || b == b'\t' || b == b'\n')
+        .find_map(|word| {
+            let eq = word.iter().position(|&b| b == b'=')?;
+            (&word[..eq] == key).then(|| &word[eq + 1..])
+        })
 }
 
 /// One command from `probe.cmds`: name and optional argument after ':'.
@@ -17,12 +19,17 @@ pub struct Command<'a> {
 
 /// The commands listed in `probe.cmds=`, in order.
 pub fn commands(cmdline: &[u8]) -> impl Iterator<Item = Command<'_>> {
-    param(cmdline, b"probe.cmds").unwrap_or(&[]).split(|&b| b == b',').filter(|c| !c.is_empty()).map(|c| {
-        match c.iter().position(|&b| b == b':') {
-            Some(i) => Command { name: &c[..i], arg: Some(&c[i + 1..]) },
+    param(cmdline, b"probe.cmds")
+        .unwrap_or(&[])
+        .split(|&b| b == b',')
+        .filter(|c| !c.is_empty())
+        .map(|c| match c.iter().position(|&b| b == b':') {
+            Some(i) => Command {
+                name: &c[..i],
+                arg: Some(&c[i + 1..]),
+            },
             None => Command { name: c, arg: None },
-        }
-    })
+        })
 }
 
 /// Parses a decimal or 0x-prefixed hexadecimal number (no overflow).

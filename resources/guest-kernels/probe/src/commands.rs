@@ -3,7 +3,7 @@
 //! after detail lines of its own.
 
 use crate::arch::cpu;
-use crate::arch::port::outb;
+use crate::arch::port::{inb, outb};
 use crate::bootinfo::{self, BootInfo};
 use crate::cmdline::{as_text, parse_u64, Command};
 use crate::e820::{find_free, E820_RAM};
@@ -34,6 +34,7 @@ pub fn run(cmd: Command<'_>) {
             sprintln!("PROBE idle ok halting");
             cpu::halt_forever();
         }
+        b"kbd" => kbd(),
         b"reboot" => {
             sprintln!("PROBE reboot ok");
             crate::reset();
@@ -43,6 +44,7 @@ pub fn run(cmd: Command<'_>) {
             // SAFETY: deliberately raises #UD to exercise the exception path.
             unsafe { core::arch::asm!("ud2", options(nomem, nostack)) };
         }
+        _ if crate::virtio::run(cmd) => {}
         _ => sprintln!("PROBE {} FAIL unknown-command", name),
     }
 }
@@ -55,12 +57,22 @@ fn e820(boot: &BootInfo) {
     let map = &boot.e820[..boot.e820_len];
     let mut ram = 0u64;
     for e in map {
-        sprintln!("PROBE e820-entry addr={:#x} len={:#x} type={}", e.addr, e.size, e.kind);
+        sprintln!(
+            "PROBE e820-entry addr={:#x} len={:#x} type={}",
+            e.addr,
+            e.size,
+            e.kind
+        );
         if e.kind == E820_RAM {
             ram = ram.saturating_add(e.size);
         }
     }
-    sprintln!("PROBE e820 ok entries={} ram_bytes={} ram_mib={}", map.len(), ram, ram >> 20);
+    sprintln!(
+        "PROBE e820 ok entries={} ram_bytes={} ram_mib={}",
+        map.len(),
+        ram,
+        ram >> 20
+    );
 }
 
 fn cmdline(boot: &BootInfo) {
@@ -86,7 +98,12 @@ fn initrd(boot: &BootInfo) {
         hash = (hash ^ unsafe { read_phys::<u8>(addr + i) } as u64).wrapping_mul(FNV_PRIME);
     }
     // `{:#018x}` would pull padded formatting (SSE) from libcore: pad by hand.
-    sprintln!("PROBE initrd ok addr={:#x} size={} fnv1a64=0x{}", addr, size, Hex16(hash));
+    sprintln!(
+        "PROBE initrd ok addr={:#x} size={} fnv1a64=0x{}",
+        addr,
+        size,
+        Hex16(hash)
+    );
 }
 
 /// A u64 as exactly 16 lowercase hex digits.
@@ -122,7 +139,13 @@ fn touch(boot: &BootInfo, arg: Option<&[u8]>) {
     let image_end = core::ptr::addr_of!(__image_end) as u64;
     let initrd = boot.initrd.map(|(a, s)| (a, a.saturating_add(s)));
     let avoid = initrd.as_slice();
-    let Some(start) = find_free(&boot.e820[..boot.e820_len], len, image_end, MAPPED_LIMIT, avoid) else {
+    let Some(start) = find_free(
+        &boot.e820[..boot.e820_len],
+        len,
+        image_end,
+        MAPPED_LIMIT,
+        avoid,
+    ) else {
         sprintln!("PROBE touch FAIL no-free-ram mib={}", mib);
         return;
     };
@@ -143,7 +166,12 @@ fn touch(boot: &BootInfo, arg: Option<&[u8]>) {
         }
         page += PAGE;
     }
-    sprintln!("PROBE touch ok mib={} addr={:#x} pages={}", mib, start, len / PAGE);
+    sprintln!(
+        "PROBE touch ok mib={} addr={:#x} pages={}",
+        mib,
+        start,
+        len / PAGE
+    );
 }
 
 fn cpuid() {
@@ -196,7 +224,12 @@ fn smp(arg: Option<&[u8]>) {
         },
     };
     for cpu in &table.cpus[..table.cpu_count] {
-        sprintln!("PROBE smp-cpu apic_id={} bsp={} mp={:#x}", cpu.apic_id, cpu.bsp as u8, table.floating_pointer);
+        sprintln!(
+            "PROBE smp-cpu apic_id={} bsp={} mp={:#x}",
+            cpu.apic_id,
+            cpu.bsp as u8,
+            table.floating_pointer
+        );
     }
     let result = match smp::start_aps(&table) {
         Ok(r) => r,
@@ -205,8 +238,17 @@ fn smp(arg: Option<&[u8]>) {
             return;
         }
     };
-    let status = if result.online >= result.expected { "ok" } else { "FAIL" };
-    crate::sprint!("PROBE smp {} expected={} online={} apic_ids=", status, result.expected, result.online);
+    let status = if result.online >= result.expected {
+        "ok"
+    } else {
+        "FAIL"
+    };
+    crate::sprint!(
+        "PROBE smp {} expected={} online={} apic_ids=",
+        status,
+        result.expected,
+        result.online
+    );
     for (i, id) in result.ids[..result.id_count].iter().enumerate() {
         if i > 0 {
             crate::sprint!(",");
@@ -238,5 +280,34 @@ fn tick(arg: Option<&[u8]>) {
         n += 1;
         sprintln!("PROBE tick n={}", n);
     }
-    sprintln!("PROBE tick ok n={} tsc_khz={} source={}", n, freq.khz, freq.source);
+    sprintln!(
+        "PROBE tick ok n={} tsc_khz={} source={}",
+        n,
+        freq.khz,
+        freq.source
+    );
+}
+
+/// Waits for keyboard bytes from the i8042 (e.g. the VMM's Ctrl-Alt-Del), polling its
+/// status port with interrupts off, and resets the machine once three bytes arrived, as a
+/// guest that honours Ctrl-Alt-Del would.
+fn kbd() {
+    sprintln!("PROBE kbd waiting");
+    let mut got = [0u8; 3];
+    let mut n = 0;
+    while n < got.len() {
+        if inb(0x64) & 1 != 0 {
+            got[n] = inb(0x60);
+            n += 1;
+        } else {
+            timer::delay_us(1_000);
+        }
+    }
+    sprintln!(
+        "PROBE kbd ok bytes={:#x},{:#x},{:#x}",
+        got[0],
+        got[1],
+        got[2]
+    );
+    crate::reset();
 }

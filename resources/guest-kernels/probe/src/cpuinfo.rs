@@ -71,7 +71,9 @@ fn topology_from_leaf_b(info: &mut CpuInfo) -> bool {
             info.apic_id = r.edx; // the full x2APIC ID
         }
     }
-    let (Some(threads), Some(per_pkg)) = (smt, core) else { return false };
+    let (Some(threads), Some(per_pkg)) = (smt, core) else {
+        return false;
+    };
     if threads == 0 {
         return false;
     }
@@ -89,10 +91,18 @@ fn topology_from_amd(info: &mut CpuInfo) {
         return;
     }
     let per_pkg = (cpuid(0x8000_0008, 0).ecx & 0xff) + 1;
-    let threads = if max_ext >= 0x8000_001e { ((cpuid(0x8000_001e, 0).ebx >> 8) & 0xff) + 1 } else { 1 };
+    let threads = if max_ext >= 0x8000_001e {
+        ((cpuid(0x8000_001e, 0).ebx >> 8) & 0xff) + 1
+    } else {
+        1
+    };
     info.threads_per_core = threads;
     info.cores_per_pkg = per_pkg / threads;
-    info.topology_source = if max_ext >= 0x8000_001e { "amd-0x8000001e" } else { "amd-0x80000008" };
+    info.topology_source = if max_ext >= 0x8000_001e {
+        "amd-0x8000001e"
+    } else {
+        "amd-0x80000008"
+    };
 }
 
 /// Printable form of a 12-byte CPUID signature: NULs dropped, other

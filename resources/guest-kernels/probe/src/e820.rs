@@ -12,7 +12,11 @@ pub struct E820Entry {
 }
 
 impl E820Entry {
-    pub const EMPTY: E820Entry = E820Entry { addr: 0, size: 0, kind: 0 };
+    pub const EMPTY: E820Entry = E820Entry {
+        addr: 0,
+        size: 0,
+        kind: 0,
+    };
 
     pub fn end(&self) -> u64 {
         self.addr.saturating_add(self.size)
@@ -21,13 +25,18 @@ impl E820Entry {
 
 /// Finds `len` bytes of RAM at or above `floor`, 4 KiB aligned, below
 /// `limit`, avoiding the `avoid` ranges (start, end). Returns the start.
-pub fn find_free(map: &[E820Entry], len: u64, floor: u64, limit: u64, avoid: &[(u64, u64)]) -> Option<u64> {
+pub fn find_free(
+    map: &[E820Entry],
+    len: u64,
+    floor: u64,
+    limit: u64,
+    avoid: &[(u64, u64)],
+) -> Option<u64> {
     for e in map.iter().filter(|e| e.kind == E820_RAM) {
         let mut start = align_up(e.addr.max(floor));
         let end = e.end().min(limit);
         // Each retry moves past one obstacle, so this ends.
-        'retry: loop {
-            let Some(stop) = start.checked_add(len) else { break };
+        'retry: while let Some(stop) = start.checked_add(len) {
             if stop > end {
                 break;
             }

@@ -6,9 +6,9 @@
 //! work small (rep-string ops, one word per page); heavy loops belong in
 //! guest ring 3 (the GDT already has user segments and a TSS slot).
 //!
-//! Planned: `virtio/` (virtio-mmio transport found from
-//! `virtio_mmio.device=<size>@<addr>:<irq>` on the command line, then
-//! virtio-blk and virtio-net drivers), as commands in `commands.rs`.
+//! `virtio/`: virtio-mmio transport found from
+//! `virtio_mmio.device=<size>@<addr>:<irq>` on the command line, virtio-blk
+//! and virtio-net drivers behind the `blk-*` / `net-*` commands.
 
 #![no_std]
 
@@ -24,6 +24,7 @@ pub mod serial;
 pub mod smp;
 pub mod sync;
 pub mod timer;
+pub mod virtio;
 
 use arch::entry::ENTRY_PVH;
 use arch::{cpu, idt, port};
@@ -34,7 +35,11 @@ use bootinfo::EntryKind;
 extern "C" fn probe_main(kind: u64, info: u64) -> ! {
     serial::init();
     idt::init();
-    let entry = if kind == ENTRY_PVH { EntryKind::Pvh } else { EntryKind::Linux64 };
+    let entry = if kind == ENTRY_PVH {
+        EntryKind::Pvh
+    } else {
+        EntryKind::Linux64
+    };
     bootinfo::capture(entry, info);
     sprintln!("PROBE-BOOT-OK entry={}", entry.name());
     let boot = bootinfo::get();

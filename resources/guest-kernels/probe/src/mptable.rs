@@ -25,11 +25,17 @@ impl MpTable {
         let mut table = MpTable {
             floating_pointer: 0,
             lapic_addr: 0xfee0_0000,
-            cpus: [Processor { apic_id: 0, bsp: false }; MAX_CPUS],
+            cpus: [Processor {
+                apic_id: 0,
+                bsp: false,
+            }; MAX_CPUS],
             cpu_count: n.min(MAX_CPUS),
         };
         for (i, cpu) in table.cpus[..table.cpu_count].iter_mut().enumerate() {
-            *cpu = Processor { apic_id: i as u8, bsp: i == 0 };
+            *cpu = Processor {
+                apic_id: i as u8,
+                bsp: i == 0,
+            };
         }
         table
     }
@@ -76,11 +82,18 @@ fn scan(base: u64, len: u64) -> Option<u64> {
 fn find_floating_pointer() -> Option<u64> {
     // SAFETY: 0x40e (the BDA's EBDA segment) is mapped.
     let ebda = (unsafe { read_phys::<u16>(0x40e) } as u64) << 4;
-    let ebda_scan = (0x8_0000..0xa_0000).contains(&ebda).then_some((ebda, 0x400));
-    [Some((0, 0x400)), Some((0x9_fc00, 0x400)), ebda_scan, Some((0xf_0000, 0x1_0000))]
-        .into_iter()
-        .flatten()
-        .find_map(|(base, len)| scan(base, len))
+    let ebda_scan = (0x8_0000..0xa_0000)
+        .contains(&ebda)
+        .then_some((ebda, 0x400));
+    [
+        Some((0, 0x400)),
+        Some((0x9_fc00, 0x400)),
+        ebda_scan,
+        Some((0xf_0000, 0x1_0000)),
+    ]
+    .into_iter()
+    .flatten()
+    .find_map(|(base, len)| scan(base, len))
 }
 
 pub fn parse() -> Result<MpTable, MpError> {
@@ -92,12 +105,25 @@ pub fn parse() -> Result<MpTable, MpError> {
     }
     // SAFETY: config is below 4 GiB minus 64 KiB: the header (44 bytes) is mapped.
     let (sig, length, count, lapic) = unsafe {
-        (read_phys::<[u8; 4]>(config), read_phys::<u16>(config + 4), read_phys::<u16>(config + 34), read_phys::<u32>(config + 36))
+        (
+            read_phys::<[u8; 4]>(config),
+            read_phys::<u16>(config + 4),
+            read_phys::<u16>(config + 34),
+            read_phys::<u32>(config + 36),
+        )
     };
     if sig != *b"PCMP" || length < 44 || !checksum_ok(config, length as u64) {
         return Err(MpError::BadConfigTable);
     }
-    let mut table = MpTable { floating_pointer: fp, lapic_addr: lapic, cpus: [Processor { apic_id: 0, bsp: false }; MAX_CPUS], cpu_count: 0 };
+    let mut table = MpTable {
+        floating_pointer: fp,
+        lapic_addr: lapic,
+        cpus: [Processor {
+            apic_id: 0,
+            bsp: false,
+        }; MAX_CPUS],
+        cpu_count: 0,
+    };
     let end = config + length as u64;
     let mut at = config + 44;
     for _ in 0..count {
@@ -114,7 +140,10 @@ pub fn parse() -> Result<MpTable, MpError> {
             // SAFETY: the 20-byte entry lies inside the table (checked above).
             let (apic_id, flags) = unsafe { (read_phys::<u8>(at + 1), read_phys::<u8>(at + 3)) };
             if flags & 1 != 0 && table.cpu_count < MAX_CPUS {
-                table.cpus[table.cpu_count] = Processor { apic_id, bsp: flags & 2 != 0 };
+                table.cpus[table.cpu_count] = Processor {
+                    apic_id,
+                    bsp: flags & 2 != 0,
+                };
                 table.cpu_count += 1;
             }
         } else if kind > 4 {

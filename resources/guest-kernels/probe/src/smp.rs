@@ -140,10 +140,18 @@ pub fn start_aps(mp: &MpTable) -> Result<SmpResult, SmpError> {
         core::hint::spin_loop();
     }
     let online_aps = (probe_ap_online.load(Ordering::Acquire) as usize).min(MAX_AP_IDS - 1);
-    let mut result = SmpResult { expected: cpus.len(), online: 1 + online_aps, ids: [0; MAX_AP_IDS], id_count: 0 };
+    let mut result = SmpResult {
+        expected: cpus.len(),
+        online: 1 + online_aps,
+        ids: [0; MAX_AP_IDS],
+        id_count: 0,
+    };
     result.ids[0] = my_id;
-    for i in 0..online_aps {
-        result.ids[1 + i] = probe_ap_ids[i].load(Ordering::Relaxed);
+    for (slot, id) in result.ids[1..=online_aps]
+        .iter_mut()
+        .zip(probe_ap_ids.iter())
+    {
+        *slot = id.load(Ordering::Relaxed);
     }
     result.id_count = 1 + online_aps;
     result.ids[..result.id_count].sort_unstable();
@@ -152,8 +160,10 @@ pub fn start_aps(mp: &MpTable) -> Result<SmpResult, SmpError> {
 
 fn copy_trampoline() {
     // Both symbols delimit the trampoline bytes in .rodata.
-    let (start, end) =
-        (core::ptr::addr_of!(probe_ap_trampoline_start), core::ptr::addr_of!(probe_ap_trampoline_end));
+    let (start, end) = (
+        core::ptr::addr_of!(probe_ap_trampoline_start),
+        core::ptr::addr_of!(probe_ap_trampoline_end),
+    );
     let len = end as usize - start as usize;
     // SAFETY: TRAMPOLINE..+len (< 4 KiB) is conventional RAM below 1 MiB that
     // nothing we still need occupies (boot data was copied at entry).

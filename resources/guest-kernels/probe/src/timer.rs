@@ -18,7 +18,9 @@ pub fn tsc_freq() -> Option<TscFreq> {
     if let Some(f) = FREQ.get() {
         return Some(f);
     }
-    let f = from_hypervisor_leaf().or_else(from_leaf_15).or_else(from_pit)?;
+    let f = from_hypervisor_leaf()
+        .or_else(from_leaf_15)
+        .or_else(from_pit)?;
     FREQ.set(Some(f));
     Some(f)
 }
@@ -29,7 +31,10 @@ fn from_hypervisor_leaf() -> Option<TscFreq> {
         return None;
     }
     let khz = cpuid(0x4000_0010, 0).eax as u64;
-    (khz != 0).then_some(TscFreq { khz, source: "cpuid-0x40000010" })
+    (khz != 0).then_some(TscFreq {
+        khz,
+        source: "cpuid-0x40000010",
+    })
 }
 
 /// Leaf 0x15: TSC/crystal ratio and crystal frequency.
@@ -42,35 +47,84 @@ fn from_leaf_15() -> Option<TscFreq> {
         return None;
     }
     let khz = r.ecx as u64 * r.ebx as u64 / r.eax as u64 / 1000;
-    (khz != 0).then_some(TscFreq { khz, source: "cpuid-0x15" })
+    (khz != 0).then_some(TscFreq {
+        khz,
+        source: "cpuid-0x15",
+    })
 }
 
 const PIT_HZ: u64 = 1_193_182;
-const CALIBRATION_MS: u64 = 10;
-/// Upper bound on PIT polls (each is a VM exit), so a missing PIT cannot hang us.
-const PIT_MAX_POLLS: u32 = 10_000_000;
+/// PIT ticks between the two samples of one round (~20 ms).
+const CALIBRATION_PIT_TICKS: u64 = 23_864;
+const CALIBRATION_ROUNDS: usize = 3;
+/// Reads per sample; the one with the tightest rdtsc bracket wins.
+const SAMPLE_TRIES: usize = 4;
+/// Bounds on the wait (polls are VM exits), so a VMM without a PIT or without
+/// port 0x61 (KVM's in-kernel PIT serves it only when created with
+/// KVM_PIT_SPEAKER_DUMMY) costs a few seconds, not a hang.
+const PIT_MAX_POLLS: u32 = 1_000_000;
+const PIT_MAX_TSC_TICKS: u64 = 1 << 33;
 
-/// Counts TSC ticks while PIT channel 2 counts down 10 ms (one-shot, mode 0).
+/// PIT channel 2 as a free-running 16-bit down-counter (mode 0 from 0xffff),
+/// sampled at two points: each sample reads the latched count between two
+/// rdtsc, so a vCPU descheduled *inside* the window changes nothing, and one
+/// descheduled at a sample shows up as a wide bracket and is discarded.
 fn from_pit() -> Option<TscFreq> {
-    let count = PIT_HZ * CALIBRATION_MS / 1000;
     let port61 = inb(0x61);
-    outb(0x61, (port61 & !0x02) | 0x01); // gate channel 2 on, speaker off
-    outb(0x43, 0xb0); // channel 2, lobyte/hibyte, mode 0, binary
-    outb(0x42, count as u8);
-    outb(0x42, (count >> 8) as u8);
-    let start = rdtsc();
-    let mut polls = 0;
-    while inb(0x61) & 0x20 == 0 {
-        polls += 1;
-        if polls >= PIT_MAX_POLLS {
-            outb(0x61, port61);
-            return None;
+    let mut results = [0u64; CALIBRATION_ROUNDS];
+    let mut n = 0;
+    for _ in 0..CALIBRATION_ROUNDS {
+        if let Some(khz) = pit_round() {
+            results[n] = khz;
+            n += 1;
         }
     }
-    let ticks = rdtsc().wrapping_sub(start);
     outb(0x61, port61);
-    let khz = ticks / CALIBRATION_MS;
+    let results = &mut results[..n];
+    results.sort_unstable();
+    let khz = *results.get(n / 2)?; // the median
     (khz != 0).then_some(TscFreq { khz, source: "pit" })
+}
+
+fn pit_round() -> Option<u64> {
+    outb(0x61, (inb(0x61) & !0x02) | 0x01); // gate channel 2 on, speaker off
+    outb(0x43, 0xb0); // channel 2, lobyte/hibyte, mode 0, binary
+    outb(0x42, 0xff);
+    outb(0x42, 0xff);
+    let (tsc0, count0) = pit_sample();
+    let mut polls = 0;
+    let (tsc1, count1) = loop {
+        let (tsc, count) = pit_sample();
+        // The count only falls (from 0xffff, 55 ms): a rise means it wrapped
+        // or the PIT is not there.
+        if count > count0 || polls >= PIT_MAX_POLLS || tsc.wrapping_sub(tsc0) > PIT_MAX_TSC_TICKS {
+            return None;
+        }
+        if count0 - count >= CALIBRATION_PIT_TICKS {
+            break (tsc, count);
+        }
+        polls += 1;
+    };
+    let pit_ticks = count0 - count1;
+    Some(tsc1.wrapping_sub(tsc0) * PIT_HZ / pit_ticks / 1000)
+}
+
+/// (TSC at the middle of the read, channel 2 count), from the tightest of a
+/// few reads.
+fn pit_sample() -> (u64, u64) {
+    let mut best = (u64::MAX, 0, 0);
+    for _ in 0..SAMPLE_TRIES {
+        let before = rdtsc();
+        outb(0x43, 0x80); // latch channel 2
+        let lo = inb(0x42) as u64;
+        let hi = inb(0x42) as u64;
+        let after = rdtsc();
+        let width = after.wrapping_sub(before);
+        if width < best.0 {
+            best = (width, before + width / 2, hi << 8 | lo);
+        }
+    }
+    (best.1, best.2)
 }
 
 /// Busy-waits `us` microseconds. Without a calibrated TSC it assumes 1 GHz,
@@ -93,7 +147,10 @@ pub struct Deadline {
 impl Deadline {
     pub fn after_us(us: u64) -> Self {
         let khz = tsc_freq().map(|f| f.khz).unwrap_or(1_000_000);
-        Deadline { start: rdtsc(), ticks: us.saturating_mul(khz) / 1000 }
+        Deadline {
+            start: rdtsc(),
+            ticks: us.saturating_mul(khz) / 1000,
+        }
     }
 
     pub fn passed(&self) -> bool {

@@ -69,6 +69,10 @@ linux64_entry:
     mov %r12, %rsi
     jmp common64
 
+    /* The 32-bit entries sit first, below image offset 0x200 (the linker
+       script checks), so that linux64_entry lands at +0x200 as the bzImage
+       64-bit protocol expects. */
+    .section .text.head32, "ax"
     .code32
     .globl pvh_entry
 pvh_entry:
@@ -83,6 +87,7 @@ pvh_entry:
     ENTER_LONG_MODE
     ljmp ${kcs}, $pvh_entry64
 
+    .section .text.entry, "ax"
     .code64
 pvh_entry64:
     mov $boot_stack_top, %rsp
@@ -124,6 +129,7 @@ common64:
     /* Application processors arrive here from the real-mode trampoline
        (see smp.rs) in 32-bit protected mode. They only check in: take a
        slot, record their APIC ID, count themselves online, halt. */
+    .section .text.head32, "ax"
     .code32
     .globl ap_entry32
 ap_entry32:
@@ -134,6 +140,7 @@ ap_entry32:
     ENTER_LONG_MODE
     ljmp ${kcs}, $ap_entry64
 
+    .section .text.entry, "ax"
     .code64
 ap_entry64:
     mov $1, %eax

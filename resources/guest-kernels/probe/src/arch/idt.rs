@@ -104,8 +104,15 @@ struct Gate {
     reserved: u32,
 }
 
-const EMPTY_GATE: Gate =
-    Gate { offset_low: 0, selector: 0, ist: 0, type_attr: 0, offset_mid: 0, offset_high: 0, reserved: 0 };
+const EMPTY_GATE: Gate = Gate {
+    offset_low: 0,
+    selector: 0,
+    ist: 0,
+    type_attr: 0,
+    offset_mid: 0,
+    offset_high: 0,
+    reserved: 0,
+};
 
 static IDT: BootCell<[Gate; EXCEPTIONS]> = BootCell::new([EMPTY_GATE; EXCEPTIONS]);
 
@@ -131,7 +138,10 @@ pub fn init() {
         limit: u16,
         base: u64,
     }
-    let ptr = Pointer { limit: (EXCEPTIONS * 16 - 1) as u16, base: IDT.as_ptr() as u64 };
+    let ptr = Pointer {
+        limit: (EXCEPTIONS * 16 - 1) as u16,
+        base: IDT.as_ptr() as u64,
+    };
     // SAFETY: the IDT is a static that lives forever and holds valid gates.
     unsafe { asm!("lidt [{}]", in(reg) &ptr, options(readonly, nostack, preserves_flags)) }
 }
@@ -139,7 +149,11 @@ pub fn init() {
 /// Called by the stubs with a pointer to the exception frame.
 #[no_mangle]
 extern "C" fn probe_exception(frame: &ExceptionFrame) -> ! {
-    let cr2 = if frame.vector == 14 { cpu::read_cr2() } else { 0 };
+    let cr2 = if frame.vector == 14 {
+        cpu::read_cr2()
+    } else {
+        0
+    };
     crate::sprintln!(
         "PROBE-PANIC {} rip={:#x} err={:#x} cr2={:#x} rsp={:#x}",
         frame.vector,

@@ -3,7 +3,7 @@
 //! tier's L1 kernel needs that rate as `tsc_early_khz=`: without it KVM in L1 may have no
 //! TSC frequency and spin forever.
 //!
-//! Built by tools/nested-kvm/build.sh with plain `rustc` (no dependencies).
+//! Built by tools/nested-kvm/build with plain `rustc` (no dependencies).
 
 use std::time::{Duration, Instant};
 

@@ -156,7 +156,7 @@ fn prepare(tier: &Tier) -> Result<(), String> {
                     root.join("resources/guest-kernels/build-linux.sh"),
                     root.join("tools/mkrootfs"),
                 ],
-                Tier::Nested(_) => vec![root.join("tools/nested-kvm/build.sh")],
+                Tier::Nested(_) => vec![root.join("tools/nested-kvm/build")],
             };
             for step in steps {
                 let output = Command::new(&step)

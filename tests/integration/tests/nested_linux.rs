@@ -10,7 +10,7 @@
 
 mod nested;
 
-use nested::{Kernel, Outcome, Scenario};
+use nested::{Kernel, Outcome, Root, Scenario};
 
 /// Runs the scenario and checks what every boot must show: init ran with our command
 /// line, nothing panicked, and the guest reset itself so xenia exited 0.
@@ -84,6 +84,7 @@ const PVH_LOADER: &str = "0xb0";
 fn scenario(kernel: Kernel, vcpus: u8, mem_mib: u32) -> Scenario {
     Scenario {
         kernel,
+        root: Root::Initramfs,
         vcpus,
         mem_mib,
         extra_args: String::new(),
@@ -169,6 +170,21 @@ fn linux_runs_a_command_from_the_command_line() {
             lines[begin + 1..end].iter().any(|l| l.trim() == "2"),
             "the scenario command did not print 2 processors:\n{}",
             lines[begin..=end].join("\n")
+        );
+    }
+}
+
+#[test]
+#[ignore = "xenia does not attach `drives` yet (vmm/src/builder.rs): un-ignore when virtio-blk is wired"]
+fn linux_mounts_an_ext4_root_from_a_virtio_block_device() {
+    let mut from_disk = scenario(Kernel::VmlinuxPvh, 1, 128);
+    from_disk.root = Root::Ext4Drive;
+    if let Some(outcome) = boot(from_disk) {
+        assert_eq!(
+            outcome.fact("L2-INIT-OK", "root").as_deref(),
+            Some("ext4"),
+            "the root filesystem is not the ext4 drive: {:?}",
+            outcome.marker("L2-INIT-OK")
         );
     }
 }

@@ -3,9 +3,12 @@
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
 
 use super::watchdog::{self, Limits};
-use super::{repo_root, ArtifactDir, Outcome, Scenario, TOTAL_LIMIT};
+use super::{repo_root, Artifacts, Outcome, Scenario, TOTAL_LIMIT};
 
 /// The xenia binary built next to this test (target/<profile>/xenia), or `$XENIA_BIN`.
 fn xenia_binary() -> Result<PathBuf, String> {
@@ -31,19 +34,14 @@ fn xenia_binary() -> Result<PathBuf, String> {
 
 pub fn run(scenario: &Scenario) -> Result<Outcome, String> {
     let root = repo_root();
-    let dir = ArtifactDir(root.join("build/linux"));
-    let mut config = scenario.vm_config(&dir);
-    // The kernels live in build/linux, the rootfs in build/rootfs.
-    config["boot-source"]["initrd_path"] = root
-        .join("build/rootfs/initramfs.cpio")
-        .to_string_lossy()
-        .into_owned()
-        .into();
+    let config = scenario.vm_config(&Artifacts {
+        kernels: root.join("build/linux"),
+        rootfs: root.join("build/rootfs"),
+    });
     let config_path = std::env::temp_dir().join(format!(
-        "xenia-linux-{}-{:?}-{}.json",
+        "xenia-linux-{}-{}.json",
         std::process::id(),
-        scenario.kernel,
-        scenario.vcpus
+        NEXT.fetch_add(1, Ordering::Relaxed)
     ));
     std::fs::write(&config_path, config.to_string())
         .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;

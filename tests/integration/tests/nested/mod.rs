@@ -36,10 +36,20 @@ impl Kernel {
     }
 }
 
+/// Where the guest's root filesystem comes from.
+#[derive(Clone, Copy, Debug)]
+pub enum Root {
+    /// tools/mkrootfs's initramfs.cpio as the initrd.
+    Initramfs,
+    /// tools/mkrootfs's rootfs.ext4 as a read-only virtio-blk root device (/dev/vda).
+    Ext4Drive,
+}
+
 /// One VM: everything that decides what the L2 console must show.
 #[derive(Clone, Debug)]
 pub struct Scenario {
     pub kernel: Kernel,
+    pub root: Root,
     pub vcpus: u8,
     pub mem_mib: u32,
     /// Appended to the base command line (e.g. `l2.run=...`).
@@ -47,7 +57,12 @@ pub struct Scenario {
 }
 
 /// Where the guest artifacts are, as seen by whoever runs xenia.
-pub struct ArtifactDir(pub PathBuf);
+pub struct Artifacts {
+    /// vmlinux, vmlinux-nopvh, bzImage.
+    pub kernels: PathBuf,
+    /// initramfs.cpio, rootfs.ext4.
+    pub rootfs: PathBuf,
+}
 
 impl Scenario {
     pub fn boot_args(&self) -> String {
@@ -62,19 +77,33 @@ impl Scenario {
     }
 
     /// xenia's config file (Firecracker's `--config-file` schema).
-    pub fn vm_config(&self, dir: &ArtifactDir) -> serde_json::Value {
-        let path = |name: &str| dir.0.join(name).to_string_lossy().into_owned();
-        serde_json::json!({
+    pub fn vm_config(&self, dir: &Artifacts) -> serde_json::Value {
+        let path = |dir: &Path, name: &str| dir.join(name).to_string_lossy().into_owned();
+        let mut config = serde_json::json!({
             "boot-source": {
-                "kernel_image_path": path(self.kernel.file_name()),
-                "initrd_path": path("initramfs.cpio"),
+                "kernel_image_path": path(&dir.kernels, self.kernel.file_name()),
                 "boot_args": self.boot_args(),
             },
             "machine-config": {
                 "vcpu_count": self.vcpus,
                 "mem_size_mib": self.mem_mib,
             },
-        })
+        });
+        match self.root {
+            Root::Initramfs => {
+                config["boot-source"]["initrd_path"] = path(&dir.rootfs, "initramfs.cpio").into();
+            }
+            Root::Ext4Drive => {
+                // As in Firecracker, the root device adds `root=/dev/vda ro` itself.
+                config["drives"] = serde_json::json!([{
+                    "drive_id": "rootfs",
+                    "path_on_host": path(&dir.rootfs, "rootfs.ext4"),
+                    "is_root_device": true,
+                    "is_read_only": true,
+                }]);
+            }
+        }
+        config
     }
 }
 

@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use super::watchdog::{self, Limits};
-use super::{repo_root, ArtifactDir, Outcome, Scenario, TOTAL_LIMIT};
+use super::{repo_root, Artifacts, Outcome, Scenario, TOTAL_LIMIT};
 
 /// L1's memory: enough for a 1 GiB L2 plus L1's initramfs (~80 MiB, unpacked in RAM).
 const L1_MEM_MIB: u32 = 2048;
@@ -21,7 +21,10 @@ const XENIA_ARGS_ENV: &str = "XENIA_NESTED_XENIA_ARGS";
 
 pub fn run(qemu: &Path, scenario: &Scenario) -> Result<Outcome, String> {
     let root = repo_root();
-    let vm = scenario.vm_config(&ArtifactDir(PathBuf::from("/l2")));
+    let vm = scenario.vm_config(&Artifacts {
+        kernels: PathBuf::from("/l2"),
+        rootfs: PathBuf::from("/l2"),
+    });
     let mut cmdline = format!(
         "console=ttyS0 reboot=t panic=1 loglevel=4 random.trust_cpu=on tsc_early_khz={} l1.vm={}",
         host_tsc_khz()?,

@@ -3,7 +3,7 @@
 //! failure instead of a stuck test.
 
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -78,7 +78,8 @@ pub fn run(mut command: Command, limits: &Limits) -> Result<Watched, String> {
                     format!("no console output for {:?}", limits.idle)
                 };
                 killed = Some(format!("{why}\n{}", (limits.on_hang)()));
-                kill(&mut child);
+                // It may have exited on its own meanwhile; wait() below reaps it either way.
+                let _ = child.kill();
                 break;
             }
         }
@@ -97,8 +98,4 @@ pub fn run(mut command: Command, limits: &Limits) -> Result<Watched, String> {
         killed,
         wall: start.elapsed(),
     })
-}
-
-fn kill(child: &mut Child) {
-    let _ = child.kill();
 }

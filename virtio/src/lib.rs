@@ -1,1 +1,2 @@
 //! virtio devices and the virtio-mmio transport.
+pub mod net;

@@ -2,22 +2,31 @@
 //!
 //! - [`tap`]: the backend (`/dev/net/tun`, vnet header, offloads, readv/writev).
 //! - [`chain`]: guest descriptor validation; [`iovec`]: zero-copy iovec lists.
+//! - [`device`]: [`Net`], built from a [`NetConfig`]; rx/tx run on the io loop.
 //! - [`mac_filter`]: anti-spoofing; [`metrics`]: counters.
 
 pub mod chain;
+pub mod device;
+mod event_handler;
 pub mod iovec;
 pub mod mac_filter;
 pub mod metrics;
+mod rx;
 pub mod tap;
+mod tx;
+
+#[cfg(test)]
+mod tests;
 
 #[cfg(test)]
 pub(crate) mod test_utils;
 
+pub use device::{Net, NetConfig, NetError, NET_QUEUE_SIZE};
 pub use metrics::{NetMetrics, NetMetricsSnapshot};
 pub use tap::{Tap, TapError};
 
 /// The guest memory the device reads and writes.
-pub(crate) type Mem = vm_memory::GuestMemoryMmap<()>;
+pub(crate) type Mem = crate::GuestMemoryMmap;
 
 /// Size of `struct virtio_net_hdr_v1` (with `num_buffers`): every frame on the queues and on
 /// the tap fd starts with one.

@@ -57,17 +57,20 @@ impl Net {
             match self.gather_rx_buffers(mem, used_any)? {
                 Gathered::Enough => self.rx.stalled = false,
                 Gathered::TooFew => {
-                    self.rewind_rx(self.rx_chains.len());
                     if !self.rx.stalled {
                         NetMetrics::inc(&self.metrics.rx_no_buffer);
                         self.rx.stalled = true;
                     }
-                    // Ask for a kick when buffers arrive; retry if some came meanwhile.
+                    // Ask for a kick when buffers arrive. With every available chain still
+                    // popped, the event index lands past them, so the next post kicks us;
+                    // `more` then means buffers arrived meanwhile.
                     let more = self
                         .rx_queue()?
                         .enable_notification(mem)
                         .map_err(|e| format!("cannot enable notifications: {e}"))?;
+                    self.rewind_rx(self.rx_chains.len());
                     if more {
+                        self.rx.stalled = false;
                         continue;
                     }
                     return Ok(());

@@ -48,6 +48,10 @@ impl TestTap {
         ip(&["link", "set", "dev", &self.name, "up"]);
     }
 
+    pub fn set_mtu(&self, mtu: u16) {
+        ip(&["link", "set", "dev", &self.name, "mtu", &mtu.to_string()]);
+    }
+
     /// Deletes the interface now (a tap vanishing under a running VM).
     pub fn delete(&self) {
         let _ = Command::new("ip")
@@ -156,23 +160,23 @@ impl PacketSocket {
         None
     }
 
-    /// Whether a frame carrying `marker` shows up within `timeout`.
-    pub fn sees_within(&self, marker: u8, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+    /// The next frame with the test ethertype, whatever its marker.
+    pub fn next_test_frame(&self) -> Option<Vec<u8>> {
+        let deadline = Instant::now() + Duration::from_secs(10);
         let mut buf = vec![0u8; 70_000];
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
             if !wait_readable(self.fd.as_raw_fd(), left) {
-                return false;
+                return None;
             }
             // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
             let n = unsafe {
                 libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0)
             };
-            if n > 0 && is_test_frame(&buf[..n as usize], marker) {
-                return true;
+            if n > 14 && buf[12..14] == TEST_ETHERTYPE.to_be_bytes() {
+                return Some(buf[..n as usize].to_vec());
             }
         }
-        false
+        None
     }
 }
 

@@ -23,13 +23,17 @@ pub struct Segment {
 /// Why a chain was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ChainError {
-    #[error("chain {head}: descriptor {position} is device-writable where the device must only read")]
+    #[error(
+        "chain {head}: descriptor {position} is device-writable where the device must only read"
+    )]
     WriteOnlyInTx { head: u16, position: usize },
     #[error("chain {head}: descriptor {position} is device-readable where the device must write")]
     ReadOnlyInRx { head: u16, position: usize },
     #[error("chain {head}: buffer {addr:#x}+{len} lies outside guest memory")]
     OutOfMemory { head: u16, addr: u64, len: u32 },
-    #[error("chain {head} does not terminate (loop, bad next index, bad indirect table or over 4 GiB)")]
+    #[error(
+        "chain {head} does not terminate (loop, bad next index, bad indirect table or over 4 GiB)"
+    )]
     Unterminated { head: u16 },
     #[error("chain {head} holds {len} bytes, more than the {max} allowed")]
     TooLong { head: u16, len: u64, max: u32 },
@@ -240,8 +244,14 @@ mod tests {
 
     #[test]
     fn malformed_chains_are_refused() {
-        let (r, segs) = parse(&[d(0x1000, 12, F_NEXT, 1), d(0x2000, 100, F_WRITE, 0)], false);
-        assert!(matches!(r, Err(ChainError::WriteOnlyInTx { position: 1, .. })));
+        let (r, segs) = parse(
+            &[d(0x1000, 12, F_NEXT, 1), d(0x2000, 100, F_WRITE, 0)],
+            false,
+        );
+        assert!(matches!(
+            r,
+            Err(ChainError::WriteOnlyInTx { position: 1, .. })
+        ));
         assert!(segs.is_empty());
         let (r, _) = parse(&[d(0x1000, 100, 0, 0)], true);
         assert!(matches!(r, Err(ChainError::ReadOnlyInRx { .. })));

@@ -157,7 +157,8 @@ impl Net {
             source,
         };
         let tap = Tap::open(&cfg.host_dev_name).map_err(tap_err)?;
-        tap.set_vnet_hdr_size(VNET_HDR_LEN as i32).map_err(tap_err)?;
+        tap.set_vnet_hdr_size(VNET_HDR_LEN as i32)
+            .map_err(tap_err)?;
         // Learn what the kernel takes, then receive nothing offloaded until the guest acks.
         let kernel_offloads =
             tap.negotiate_offload(offload::CSUM | offload::TSO4 | offload::TSO6 | offload::UFO);
@@ -317,7 +318,10 @@ impl Net {
     }
 
     pub(super) fn queue_broken(&mut self, why: &str) {
-        log::error!("virtio-net {}: queue broken, device needs reset: {why}", self.id);
+        log::error!(
+            "virtio-net {}: queue broken, device needs reset: {why}",
+            self.id
+        );
         NetMetrics::inc(&self.metrics.queue_errors);
         self.broken = true;
         if let Some(active) = &self.active {
@@ -361,7 +365,10 @@ impl VirtioDevice for Net {
 
     fn write_config(&mut self, offset: u64, _data: &[u8]) {
         // The MAC is read-only in virtio 1.x (no VIRTIO_NET_F_CTRL_MAC_ADDR offered).
-        log::debug!("virtio-net {}: ignored config write at {offset:#x}", self.id);
+        log::debug!(
+            "virtio-net {}: ignored config write at {offset:#x}",
+            self.id
+        );
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
@@ -425,7 +432,10 @@ impl VirtioDevice for Net {
         self.acked_features = 0;
         self.broken = false;
         if let Err(e) = self.ctrl_evt.write(1) {
-            log::error!("virtio-net {}: cannot signal reset to the io loop: {e}", self.id);
+            log::error!(
+                "virtio-net {}: cannot signal reset to the io loop: {e}",
+                self.id
+            );
         }
     }
 

@@ -29,11 +29,12 @@ impl Net {
         }
         // Only now that the loop no longer watches them may old EventFds close.
         self.retired.clear();
-        let Some(fds) = self
-            .active
-            .as_ref()
-            .map(|a| [(a.rx_evt.as_raw_fd(), RX_QUEUE), (a.tx_evt.as_raw_fd(), TX_QUEUE)])
-        else {
+        let Some(fds) = self.active.as_ref().map(|a| {
+            [
+                (a.rx_evt.as_raw_fd(), RX_QUEUE),
+                (a.tx_evt.as_raw_fd(), TX_QUEUE),
+            ]
+        }) else {
             return;
         };
         for (fd, data) in fds {

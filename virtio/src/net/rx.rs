@@ -130,8 +130,14 @@ impl Net {
                 break;
             };
             let head = chain.head_index();
-            match chain::parse_chain(chain, mem, true, VNET_HDR_LEN as u32, u32::MAX, &mut self.segs)
-            {
+            match chain::parse_chain(
+                chain,
+                mem,
+                true,
+                VNET_HDR_LEN as u32,
+                u32::MAX,
+                &mut self.segs,
+            ) {
                 Ok(len) => {
                     self.rx_chains.push(RxChain {
                         head,

@@ -37,7 +37,9 @@ pub enum TapError {
     OpenTun { name: String, source: io::Error },
     #[error("cannot attach to tap `{name}` (TUNSETIFF; is it a tap device not in use?): {source}")]
     Attach { name: String, source: io::Error },
-    #[error("cannot set the vnet header size of tap `{name}` to {size} (TUNSETVNETHDRSZ): {source}")]
+    #[error(
+        "cannot set the vnet header size of tap `{name}` to {size} (TUNSETVNETHDRSZ): {source}"
+    )]
     VnetHdrSize {
         name: String,
         size: i32,
@@ -255,7 +257,9 @@ mod tests {
             iovs.push_bytes(&frame);
             assert_eq!(tap.writev(&iovs).unwrap(), 12 + frame.len());
         }
-        let seen = sock.recv_matching(0xa5).expect("frame did not reach the interface");
+        let seen = sock
+            .recv_matching(0xa5)
+            .expect("frame did not reach the interface");
         assert_eq!(seen, frame);
 
         // Host -> guest.

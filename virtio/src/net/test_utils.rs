@@ -138,7 +138,12 @@ impl PacketSocket {
     pub fn send(&self, frame: &[u8]) {
         // SAFETY: the buffer is valid for `frame.len()` bytes during the call.
         let n = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
-        assert_eq!(n, frame.len() as isize, "{}", std::io::Error::last_os_error());
+        assert_eq!(
+            n,
+            frame.len() as isize,
+            "{}",
+            std::io::Error::last_os_error()
+        );
     }
 
     /// The next frame carrying `marker`, or `None` after a generous timeout.
@@ -150,9 +155,8 @@ impl PacketSocket {
                 return None;
             }
             // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
-            let n = unsafe {
-                libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0)
-            };
+            let n =
+                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
             if n > 0 && is_test_frame(&buf[..n as usize], marker) {
                 return Some(buf[..n as usize].to_vec());
             }
@@ -169,9 +173,8 @@ impl PacketSocket {
                 return None;
             }
             // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
-            let n = unsafe {
-                libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0)
-            };
+            let n =
+                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
             if n > 14 && buf[12..14] == TEST_ETHERTYPE.to_be_bytes() {
                 return Some(buf[..n as usize].to_vec());
             }

@@ -110,11 +110,7 @@ impl IoThread {
                 while !stop.load(Ordering::Acquire) {
                     match manager.run() {
                         Ok(_) => {}
-                        Err(event_manager::Error::Epoll(e))
-                            if e.errno() == libc::EINTR =>
-                        {
-                            continue
-                        }
+                        Err(event_manager::Error::Epoll(e)) if e.errno() == libc::EINTR => continue,
                         Err(e) => return Err(IoThreadError::Loop(e)),
                     }
                 }

@@ -221,7 +221,10 @@ impl MmioTransport {
     /// is not ready yet.
     fn queue_writable(&mut self) -> Option<&mut QueueRegs> {
         if !self.status_has(FEATURES_OK, DRIVER_OK | FAILED) {
-            log::warn!("virtio-mmio: queue register write in status {:#x}", self.device_status);
+            log::warn!(
+                "virtio-mmio: queue register write in status {:#x}",
+                self.device_status
+            );
             return None;
         }
         match self.selected_queue() {
@@ -382,7 +385,10 @@ impl MmioTransport {
             0x14 => self.features_select = v,
             0x20 => {
                 if !self.status_has(DRIVER, FEATURES_OK | FAILED) {
-                    log::warn!("virtio-mmio: feature write in status {:#x}", self.device_status);
+                    log::warn!(
+                        "virtio-mmio: feature write in status {:#x}",
+                        self.device_status
+                    );
                     return;
                 }
                 match self.driver_features_select {
@@ -473,8 +479,11 @@ impl BusDevice for MmioTransport {
             return;
         }
         // Registers below the config space are 32-bit wide and 32-bit aligned.
-        if data.len() != 4 || offset % 4 != 0 {
-            log::warn!("virtio-mmio: bad register read at {offset:#x}, size {}", data.len());
+        if data.len() != 4 || !offset.is_multiple_of(4) {
+            log::warn!(
+                "virtio-mmio: bad register read at {offset:#x}, size {}",
+                data.len()
+            );
             data.fill(0);
             return;
         }
@@ -492,10 +501,13 @@ impl BusDevice for MmioTransport {
             return;
         }
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
-            log::warn!("virtio-mmio: bad register write at {offset:#x}, size {}", data.len());
+            log::warn!(
+                "virtio-mmio: bad register write at {offset:#x}, size {}",
+                data.len()
+            );
             return;
         };
-        if offset % 4 != 0 {
+        if !offset.is_multiple_of(4) {
             return;
         }
         self.write_register(offset, u32::from_le_bytes(bytes));

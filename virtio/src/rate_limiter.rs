@@ -209,7 +209,10 @@ impl RateLimiter {
     ) -> Result<Self, RateLimiterError> {
         let now = clock.now_ns();
         Ok(RateLimiter {
-            bandwidth: cfg.bandwidth.as_ref().and_then(|b| TokenBucket::new(b, now)),
+            bandwidth: cfg
+                .bandwidth
+                .as_ref()
+                .and_then(|b| TokenBucket::new(b, now)),
             ops: cfg.ops.as_ref().and_then(|b| TokenBucket::new(b, now)),
             timer_fd: TimerFd::new().map_err(RateLimiterError::TimerFd)?,
             timer_armed: false,

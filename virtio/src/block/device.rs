@@ -357,7 +357,9 @@ impl Block {
                 BlockMetrics::inc(&m.read_count);
                 BlockMetrics::add(&m.read_bytes, req.data_len);
                 // data_len <= u32::MAX (the chain iterator caps it) and the status byte.
-                u32::try_from(req.data_len).unwrap_or(u32::MAX).saturating_add(1)
+                u32::try_from(req.data_len)
+                    .unwrap_or(u32::MAX)
+                    .saturating_add(1)
             }),
             RequestKind::Out => self.disk.write_from(mem, off, &req.data).map(|()| {
                 BlockMetrics::inc(&m.write_count);
@@ -508,7 +510,10 @@ impl VirtioDevice for Block {
 
     fn write_config(&mut self, offset: u64, _data: &[u8]) {
         // Every field we expose is read-only (no VIRTIO_BLK_F_CONFIG_WCE).
-        log::debug!("virtio-blk {}: ignored config write at {offset:#x}", self.id);
+        log::debug!(
+            "virtio-blk {}: ignored config write at {offset:#x}",
+            self.id
+        );
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
@@ -522,7 +527,8 @@ impl VirtioDevice for Block {
             queue_evts,
         } = ctx;
         let got = queues.len();
-        let (Some(queue), Some(queue_evt)) = (queues.into_iter().next(), queue_evts.into_iter().next())
+        let (Some(queue), Some(queue_evt)) =
+            (queues.into_iter().next(), queue_evts.into_iter().next())
         else {
             BlockMetrics::inc(&self.metrics.activate_fails);
             return Err(ActivateError::QueueCount { expected: 1, got });
@@ -549,7 +555,10 @@ impl VirtioDevice for Block {
         self.acked_features = 0;
         self.broken = false;
         if let Err(e) = self.ctrl_evt.write(1) {
-            log::error!("virtio-blk {}: cannot signal reset to the io loop: {e}", self.id);
+            log::error!(
+                "virtio-blk {}: cannot signal reset to the io loop: {e}",
+                self.id
+            );
         }
     }
 

@@ -24,10 +24,7 @@ pub enum DiskError {
         source: std::io::Error,
     },
     #[error("disk I/O at byte offset {offset}: {source}")]
-    Io {
-        offset: u64,
-        source: std::io::Error,
-    },
+    Io { offset: u64, source: std::io::Error },
     #[error("guest memory access at {addr:#x} failed: {reason}")]
     GuestMemory { addr: u64, reason: String },
 }
@@ -68,7 +65,7 @@ impl DiskFile {
                 source,
             })?
             .len();
-        if len % SECTOR_SIZE != 0 {
+        if !len.is_multiple_of(SECTOR_SIZE) {
             log::warn!(
                 "virtio-blk: {} is {len} bytes, not a multiple of 512; the tail is unreachable",
                 path.display()

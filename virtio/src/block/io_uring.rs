@@ -123,12 +123,8 @@ impl AsyncEngine {
         }
         let mut iovecs = Vec::with_capacity(req.data.len());
         for &(addr, len) in &req.data {
-            let slice = GuestMemoryBackend::get_slice(mem, addr, len as usize).map_err(|_| {
-                AsyncError::Buffer {
-                    addr: addr.0,
-                    len,
-                }
-            })?;
+            let slice = GuestMemoryBackend::get_slice(mem, addr, len as usize)
+                .map_err(|_| AsyncError::Buffer { addr: addr.0, len })?;
             iovecs.push(libc::iovec {
                 iov_base: slice.ptr_guard_mut().as_ptr().cast(),
                 iov_len: len as usize,

@@ -52,7 +52,9 @@ pub enum RequestKind {
     GetId,
     Discard,
     /// `unmap`: the device may deallocate the range instead of writing zeroes.
-    WriteZeroes { unmap: bool },
+    WriteZeroes {
+        unmap: bool,
+    },
 }
 
 impl RequestKind {
@@ -230,11 +232,10 @@ where
             if req.data_len == 0 {
                 return Err(fail(RequestErrorKind::NoData));
             }
-            if req.data_len % SECTOR_SIZE != 0 {
+            if !req.data_len.is_multiple_of(SECTOR_SIZE) {
                 return Err(fail(RequestErrorKind::UnalignedLength(req.data_len)));
             }
-            check_range(header.sector, req.data_len >> SECTOR_SHIFT, capacity)
-                .map_err(&fail)?;
+            check_range(header.sector, req.data_len >> SECTOR_SHIFT, capacity).map_err(&fail)?;
         }
         RequestKind::GetId => {
             if req.data_len == 0 {
@@ -244,7 +245,7 @@ where
         RequestKind::Flush => {}
         RequestKind::Discard | RequestKind::WriteZeroes { .. } => {
             if req.data_len == 0
-                || req.data_len % u64::from(SEGMENT_LEN) != 0
+                || !req.data_len.is_multiple_of(u64::from(SEGMENT_LEN))
                 || req.data_len > u64::from(SEGMENT_LEN * MAX_SEGMENTS)
                 || req.data[0].1 < SEGMENT_LEN
             {

@@ -57,7 +57,9 @@ impl<'a> Harness<'a> {
         let mut dev = Block::new(&cfg).unwrap();
         let vq = MockSplitQueue::create(mem, GuestAddress(0), 16);
         let irq = Arc::new(RecordingInterrupt::default());
-        dev.set_acked_features(dev.avail_features() & !(1 << crate::features::VIRTIO_RING_F_EVENT_IDX));
+        dev.set_acked_features(
+            dev.avail_features() & !(1 << crate::features::VIRTIO_RING_F_EVENT_IDX),
+        );
         dev.activate(ActivateContext {
             mem: mem.clone(),
             interrupt: irq.clone(),
@@ -103,7 +105,9 @@ impl<'a> Harness<'a> {
         let n = u64::from(self.next_desc);
         let hdr = HDR + n * 0x100;
         self.header(hdr, t, sector);
-        self.mem.write_obj(0xffu8, GuestAddress(STATUS + n)).unwrap();
+        self.mem
+            .write_obj(0xffu8, GuestAddress(STATUS + n))
+            .unwrap();
         if data_len == 0 {
             self.add_chain(&[(hdr, 16, false), (STATUS + n, 1, true)]);
         } else {
@@ -116,7 +120,9 @@ impl<'a> Harness<'a> {
     }
 
     fn status_of(&self, first_desc: u16) -> u8 {
-        self.mem.read_obj(GuestAddress(STATUS + u64::from(first_desc))).unwrap()
+        self.mem
+            .read_obj(GuestAddress(STATUS + u64::from(first_desc)))
+            .unwrap()
     }
 
     fn used(&self) -> Vec<(u32, u32)> {
@@ -145,7 +151,8 @@ fn write_then_read_round_trip() {
     assert_eq!(h.used(), vec![(0, 1), (3, 1025)]);
     assert_eq!(h.irq.vring.load(Ordering::SeqCst), 1);
     let mut back = vec![0u8; 1024];
-    mem.read_slice(&mut back, GuestAddress(DATA + 3 * 0x1000)).unwrap();
+    mem.read_slice(&mut back, GuestAddress(DATA + 3 * 0x1000))
+        .unwrap();
     assert_eq!(back, pattern);
     // And it really reached the file at sector 3.
     let mut f = std::fs::File::open(h.dev.disk.path()).unwrap();
@@ -154,7 +161,10 @@ fn write_then_read_round_trip() {
     f.read_exact(&mut on_disk).unwrap();
     assert_eq!(on_disk, pattern);
     let m = h.dev.metrics().snapshot();
-    assert_eq!((m.read_count, m.write_count, m.read_bytes, m.write_bytes), (1, 1, 1024, 1024));
+    assert_eq!(
+        (m.read_count, m.write_count, m.read_bytes, m.write_bytes),
+        (1, 1, 1024, 1024)
+    );
 }
 
 #[test]
@@ -167,7 +177,8 @@ fn flush_and_get_id() {
     assert_eq!(h.status_of(0), VIRTIO_BLK_S_OK as u8);
     assert_eq!(h.status_of(2), VIRTIO_BLK_S_OK as u8);
     let mut id = [0u8; 20];
-    mem.read_slice(&mut id, GuestAddress(DATA + 2 * 0x1000)).unwrap();
+    mem.read_slice(&mut id, GuestAddress(DATA + 2 * 0x1000))
+        .unwrap();
     assert_eq!(&id[..6], b"rootfs");
     assert!(id[6..].iter().all(|&b| b == 0));
     assert_eq!(h.used(), vec![(0, 1), (2, 21)]);
@@ -226,7 +237,11 @@ fn malformed_requests_get_an_error_status() {
     expect_status(
         |h| {
             h.header(HDR, VIRTIO_BLK_T_IN, 0);
-            h.add_chain(&[(HDR, 16, false), (0x4000_0000, 512, true), (STATUS, 1, true)]);
+            h.add_chain(&[
+                (HDR, 16, false),
+                (0x4000_0000, 512, true),
+                (STATUS, 1, true),
+            ]);
         },
         VIRTIO_BLK_S_IOERR,
     );
@@ -247,14 +262,29 @@ fn malformed_requests_get_an_error_status() {
         VIRTIO_BLK_S_IOERR,
     );
     // Zero-length data buffer.
-    expect_status(|h| h.request(VIRTIO_BLK_T_IN, 0, 0, true), VIRTIO_BLK_S_IOERR);
+    expect_status(
+        |h| h.request(VIRTIO_BLK_T_IN, 0, 0, true),
+        VIRTIO_BLK_S_IOERR,
+    );
     // Length not a multiple of 512.
-    expect_status(|h| h.request(VIRTIO_BLK_T_OUT, 0, 100, false), VIRTIO_BLK_S_IOERR);
+    expect_status(
+        |h| h.request(VIRTIO_BLK_T_OUT, 0, 100, false),
+        VIRTIO_BLK_S_IOERR,
+    );
     // Past the end of the disk, and sector arithmetic overflow.
-    expect_status(|h| h.request(VIRTIO_BLK_T_IN, DISK_SECTORS - 1, 1024, true), VIRTIO_BLK_S_IOERR);
-    expect_status(|h| h.request(VIRTIO_BLK_T_IN, u64::MAX, 512, true), VIRTIO_BLK_S_IOERR);
+    expect_status(
+        |h| h.request(VIRTIO_BLK_T_IN, DISK_SECTORS - 1, 1024, true),
+        VIRTIO_BLK_S_IOERR,
+    );
+    expect_status(
+        |h| h.request(VIRTIO_BLK_T_IN, u64::MAX, 512, true),
+        VIRTIO_BLK_S_IOERR,
+    );
     // Read into a device-readable buffer (wrong direction).
-    expect_status(|h| h.request(VIRTIO_BLK_T_IN, 0, 512, false), VIRTIO_BLK_S_IOERR);
+    expect_status(
+        |h| h.request(VIRTIO_BLK_T_IN, 0, 512, false),
+        VIRTIO_BLK_S_IOERR,
+    );
     // Unknown request type.
     expect_status(|h| h.request(0x77, 0, 512, false), VIRTIO_BLK_S_UNSUPP);
     // Discard with the unmap flag (reserved for write-zeroes).
@@ -283,9 +313,17 @@ fn chains_without_status_are_dropped() {
     // Status byte in a read-only descriptor.
     h.next_desc = 2;
     h.header(HDR + 0x100, VIRTIO_BLK_T_IN, 0);
-    h.add_chain(&[(HDR + 0x100, 16, false), (DATA, 512, true), (STATUS, 1, false)]);
+    h.add_chain(&[
+        (HDR + 0x100, 16, false),
+        (DATA, 512, true),
+        (STATUS, 1, false),
+    ]);
     // Status descriptor outside memory.
-    h.add_chain(&[(HDR + 0x100, 16, false), (DATA, 512, true), (0x4000_0000, 1, true)]);
+    h.add_chain(&[
+        (HDR + 0x100, 16, false),
+        (DATA, 512, true),
+        (0x4000_0000, 1, true),
+    ]);
     h.dev.process_queue();
     // Each head is given back (length 0) so the driver can reclaim it; nothing is written.
     assert_eq!(h.used(), vec![(0, 0), (2, 0), (5, 0)]);
@@ -312,7 +350,10 @@ fn discard_and_write_zeroes_clear_data() {
     let mem = guest_memory();
     let mut h = Harness::new(&mem, |_| {});
     {
-        let mut f = std::fs::OpenOptions::new().write(true).open(h.dev.disk.path()).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(h.dev.disk.path())
+            .unwrap();
         f.write_all(&vec![0x5a; 8 * 512]).unwrap();
     }
     let seg = |h: &Harness, n: u64, sector: u64, sectors: u32, flags: u32| {
@@ -329,7 +370,10 @@ fn discard_and_write_zeroes_clear_data() {
     assert_eq!(h.status_of(0), VIRTIO_BLK_S_OK as u8);
     assert_eq!(h.status_of(3), VIRTIO_BLK_S_OK as u8);
     let mut content = Vec::new();
-    std::fs::File::open(h.dev.disk.path()).unwrap().read_to_end(&mut content).unwrap();
+    std::fs::File::open(h.dev.disk.path())
+        .unwrap()
+        .read_to_end(&mut content)
+        .unwrap();
     assert!(content[..1024].iter().all(|&b| b == 0));
     assert!(content[1024..2048].iter().all(|&b| b == 0x5a));
     assert!(content[2048..3072].iter().all(|&b| b == 0));
@@ -350,7 +394,10 @@ fn update_disk_changes_capacity_and_notifies() {
     h.request(VIRTIO_BLK_T_IN, DISK_SECTORS + 1, 512, true);
     h.dev.process_queue();
     assert_eq!(h.status_of(0), VIRTIO_BLK_S_OK as u8);
-    assert!(h.dev.update_disk(std::path::Path::new("/nonexistent/xenia.img")).is_err());
+    assert!(h
+        .dev
+        .update_disk(std::path::Path::new("/nonexistent/xenia.img"))
+        .is_err());
 }
 
 #[test]
@@ -366,7 +413,8 @@ fn rate_limiter_defers_then_resumes() {
             refill_time: 100,
         }),
     };
-    h.dev.set_rate_limiter(RateLimiter::with_clock(&cfg, clock.clone()).unwrap());
+    h.dev
+        .set_rate_limiter(RateLimiter::with_clock(&cfg, clock.clone()).unwrap());
     h.request(VIRTIO_BLK_T_IN, 0, 512, true);
     h.request(VIRTIO_BLK_T_IN, 1, 512, true);
     h.dev.process_queue();
@@ -402,7 +450,8 @@ fn async_engine_round_trip() {
     assert_eq!(h.status_of(3), VIRTIO_BLK_S_OK as u8);
     assert_eq!(h.status_of(5), VIRTIO_BLK_S_OK as u8);
     let mut back = vec![0u8; 4096];
-    mem.read_slice(&mut back, GuestAddress(DATA + 5 * 0x1000)).unwrap();
+    mem.read_slice(&mut back, GuestAddress(DATA + 5 * 0x1000))
+        .unwrap();
     assert_eq!(back, pattern);
     let m = h.dev.metrics().snapshot();
     assert_eq!((m.write_count, m.flush_count, m.read_count), (1, 1, 1));
@@ -417,4 +466,48 @@ fn reset_stops_serving() {
     h.request(VIRTIO_BLK_T_IN, 0, 512, true);
     h.dev.process_queue();
     assert!(h.used().is_empty());
+}
+
+#[test]
+fn event_idx_suppresses_interrupts_until_used_event() {
+    use virtio_queue::QueueT;
+    let mem = guest_memory();
+    let file = disk_file(DISK_SECTORS);
+    let mut dev = Block::new(&config(file.as_path())).unwrap();
+    dev.set_acked_features(dev.avail_features());
+    let vq = MockSplitQueue::create(&mem, GuestAddress(0), 16);
+    let mut q: Queue = vq.create_queue().unwrap();
+    q.set_event_idx(true);
+    let irq = Arc::new(RecordingInterrupt::default());
+    dev.activate(ActivateContext {
+        mem: mem.clone(),
+        interrupt: irq.clone(),
+        queues: vec![q],
+        queue_evts: vec![EventFd::new(libc::EFD_NONBLOCK).unwrap()],
+    })
+    .unwrap();
+    let mut h = Harness {
+        mem: &mem,
+        vq,
+        dev,
+        irq,
+        next_desc: 0,
+        _file: file,
+    };
+    // used_event (after the 16 avail entries) = 1: interrupt only once used idx passes 1.
+    let used_event = GuestAddress(h.vq.avail_addr().0 + 4 + 2 * 16);
+    mem.write_obj(1u16, used_event).unwrap();
+    h.request(VIRTIO_BLK_T_FLUSH, 0, 0, false);
+    h.dev.process_queue();
+    assert_eq!(h.used().len(), 1);
+    assert_eq!(h.irq.vring.load(Ordering::SeqCst), 0);
+    h.request(VIRTIO_BLK_T_FLUSH, 0, 0, false);
+    h.dev.process_queue();
+    assert_eq!(h.used().len(), 2);
+    assert_eq!(h.irq.vring.load(Ordering::SeqCst), 1);
+    // The device published avail_event so the driver can suppress notifications too.
+    let avail_event: u16 = mem
+        .read_obj(GuestAddress(h.vq.used_addr().0 + 4 + 8 * 16))
+        .unwrap();
+    assert_eq!(avail_event, 2);
 }

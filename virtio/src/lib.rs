@@ -9,6 +9,7 @@ pub mod block;
 pub mod device;
 pub mod io_thread;
 pub mod mmio;
+pub mod net;
 pub mod rate_limiter;
 
 #[cfg(test)]

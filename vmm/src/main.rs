@@ -153,8 +153,9 @@ fn run(start: Instant) -> ExitCode {
     if !control.stop_api(API_STOP_TIMEOUT) {
         log::warn!("the API thread did not stop in {API_STOP_TIMEOUT:?}");
     }
-    // `control` (and the VM's memory) stays alive: vCPU threads may still be inside
-    // KVM_RUN, and process exit ends them.
+    // vCPU threads may still be inside KVM_RUN: dropping the VM here would unmap guest
+    // memory under them (KVM_RUN then fails with EFAULT, and a device thread touching
+    // guest memory would fault). Process exit ends them instead.
     std::mem::forget(control);
     code
 }

@@ -60,6 +60,7 @@ pub struct I8042 {
     /// The data byte that follows a two-byte command goes to this command.
     pending_cmd: Option<u8>,
     output: VecDeque<u8>,
+    reset_requested: bool,
 }
 
 impl I8042 {
@@ -73,6 +74,7 @@ impl I8042 {
             output_port: 0x01,
             pending_cmd: None,
             output: VecDeque::new(),
+            reset_requested: false,
         }
     }
 
@@ -117,7 +119,11 @@ impl I8042 {
             CMD_READ_OUTP => self.push_reply(self.output_port),
             CMD_WRITE_CTR | CMD_WRITE_OUTP | CMD_WRITE_AUX => self.pending_cmd = Some(cmd),
             CMD_RESET_CPU => {
-                log::info!("i8042: guest requested a reset");
+                // Linux repeats the command until the machine resets; say it once.
+                if !self.reset_requested {
+                    log::info!("i8042: guest requested a reset");
+                    self.reset_requested = true;
+                }
                 if let Err(e) = self.reset_evt.trigger() {
                     log::error!("i8042: cannot signal the reset event: {e}");
                 }

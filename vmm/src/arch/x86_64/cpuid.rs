@@ -14,7 +14,13 @@ const LEAF_ADDR_SIZES: u32 = 0x8000_0008;
 const LEAF_AMD_CACHE_TOPOLOGY: u32 = 0x8000_001d;
 const LEAF_AMD_EXT_APIC_ID: u32 = 0x8000_001e;
 
+const LEAF_SVM_FEATURES: u32 = 0x8000_000a;
+
 const ECX_HYPERVISOR: u32 = 1 << 31;
+/// Hardware virtualization is not offered to tenants: nested KVM widens the attack surface of
+/// the host kernel, and a guest that needs it must be given it on purpose.
+const ECX_VMX: u32 = 1 << 5;
+const AMD_ECX_SVM: u32 = 1 << 2;
 const EDX_HTT: u32 = 1 << 28;
 const AMD_ECX_CMP_LEGACY: u32 = 1 << 1;
 
@@ -79,7 +85,7 @@ fn normalize_entry(e: &mut kvm_cpuid_entry2, apic_id: u8, topo: Topology) {
             // [15:8] CLFLUSH line size in quadwords.
             let logical = 1u32 << topo.package_bits();
             e.ebx = (apic << 24) | ((logical & 0xff) << 16) | (8 << 8) | (e.ebx & 0xff);
-            e.ecx |= ECX_HYPERVISOR;
+            e.ecx = (e.ecx | ECX_HYPERVISOR) & !ECX_VMX;
             if count > 1 {
                 e.edx |= EDX_HTT;
             } else {
@@ -95,8 +101,8 @@ fn normalize_entry(e: &mut kvm_cpuid_entry2, apic_id: u8, topo: Topology) {
                 | ((sharing.saturating_sub(1) & 0xfff) << 14)
                 | ((cores - 1) << 26);
         }
-        LEAF_PMU => {
-            // No virtual PMU is offered.
+        LEAF_PMU | LEAF_SVM_FEATURES => {
+            // No virtual PMU, no nested SVM.
             e.eax = 0;
             e.ebx = 0;
             e.ecx = 0;
@@ -123,6 +129,7 @@ fn normalize_entry(e: &mut kvm_cpuid_entry2, apic_id: u8, topo: Topology) {
             }
         }
         LEAF_EXT_FEATURES => {
+            e.ecx &= !AMD_ECX_SVM;
             if count > 1 {
                 e.ecx |= AMD_ECX_CMP_LEGACY;
             } else {
@@ -194,6 +201,31 @@ mod tests {
             assert_eq!(find(&c, LEAF_AMD_EXT_APIC_ID, 0).eax, u32::from(id));
             assert_ne!(find(&c, LEAF_FEATURES, 0).ecx & ECX_HYPERVISOR, 0);
         }
+    }
+
+    #[test]
+    fn hardware_virtualization_is_hidden() {
+        let mut c = sample_cpuid();
+        let mut entries = c.as_slice().to_vec();
+        entries[0].ecx |= ECX_VMX;
+        entries.push(kvm_cpuid_entry2 {
+            function: LEAF_EXT_FEATURES,
+            ecx: AMD_ECX_SVM | AMD_ECX_CMP_LEGACY,
+            ..Default::default()
+        });
+        entries.push(kvm_cpuid_entry2 {
+            function: LEAF_SVM_FEATURES,
+            eax: 1,
+            ebx: 0x8000,
+            edx: 0x1ff,
+            ..Default::default()
+        });
+        c = CpuId::from_entries(&entries).unwrap();
+        normalize(&mut c, 0, Topology::new(1, false));
+        assert_eq!(find(&c, LEAF_FEATURES, 0).ecx & ECX_VMX, 0);
+        assert_eq!(find(&c, LEAF_EXT_FEATURES, 0).ecx & AMD_ECX_SVM, 0);
+        let svm = find(&c, LEAF_SVM_FEATURES, 0);
+        assert_eq!((svm.eax, svm.ebx, svm.edx), (0, 0, 0));
     }
 
     #[test]

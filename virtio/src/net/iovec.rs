@@ -1,0 +1,113 @@
+//! Preallocated iovec lists pointing straight into guest memory, for readv/writev on the tap.
+//!
+//! [`IoVecStorage`] keeps the allocation between frames (no allocation on the hot path);
+//! [`IoVecs`] borrows it for one frame and ties the raw pointers to the guest-memory borrow
+//! they come from, so the tap can pass them to the kernel without further checks.
+
+use std::marker::PhantomData;
+
+use vm_memory::bitmap::BitmapSlice;
+use vm_memory::VolatileSlice;
+
+/// The kernel's `UIO_MAXIOV`: readv/writev refuse longer lists.
+pub const MAX_IOVECS: usize = 1024;
+
+/// An empty, reusable iovec allocation.
+pub struct IoVecStorage {
+    iovs: Vec<libc::iovec>,
+}
+
+// SAFETY: the storage holds raw pointers only while an `IoVecs` borrows it (which clears it on
+// drop), and those pointers refer to guest memory that is itself shared between threads; an
+// idle `IoVecStorage` is an empty vector.
+unsafe impl Send for IoVecStorage {}
+
+impl std::fmt::Debug for IoVecStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IoVecStorage")
+            .field("capacity", &self.iovs.capacity())
+            .finish()
+    }
+}
+
+impl IoVecStorage {
+    pub fn with_capacity(n: usize) -> Self {
+        IoVecStorage {
+            iovs: Vec::with_capacity(n.min(MAX_IOVECS)),
+        }
+    }
+
+    /// Borrows the allocation for one frame whose buffers live at least as long as `'m`.
+    pub fn borrow<'m>(&mut self) -> IoVecs<'_, 'm> {
+        self.iovs.clear();
+        IoVecs {
+            iovs: &mut self.iovs,
+            bytes: 0,
+            _mem: PhantomData,
+        }
+    }
+}
+
+/// The iovecs of one frame. Pushing never allocates: it fails once the preallocated capacity
+/// (at most [`MAX_IOVECS`]) is used up.
+pub struct IoVecs<'a, 'm> {
+    iovs: &'a mut Vec<libc::iovec>,
+    bytes: usize,
+    _mem: PhantomData<&'m [u8]>,
+}
+
+impl<'m> IoVecs<'_, 'm> {
+    /// Appends a guest-memory slice; `false` when the list is full.
+    #[must_use]
+    pub fn push_slice<B: BitmapSlice>(&mut self, s: &VolatileSlice<'m, B>) -> bool {
+        let guard = s.ptr_guard_mut();
+        self.push_raw(guard.as_ptr(), s.len())
+    }
+
+    /// Appends a host buffer (tests, or a bounce buffer).
+    #[cfg(test)]
+    pub fn push_bytes(&mut self, b: &'m [u8]) {
+        let ok = self.push_raw(b.as_ptr().cast_mut(), b.len());
+        assert!(ok, "iovec list full");
+    }
+
+    /// Appends a writable host buffer (tests, or a bounce buffer).
+    #[cfg(test)]
+    pub fn push_bytes_mut(&mut self, b: &'m mut [u8]) {
+        let ok = self.push_raw(b.as_mut_ptr(), b.len());
+        assert!(ok, "iovec list full");
+    }
+
+    fn push_raw(&mut self, ptr: *mut u8, len: usize) -> bool {
+        if len == 0 {
+            return true;
+        }
+        if self.iovs.len() == self.iovs.capacity() || self.iovs.len() == MAX_IOVECS {
+            return false;
+        }
+        self.iovs.push(libc::iovec {
+            iov_base: ptr.cast(),
+            iov_len: len,
+        });
+        self.bytes += len;
+        true
+    }
+
+    /// Total bytes the list covers.
+    pub fn total_len(&self) -> usize {
+        self.bytes
+    }
+
+    /// Pointer and count for readv/writev.
+    pub(super) fn as_raw(&self) -> (*const libc::iovec, libc::c_int) {
+        // The count is bounded by MAX_IOVECS, so it fits.
+        (self.iovs.as_ptr(), self.iovs.len() as libc::c_int)
+    }
+}
+
+impl Drop for IoVecs<'_, '_> {
+    fn drop(&mut self) {
+        // Leave no dangling pointers in the storage.
+        self.iovs.clear();
+    }
+}

@@ -1,6 +1,7 @@
 //! One client connection: its non-blocking stream, bounded read buffer and pending output.
 
 use std::io::{self, Read, Write};
+use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixStream;
 
 use crate::http::{Request, Response};
@@ -32,6 +33,14 @@ pub(crate) struct Connection {
     pub(crate) watching_input: bool,
 }
 
+/// See [`Connection::unread`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unread {
+    Nothing,
+    Data,
+    HungUp,
+}
+
 impl Connection {
     pub(crate) fn new(stream: UnixStream, now: u64) -> Connection {
         Connection {
@@ -54,6 +63,32 @@ impl Connection {
     /// No partial request buffered and nothing left to send: safe to evict.
     pub(crate) fn is_idle(&self) -> bool {
         self.inbuf.is_empty() && !self.has_pending_output()
+    }
+
+    /// What the socket holds that the server has not read yet. A burst of connections can
+    /// be accepted before any of them is read: this tells a client whose request is waiting
+    /// from one that hung up without a word.
+    pub(crate) fn unread(&self) -> Unread {
+        let mut pfd = libc::pollfd {
+            fd: self.stream.as_raw_fd(),
+            events: libc::POLLIN | libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: poll(2) on one pollfd that lives on this stack frame, with a zero timeout;
+        // the fd is a socket this connection owns.
+        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+        if n <= 0 {
+            return Unread::Nothing;
+        }
+        // POLLRDHUP is set once the peer shut its side, even with bytes still unread: a
+        // client that hung up cannot read an answer anyway.
+        if pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0 {
+            Unread::HungUp
+        } else if pfd.revents & libc::POLLIN != 0 {
+            Unread::Data
+        } else {
+            Unread::Nothing
+        }
     }
 
     pub(crate) fn has_pending_output(&self) -> bool {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
-use crate::connection::Connection;
+use crate::connection::{Connection, Unread};
 use crate::http::{Request, Response};
 use crate::parse::Limits;
 
@@ -255,10 +255,20 @@ impl ApiServer {
     /// Closes the least recently used idle connection, or the least recently used one when
     /// none is idle. Returns whether one was closed.
     fn evict_one(&mut self) -> bool {
+        // Peers that hung up go first; then idle connections with nothing waiting unread.
+        let hung_up = self
+            .connections
+            .iter()
+            .find(|(_, c)| c.unread() == Unread::HungUp)
+            .map(|(id, _)| *id);
+        if let Some(id) = hung_up {
+            self.remove(id);
+            return true;
+        }
         let victim = self
             .connections
             .iter()
-            .filter(|(_, c)| c.is_idle())
+            .filter(|(_, c)| c.is_idle() && c.unread() == Unread::Nothing)
             .min_by_key(|(_, c)| c.last_active)
             .or_else(|| self.connections.iter().min_by_key(|(_, c)| c.last_active))
             .map(|(id, _)| *id);

@@ -5,6 +5,7 @@ use std::sync::mpsc::{channel, Receiver};
 use std::time::Instant;
 
 use devices::legacy::SerialOut;
+use virtio::{IoThread, IoThreadError, IoThreadHandle};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -13,9 +14,16 @@ use crate::arch::cpuid::Topology;
 use crate::arch::kernel::{load_cmdline, load_initrd, load_kernel, KernelError};
 use crate::arch::mptable::{setup_mptable, MpTableError};
 use crate::arch::regs::{default_boot_info, write_boot_tables, EntryProtocol, RegsError};
+use crate::config::DriveUpdate;
 use crate::config::VmConfig;
+use crate::device_manager::block::{
+    attach_drives, check_drives, drive_cmdline_args, register_drive_metrics, update_drive,
+    BlockDevice, DriveError,
+};
 use crate::device_manager::legacy::{attach_legacy_devices, LegacyDevices, LegacyError};
+use crate::device_manager::mmio::{MmioAllocator, MmioSlot};
 use crate::device_manager::DeviceBuses;
+use crate::metrics::{self, CountingWriter};
 use crate::vstate::kvm::{KvmContext, KvmError};
 use crate::vstate::memory::{create_guest_memory, MemoryError};
 use crate::vstate::vcpu::{
@@ -58,6 +66,29 @@ pub enum StartError {
     Vcpu(#[from] VcpuError),
     #[error("cannot create the vCPU exit eventfd: {0}")]
     ExitEvent(std::io::Error),
+    #[error(transparent)]
+    Drive(#[from] DriveError),
+    #[error("io thread: {0}")]
+    IoThread(#[from] IoThreadError),
+}
+
+/// Runs first on the `io` thread, before it touches any guest input: the place to install
+/// that thread's seccomp filter. An error stops the thread and the boot.
+pub type ThreadStartHook = Box<dyn FnOnce() -> Result<(), String> + Send>;
+
+/// Per-thread start-up hooks (seccomp filters), separate from [`BuildOptions`] so that the
+/// options stay plain data.
+#[derive(Default)]
+pub struct BootHooks {
+    pub io_thread: Option<ThreadStartHook>,
+}
+
+impl std::fmt::Debug for BootHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BootHooks")
+            .field("io_thread", &self.io_thread.is_some())
+            .finish()
+    }
 }
 
 /// Options that do not come from the VM configuration.
@@ -79,6 +110,10 @@ pub struct RunningVm {
     /// Why each vCPU stopped; `vcpu_exit_evt` is signalled on each report.
     pub vcpu_exits: Receiver<(u8, VcpuExitReason)>,
     pub vcpu_exit_evt: EventFd,
+    /// virtio-blk devices, in configuration order.
+    pub drives: Vec<BlockDevice>,
+    /// The loop serving every virtio device; stopped and joined on drop.
+    pub io_thread: Option<IoThreadHandle>,
 }
 
 fn serial_output(config: &VmConfig) -> Result<SerialOut, StartError> {
@@ -96,18 +131,46 @@ fn serial_output(config: &VmConfig) -> Result<SerialOut, StartError> {
                     path: path.clone(),
                     source,
                 })?;
-            Ok(Box::new(file))
+            Ok(Box::new(CountingWriter(file)))
         }
-        None => Ok(Box::new(std::io::stdout())),
+        None => Ok(Box::new(CountingWriter(std::io::stdout()))),
     }
+}
+
+/// The kernel command line: the configured (or default) arguments, then what the devices
+/// need (`virtio_mmio.device=` per drive, `root=` for the root drive).
+pub fn kernel_cmdline(config: &VmConfig, drive_slots: &[MmioSlot]) -> String {
+    let base = config
+        .boot_source
+        .as_ref()
+        .and_then(|b| b.boot_args.as_deref())
+        .unwrap_or(DEFAULT_BOOT_ARGS);
+    let mut line = base.trim().to_owned();
+    for arg in drive_cmdline_args(&config.drives, drive_slots) {
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(&arg);
+    }
+    line
 }
 
 /// Builds the VM described by `config` and starts its vCPUs.
 pub fn build_and_boot(config: &VmConfig, options: BuildOptions) -> Result<RunningVm, StartError> {
+    build_and_boot_with(config, options, BootHooks::default())
+}
+
+/// [`build_and_boot`] with start-up hooks for the threads it creates.
+pub fn build_and_boot_with(
+    config: &VmConfig,
+    options: BuildOptions,
+    hooks: BootHooks,
+) -> Result<RunningVm, StartError> {
     let boot_source = config
         .boot_source
         .as_ref()
         .ok_or(StartError::MissingBootSource)?;
+    check_drives(&config.drives)?;
     let machine = config.machine_config.clone().unwrap_or_default();
     let mem_size = machine.mem_size_bytes();
     let serial_out = serial_output(config)?;
@@ -117,6 +180,16 @@ pub fn build_and_boot(config: &VmConfig, options: BuildOptions) -> Result<Runnin
     let memory = create_guest_memory(mem_size)?;
     vm.register_memory(&memory, machine.track_dirty_pages)?;
 
+    let mut buses = DeviceBuses::default();
+    let legacy = attach_legacy_devices(&vm, &mut buses, serial_out, options.boot_timer)?;
+    let mut allocator = MmioAllocator::default();
+    let drives = attach_drives(&vm, &mut buses, &mut allocator, &memory, &config.drives)?;
+    register_drive_metrics(&drives, metrics::global());
+    let mut io = IoThread::new()?;
+    for d in &drives {
+        io.add_subscriber(d.subscriber());
+    }
+
     let kernel = load_kernel(&memory, &boot_source.kernel_image_path)?;
     log::info!(
         "kernel `{}` loaded: {:?} entry at {:#x}",
@@ -124,11 +197,10 @@ pub fn build_and_boot(config: &VmConfig, options: BuildOptions) -> Result<Runnin
         kernel.protocol,
         kernel.entry
     );
-    let args = boot_source
-        .boot_args
-        .as_deref()
-        .unwrap_or(DEFAULT_BOOT_ARGS);
-    let cmdline_len = load_cmdline(&memory, args)?;
+    let slots: Vec<MmioSlot> = drives.iter().map(|d| d.mmio.slot).collect();
+    let args = kernel_cmdline(config, &slots);
+    log::debug!("kernel command line: {args}");
+    let cmdline_len = load_cmdline(&memory, &args)?;
     let initrd = match &boot_source.initrd_path {
         Some(path) => Some(load_initrd(&memory, mem_size, kernel.kernel_end, path)?),
         None => None,
@@ -146,8 +218,11 @@ pub fn build_and_boot(config: &VmConfig, options: BuildOptions) -> Result<Runnin
     write_boot_tables(&memory, kernel.protocol)?;
     setup_mptable(&memory, machine.vcpu_count)?;
 
-    let mut buses = DeviceBuses::default();
-    let legacy = attach_legacy_devices(&vm, &mut buses, serial_out, options.boot_timer)?;
+    let io_hook = hooks.io_thread;
+    let io_thread = io.start(move || match io_hook {
+        Some(hook) => hook(),
+        None => Ok(()),
+    })?;
 
     let supported_cpuid = kvm.supported_cpuid()?;
     let topology = Topology::new(machine.vcpu_count, machine.smt);
@@ -192,6 +267,8 @@ pub fn build_and_boot(config: &VmConfig, options: BuildOptions) -> Result<Runnin
         vcpus: handles,
         vcpu_exits,
         vcpu_exit_evt,
+        drives,
+        io_thread: Some(io_thread),
     })
 }
 
@@ -229,5 +306,81 @@ impl RunningVm {
     /// Lets every vCPU run again.
     pub fn resume(&self) -> Result<(), VcpuError> {
         self.broadcast(VcpuEvent::Resume, VcpuResponse::Resumed)
+    }
+
+    /// `PATCH /drives/{id}`: a new backing file and/or rate limiter for a running drive.
+    pub fn update_drive(&self, update: &DriveUpdate) -> Result<(), DriveError> {
+        update_drive(&self.drives, update)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{BootSourceConfig, CacheType, DriveConfig, IoEngine};
+
+    fn drive(id: &str, root: bool, partuuid: Option<&str>) -> DriveConfig {
+        DriveConfig {
+            drive_id: id.into(),
+            path_on_host: Some(format!("/img/{id}")),
+            is_root_device: root,
+            partuuid: partuuid.map(str::to_owned),
+            is_read_only: Some(!root),
+            cache_type: CacheType::Unsafe,
+            io_engine: IoEngine::Sync,
+            rate_limiter: None,
+            socket: None,
+        }
+    }
+
+    fn config(boot_args: Option<&str>, drives: Vec<DriveConfig>) -> VmConfig {
+        VmConfig {
+            boot_source: Some(BootSourceConfig {
+                kernel_image_path: "/k".into(),
+                boot_args: boot_args.map(str::to_owned),
+                initrd_path: None,
+            }),
+            drives,
+            ..Default::default()
+        }
+    }
+
+    fn slots(n: usize) -> Vec<MmioSlot> {
+        let mut a = MmioAllocator::default();
+        (0..n)
+            .map(|i| a.allocate(&format!("d{i}")).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn linux_command_line_lists_every_drive_and_the_root_device() {
+        let c = config(
+            Some("console=ttyS0 reboot=k"),
+            vec![
+                drive("scratch", false, None),
+                drive("rootfs", true, None),
+                drive("data", false, None),
+            ],
+        );
+        assert_eq!(
+            kernel_cmdline(&c, &slots(3)),
+            "console=ttyS0 reboot=k virtio_mmio.device=4K@0xd0000000:5 \
+             virtio_mmio.device=4K@0xd0001000:6 virtio_mmio.device=4K@0xd0002000:7 \
+             root=/dev/vdb rw"
+        );
+    }
+
+    #[test]
+    fn partuuid_root_and_default_arguments() {
+        let c = config(None, vec![drive("rootfs", true, Some("0eaa91a0-01"))]);
+        assert_eq!(
+            kernel_cmdline(&c, &slots(1)),
+            format!(
+                "{DEFAULT_BOOT_ARGS} virtio_mmio.device=4K@0xd0000000:5 \
+                 root=PARTUUID=0eaa91a0-01 rw"
+            )
+        );
+        let none = config(Some("console=ttyS0"), Vec::new());
+        assert_eq!(kernel_cmdline(&none, &[]), "console=ttyS0");
     }
 }

@@ -8,8 +8,15 @@ pub const USAGE: &str = "\
 Usage: xenia [OPTIONS]
 
   --config-file PATH   boot the VM described by this JSON file (Firecracker's schema)
-  --no-api             do not start the API server (requires --config-file)
-  --api-sock PATH      path of the API socket
+  --no-api             do not start the API server (requires --config-file; --api-sock
+                       is then ignored)
+  --api-sock PATH      path of the API socket (default: /run/xenia.socket); with
+                       --config-file the VM boots from the file and the API stays up
+                       for runtime calls
+  --http-api-max-payload-size BYTES
+                       largest API request body accepted (default: 51200)
+  --metrics-path PATH  append a JSON metrics line to PATH every 60 s, on FlushMetrics
+                       and at exit
   --id ID              instance id shown in logs (default: anonymous-instance)
   --level LEVEL        log level: Error, Warning, Info, Debug, Trace or Off (default: Warning)
   --log-path PATH      write logs to this file instead of stderr
@@ -32,6 +39,11 @@ command line or configuration or a VM that could not start; 2 when the guest cra
 its seccomp filter forbids (the call is named on stderr).
 ";
 
+/// The API socket used when neither `--api-sock` nor `--no-api` is given.
+pub const DEFAULT_API_SOCK: &str = "/run/xenia.socket";
+/// Default for `--http-api-max-payload-size` (Firecracker's).
+pub const DEFAULT_MAX_PAYLOAD: usize = 51_200;
+
 /// Errors on the command line.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CliError {
@@ -51,6 +63,8 @@ pub struct CliArgs {
     pub config_file: Option<String>,
     pub no_api: bool,
     pub api_sock: Option<String>,
+    pub max_payload: Option<usize>,
+    pub metrics_path: Option<String>,
     pub id: String,
     pub level: Option<LogLevel>,
     pub log_path: Option<String>,
@@ -69,6 +83,8 @@ impl Default for CliArgs {
             config_file: None,
             no_api: false,
             api_sock: None,
+            max_payload: None,
+            metrics_path: None,
             id: DEFAULT_INSTANCE_ID.to_owned(),
             level: None,
             log_path: None,
@@ -126,6 +142,22 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<CliArgs, CliErro
             )?,
             "--api-sock" => set_once(&mut out.api_sock, "--api-sock", value("--api-sock")?)?,
             "--id" => set_once(&mut id, "--id", value("--id")?)?,
+            "--metrics-path" => set_once(
+                &mut out.metrics_path,
+                "--metrics-path",
+                value("--metrics-path")?,
+            )?,
+            "--http-api-max-payload-size" => {
+                const FLAG: &str = "--http-api-max-payload-size";
+                let v = value(FLAG)?;
+                let n = v.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                    CliError::BadValue {
+                        flag: FLAG,
+                        reason: format!("`{v}` is not a positive number of bytes"),
+                    }
+                })?;
+                set_once(&mut out.max_payload, FLAG, n)?;
+            }
             "--log-path" => set_once(&mut out.log_path, "--log-path", value("--log-path")?)?,
             "--seccomp-filter" => set_once(
                 &mut out.seccomp_filter,
@@ -174,6 +206,17 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<CliArgs, CliErro
     Ok(out)
 }
 
+impl CliArgs {
+    /// The socket to serve the API on; `None` with `--no-api`.
+    pub fn api_socket(&self) -> Option<&str> {
+        if self.no_api {
+            None
+        } else {
+            Some(self.api_sock.as_deref().unwrap_or(DEFAULT_API_SOCK))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,8 +237,10 @@ mod tests {
         let a = p(&[
             "--config-file",
             "/c.json",
-            "--no-api",
             "--api-sock=/s",
+            "--metrics-path",
+            "/m",
+            "--http-api-max-payload-size=1024",
             "--id",
             "vm-1",
             "--level",
@@ -212,7 +257,22 @@ mod tests {
         assert_eq!(a.id, "vm-1");
         assert_eq!(a.level, Some(LogLevel::Debug));
         assert_eq!(a.log_path.as_deref(), Some("/l"));
-        assert!(a.no_api && a.show_level && a.show_log_origin && a.boot_timer);
+        assert_eq!(a.metrics_path.as_deref(), Some("/m"));
+        assert_eq!(a.max_payload, Some(1024));
+        assert_eq!(a.api_socket(), Some("/s"));
+        assert!(a.show_level && a.show_log_origin && a.boot_timer);
+    }
+
+    #[test]
+    fn api_socket_defaults_and_no_api() {
+        assert_eq!(p(&[]).unwrap().api_socket(), Some(DEFAULT_API_SOCK));
+        assert_eq!(p(&["--no-api"]).unwrap().api_socket(), None);
+        assert_eq!(
+            p(&["--no-api", "--api-sock", "/s"]).unwrap().api_socket(),
+            None
+        );
+        assert!(p(&["--http-api-max-payload-size", "0"]).is_err());
+        assert!(p(&["--http-api-max-payload-size", "lots"]).is_err());
     }
 
     #[test]

@@ -1,21 +1,23 @@
-//! The VMM control loop on the main thread: epoll over the reset event, vCPU exits,
-//! SIGTERM/SIGINT and console input.
+//! The VMM control loop on the main thread: epoll over the API's request eventfd, the
+//! reset event, vCPU exits, SIGTERM/SIGINT, console input and the metrics timer.
 //!
-//! Seam for the API: the API thread's request eventfd is added with
-//! [`ControlLoop::add_source`] under [`Token::Api`]; the loop then calls the handler given
-//! there for each wake-up.
+//! Before boot only the API, signals and the timer are watched; the VM's sources are added
+//! when an `InstanceStart` (or the config file) has started it.
 
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::Duration;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::signal::register_signal_handler;
+use vmm_sys_util::timerfd::TimerFd;
 
-use crate::builder::RunningVm;
+use crate::metrics::FLUSH_INTERVAL;
+use crate::rpc::{serve_pending, ApiThread, Vmm};
 use crate::vstate::vcpu::VcpuExitReason;
 
 /// xenia's exit statuses.
@@ -36,6 +38,8 @@ pub enum ControlError {
     Epoll(std::io::Error),
     #[error("cannot create the signal eventfd: {0}")]
     SignalEvent(std::io::Error),
+    #[error("cannot set up the metrics timer: {0}")]
+    Timer(vmm_sys_util::errno::Error),
     #[error("cannot install the handler for signal {signal}: {source}")]
     SignalHandler {
         signal: i32,
@@ -51,8 +55,10 @@ pub enum Token {
     VcpuExit = 2,
     Signal = 3,
     Stdin = 4,
-    /// Reserved for the API thread's request eventfd.
+    /// The API thread's request eventfd.
     Api = 5,
+    /// The periodic metrics flush.
+    MetricsTimer = 6,
 }
 
 impl Token {
@@ -63,15 +69,11 @@ impl Token {
             Token::Signal,
             Token::Stdin,
             Token::Api,
+            Token::MetricsTimer,
         ]
         .into_iter()
         .find(|t| *t as u64 == v)
     }
-}
-
-/// Handles wake-ups on an extra source (the API); returns an exit code to stop the VMM.
-pub trait ControlHandler {
-    fn handle(&mut self, vm: &mut RunningVm) -> Option<ExitCode>;
 }
 
 /// The eventfd SIGTERM/SIGINT write to (-1 before the loop exists).
@@ -90,15 +92,20 @@ extern "C" fn handle_exit_signal(_: libc::c_int, _: *mut libc::siginfo_t, _: *mu
 /// The loop and its sources.
 pub struct ControlLoop {
     epoll: Epoll,
-    vm: RunningVm,
+    vmm: Vmm,
+    /// The running VM's reset and exit events are in the epoll set.
+    vm_watched: bool,
     signal_evt: EventFd,
     stdin: Option<File>,
-    api: Option<Box<dyn ControlHandler>>,
+    metrics_timer: TimerFd,
+    api: Option<ApiThread>,
 }
 
 impl std::fmt::Debug for ControlLoop {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ControlLoop").field("vm", &self.vm).finish()
+        f.debug_struct("ControlLoop")
+            .field("vmm", &self.vmm)
+            .finish()
     }
 }
 
@@ -112,7 +119,7 @@ fn forwardable_stdin() -> Option<File> {
 }
 
 impl ControlLoop {
-    pub fn new(vm: RunningVm) -> Result<Self, ControlError> {
+    pub fn new(vmm: Vmm) -> Result<Self, ControlError> {
         let epoll = Epoll::new().map_err(ControlError::Epoll)?;
         let signal_evt = EventFd::new(EFD_NONBLOCK).map_err(ControlError::SignalEvent)?;
         SIGNAL_EVT_FD.store(signal_evt.as_raw_fd(), Ordering::Relaxed);
@@ -120,16 +127,22 @@ impl ControlLoop {
             register_signal_handler(signal, handle_exit_signal)
                 .map_err(|source| ControlError::SignalHandler { signal, source })?;
         }
+        let mut metrics_timer = TimerFd::new().map_err(ControlError::Timer)?;
+        metrics_timer
+            .reset(FLUSH_INTERVAL, Some(FLUSH_INTERVAL))
+            .map_err(ControlError::Timer)?;
         let mut this = Self {
             epoll,
-            vm,
+            vmm,
+            vm_watched: false,
             signal_evt,
             stdin: None,
+            metrics_timer,
             api: None,
         };
-        this.watch(this.vm.legacy.reset_evt.as_raw_fd(), Token::Reset)?;
-        this.watch(this.vm.vcpu_exit_evt.as_raw_fd(), Token::VcpuExit)?;
         this.watch(this.signal_evt.as_raw_fd(), Token::Signal)?;
+        this.watch(this.metrics_timer.as_raw_fd(), Token::MetricsTimer)?;
+        this.watch_vm()?;
         if let Some(stdin) = forwardable_stdin() {
             match this.watch(stdin.as_raw_fd(), Token::Stdin) {
                 Ok(()) => this.stdin = Some(stdin),
@@ -149,23 +162,55 @@ impl ControlLoop {
             .map_err(ControlError::Epoll)
     }
 
-    /// Adds the API's request eventfd; `handler` runs on each wake-up.
-    pub fn add_source(
-        &mut self,
-        fd: RawFd,
-        handler: Box<dyn ControlHandler>,
-    ) -> Result<(), ControlError> {
-        self.watch(fd, Token::Api)?;
-        self.api = Some(handler);
+    /// Adds the VM's events once it runs (at most once).
+    fn watch_vm(&mut self) -> Result<(), ControlError> {
+        if self.vm_watched {
+            return Ok(());
+        }
+        let Some(vm) = self.vmm.vm() else {
+            return Ok(());
+        };
+        let (reset, exit) = (
+            vm.legacy.reset_evt.as_raw_fd(),
+            vm.vcpu_exit_evt.as_raw_fd(),
+        );
+        self.watch(reset, Token::Reset)?;
+        self.watch(exit, Token::VcpuExit)?;
+        self.vm_watched = true;
         Ok(())
     }
 
-    pub fn vm(&mut self) -> &mut RunningVm {
-        &mut self.vm
+    /// Boots the VM from the gathered resources (the `--config-file` path) and watches it.
+    pub fn start_vm(&mut self) -> Result<(), String> {
+        self.vmm.start().map_err(|e| e.to_string())?;
+        self.watch_vm().map_err(|e| e.to_string())
     }
 
-    /// Runs until the VM ends; returns the process exit status.
+    /// Serves the API thread's requests from now on.
+    pub fn attach_api(&mut self, api: ApiThread) -> Result<(), ControlError> {
+        self.watch(api.wake.as_raw_fd(), Token::Api)?;
+        self.api = Some(api);
+        Ok(())
+    }
+
+    /// Stops the API thread (removing its socket file); false if it did not stop in `timeout`.
+    pub fn stop_api(&mut self, timeout: Duration) -> bool {
+        self.api.take().is_none_or(|api| api.stop(timeout))
+    }
+
+    pub fn vmm(&mut self) -> &mut Vmm {
+        &mut self.vmm
+    }
+
+    /// Runs until the VM ends or a signal stops the VMM; returns the process exit status.
+    /// Metrics are flushed one last time on the way out.
     pub fn run(&mut self) -> ExitCode {
+        let code = self.run_loop();
+        self.vmm.flush_metrics_if_configured();
+        code
+    }
+
+    fn run_loop(&mut self) -> ExitCode {
         let mut events = vec![EpollEvent::default(); 8];
         loop {
             let n = match self.epoll.wait(-1, &mut events) {
@@ -190,12 +235,12 @@ impl ControlLoop {
     fn dispatch(&mut self, token: Token) -> Option<ExitCode> {
         match token {
             Token::Reset => {
-                let _ = self.vm.legacy.reset_evt.read();
+                let _ = self.vmm.vm()?.legacy.reset_evt.read();
                 log::info!("the guest reset the machine through the i8042; exiting");
                 Some(ExitCode::Ok)
             }
             Token::VcpuExit => {
-                let _ = self.vm.vcpu_exit_evt.read();
+                let _ = self.vmm.vm()?.vcpu_exit_evt.read();
                 self.vcpu_exited()
             }
             Token::Signal => {
@@ -207,18 +252,35 @@ impl ControlLoop {
                 self.forward_stdin();
                 None
             }
-            Token::Api => {
-                let mut handler = self.api.take()?;
-                let code = handler.handle(&mut self.vm);
-                self.api = Some(handler);
-                code
+            Token::Api => self.serve_api(),
+            Token::MetricsTimer => {
+                let _ = self.metrics_timer.wait();
+                self.vmm.flush_metrics_if_configured();
+                None
             }
         }
     }
 
+    fn serve_api(&mut self) -> Option<ExitCode> {
+        let api = self.api.as_ref()?;
+        let _ = api.wake.read();
+        let vmm = &mut self.vmm;
+        serve_pending(&api.requests, |action| vmm.execute(action));
+        if let Some(why) = self.vmm.fatal() {
+            log::error!("{why}");
+            return Some(ExitCode::StartError);
+        }
+        // An InstanceStart may have started the VM: its events join the loop now.
+        if let Err(e) = self.watch_vm() {
+            log::error!("{e}");
+            return Some(ExitCode::StartError);
+        }
+        None
+    }
+
     fn vcpu_exited(&mut self) -> Option<ExitCode> {
         // The first vCPU that stops ends the VM.
-        let (index, reason) = self.vm.vcpu_exits.try_recv().ok()?;
+        let (index, reason) = self.vmm.vm()?.vcpu_exits.try_recv().ok()?;
         let code = match reason {
             VcpuExitReason::GuestShutdown | VcpuExitReason::Halted | VcpuExitReason::Stopped => {
                 ExitCode::Ok
@@ -250,12 +312,11 @@ impl ControlLoop {
                 self.stdin = None;
             }
             Ok(n) => {
-                let mut serial = self
-                    .vm
-                    .legacy
-                    .serial
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
+                let Some(vm) = self.vmm.vm() else {
+                    log::debug!("console input before boot: dropped {n} bytes");
+                    return;
+                };
+                let mut serial = vm.legacy.serial.lock().unwrap_or_else(|e| e.into_inner());
                 let taken = serial.enqueue_input(&buf[..n]);
                 if taken < n {
                     log::debug!("console input: dropped {} bytes", n - taken);

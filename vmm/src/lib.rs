@@ -8,6 +8,7 @@ pub mod control;
 pub mod device_manager;
 pub mod logger;
 pub mod metrics;
+pub mod resources;
 pub mod rpc;
 pub mod seccomp;
 pub mod vstate;

@@ -1,14 +1,22 @@
-//! `xenia`: parse the command line, read the configuration, boot, run the control loop.
+//! `xenia`: parse the command line, read the configuration, serve the API, boot, run the
+//! control loop.
 
+use std::path::Path;
 use std::process::ExitCode as ProcessExit;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use vmm::builder::{build_and_boot, BuildOptions};
-use vmm::cli::{self, CliArgs, USAGE};
-use vmm::config::VmConfig;
+use api_socket::{ApiServer, ServerOptions};
+use vmm::builder::{BootHooks, BuildOptions};
+use vmm::cli::{self, CliArgs, DEFAULT_MAX_PAYLOAD, USAGE};
+use vmm::config::{MetricsConfig, VmConfig};
 use vmm::control::{ControlLoop, ExitCode};
 use vmm::logger::{self, LoggerSettings};
+use vmm::resources::VmResources;
+use vmm::rpc::{ApiThread, ThreadStartHook, Vmm};
 use vmm::seccomp::{self, SeccompLevel, ThreadKind};
+
+/// How long shutdown waits for the API thread to close its socket.
+const API_STOP_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[allow(clippy::print_stderr)]
 fn fail(message: &str) -> ExitCode {
@@ -31,6 +39,82 @@ fn logger_settings(args: &CliArgs, config: Option<&VmConfig>) -> LoggerSettings 
     }
 }
 
+fn read_config(path: &str) -> Result<VmConfig, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("--config-file: cannot read `{path}`: {e}"))?;
+    VmConfig::from_json(&text).map_err(|e| format!("--config-file `{path}`: {e}"))
+}
+
+/// A hook that installs `kind`'s seccomp filter on the thread that runs it.
+fn filter_hook(kind: ThreadKind) -> ThreadStartHook {
+    Box::new(move || seccomp::install(kind).map_err(|e| e.to_string()))
+}
+
+/// Hooks for the threads the builder starts (the `io` thread's filter).
+fn boot_hooks() -> BootHooks {
+    BootHooks {
+        io_thread: Some(filter_hook(ThreadKind::Io)),
+    }
+}
+
+/// Sets up the VMM; returns the control loop ready to run, or a start-up error message.
+fn prepare(args: &CliArgs, start: Instant) -> Result<ControlLoop, String> {
+    let config = match &args.config_file {
+        Some(path) => Some(read_config(path)?),
+        None => None,
+    };
+    let settings = logger_settings(args, config.as_ref());
+    logger::configure(settings.clone()).map_err(|e| e.to_string())?;
+
+    // Bind first: a socket already in use must fail before anything boots.
+    let server = match args.api_socket() {
+        Some(path) => {
+            let options = ServerOptions {
+                max_payload: args.max_payload.unwrap_or(DEFAULT_MAX_PAYLOAD),
+                ..ServerOptions::default()
+            };
+            Some(ApiServer::bind(Path::new(path), options).map_err(|e| e.to_string())?)
+        }
+        None => None,
+    };
+
+    let file_metrics = config.as_ref().and_then(|c| c.metrics.clone());
+    let resources = config.map(VmResources::from_config).unwrap_or_default();
+    let options = BuildOptions {
+        boot_timer: args.boot_timer.then_some(start),
+    };
+    let mut vmm = Vmm::new(args.id.clone(), resources, options, settings);
+    vmm.set_boot_hooks(Box::new(boot_hooks));
+    // The VMM thread's filter goes on once the VM runs: building it needs calls (KVM set-up,
+    // thread creation, opening images) that the running VMM never makes again. Every other
+    // thread exists by then, so none inherits it.
+    vmm.set_after_start(filter_hook(ThreadKind::Vmm));
+    let metrics = match (&args.metrics_path, file_metrics) {
+        (Some(path), _) => Some(MetricsConfig {
+            metrics_path: path.clone(),
+            emit_id: None,
+            properties: None,
+        }),
+        (None, from_file) => from_file,
+    };
+    if let Some(m) = metrics {
+        vmm.open_metrics(m).map_err(|e| e.to_string())?;
+    }
+    let mut control = ControlLoop::new(vmm).map_err(|e| e.to_string())?;
+    if let Some(server) = server {
+        log::info!("API server listening on {}", server.path().display());
+        let api =
+            ApiThread::spawn(server, filter_hook(ThreadKind::Api)).map_err(|e| e.to_string())?;
+        control.attach_api(api).map_err(|e| e.to_string())?;
+    }
+    // Last: starting the VM installs the VMM thread's filter, which threads started after it
+    // would inherit.
+    if args.config_file.is_some() {
+        control.start_vm().map_err(|e| e.to_string())?;
+    }
+    Ok(control)
+}
+
 #[allow(clippy::print_stdout)]
 fn run(start: Instant) -> ExitCode {
     let args = match cli::parse(std::env::args().skip(1)) {
@@ -49,27 +133,11 @@ fn run(start: Instant) -> ExitCode {
     if let Err(e) = logger::configure(logger_settings(&args, None)) {
         return fail(&e.to_string());
     }
-    let Some(path) = &args.config_file else {
-        if args.no_api {
-            return fail("--no-api needs --config-file: nothing would configure the VM");
-        }
-        return fail("API not available yet: start xenia with --config-file PATH");
-    };
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) => return fail(&format!("--config-file: cannot read `{path}`: {e}")),
-    };
-    let config = match VmConfig::from_json(&text) {
-        Ok(c) => c,
-        Err(e) => return fail(&format!("--config-file `{path}`: {e}")),
-    };
-    if let Err(e) = logger::configure(logger_settings(&args, Some(&config))) {
-        return fail(&e.to_string());
+    if args.no_api && args.config_file.is_none() {
+        return fail("--no-api needs --config-file: nothing would configure the VM");
     }
-    if args.api_sock.is_some() && !args.no_api {
-        log::warn!(
-            "--api-sock: the API server is not available yet; booting from --config-file only"
-        );
+    if args.no_api && args.api_sock.is_some() {
+        log::warn!("--api-sock is ignored with --no-api");
     }
     // Before any thread starts: each thread installs its own filter as it begins.
     if let Err(e) = SeccompLevel::from_flags(args.no_seccomp, args.seccomp_filter.as_deref())
@@ -77,29 +145,23 @@ fn run(start: Instant) -> ExitCode {
     {
         return fail(&e.to_string());
     }
-    let options = BuildOptions {
-        boot_timer: args.boot_timer.then_some(start),
+    let mut control = match prepare(&args, start) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
     };
-    let vm = match build_and_boot(&config, options) {
-        Ok(vm) => vm,
-        Err(e) => return fail(&e.to_string()),
-    };
-    let mut control = match ControlLoop::new(vm) {
-        Ok(control) => control,
-        Err(e) => return fail(&e.to_string()),
-    };
-    // Last: every other thread has started (they would inherit this filter) and the loop's
-    // one-time set-up is done.
-    if let Err(e) = seccomp::install(ThreadKind::Vmm) {
-        return fail(&e.to_string());
+    let code = control.run();
+    if !control.stop_api(API_STOP_TIMEOUT) {
+        log::warn!("the API thread did not stop in {API_STOP_TIMEOUT:?}");
     }
-    control.run()
+    // `control` (and the VM's memory) stays alive: vCPU threads may still be inside
+    // KVM_RUN, and process exit ends them.
+    std::mem::forget(control);
+    code
 }
 
 fn main() -> ProcessExit {
     let start = Instant::now();
     let code = run(start);
     log::logger().flush();
-    // vCPU threads may still be inside KVM_RUN: leave through process exit, which ends them.
     std::process::exit(code as i32)
 }

@@ -9,7 +9,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -31,6 +31,29 @@ pub enum MetricsError {
     AlreadyConfigured,
     #[error("cannot write metrics: {0}")]
     Write(std::io::Error),
+}
+
+/// The process's metrics: vCPU threads, devices, the API thread and the VMM thread all bump
+/// the same counters.
+pub fn global() -> &'static Metrics {
+    static GLOBAL: LazyLock<Metrics> = LazyLock::new(Metrics::default);
+    &GLOBAL
+}
+
+/// A writer that counts the bytes it passes on into `uart.bytes_out` (the serial console).
+#[derive(Debug)]
+pub struct CountingWriter<W>(pub W);
+
+impl<W: Write> Write for CountingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.0.write(buf)?;
+        global().serial.bytes_out.add(n as u64);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
 }
 
 /// A monotonically increasing counter, cheap to bump from any thread.

@@ -9,6 +9,8 @@
 // A test helper reports a broken environment (no cargo, no probe) by failing the test.
 #![allow(clippy::panic)]
 
+pub mod api;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -167,6 +169,45 @@ impl Xenia {
         args.push(path.to_string_lossy().into_owned());
         args.extend(extra_args.iter().map(|s| s.to_string()));
         Self::spawn(&args, dir)
+    }
+
+    /// Starts xenia serving its API on a socket in a fresh temporary directory, with
+    /// `extra_args` after `--api-sock`; returns once the socket accepts connections.
+    pub fn with_api(extra_args: &[&str]) -> (Self, api::ApiClient) {
+        let dir = TempDir::new();
+        let socket = dir.path().join("api.sock");
+        let mut args = vec![
+            "--api-sock".to_owned(),
+            socket.to_string_lossy().into_owned(),
+        ];
+        args.extend(extra_args.iter().map(|s| s.to_string()));
+        let x = Self::spawn(&args, dir);
+        let client = api::ApiClient::new(socket);
+        if let Err(e) = client.wait_ready(BOOT_TIMEOUT) {
+            panic!("{e}; stderr:\n{}", x.stderr());
+        }
+        (x, client)
+    }
+
+    /// The temporary directory that lives as long as this process handle.
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+
+    /// Console lines that arrive within `window` (all of them, in order).
+    pub fn lines_within(&mut self, window: Duration) -> Vec<String> {
+        let deadline = Instant::now() + window;
+        let mut got = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.console.recv_timeout(left) {
+                Ok(line) => {
+                    self.lines.push(line.clone());
+                    got.push(line);
+                }
+                Err(_) => return got,
+            }
+        }
     }
 
     /// Starts xenia with exactly `args`.

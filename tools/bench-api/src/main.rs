@@ -2,6 +2,9 @@
 //! `GET /` and `PUT /machine-config` on a running xenia's API socket, first on one
 //! keep-alive connection, then with many concurrent clients, and prints median and p99.
 //!
+//! `bench-api <socket> --xenia <path-to-xenia>` starts that xenia (pre-boot, nothing
+//! configured) with `--api-sock <socket>`, measures it, and stops it.
+//!
 //! `bench-api --serve <socket>` runs a stand-in server on the `api-socket` crate that
 //! answers those two routes the way xenia does, to test the benchmark without a VM.
 
@@ -24,10 +27,11 @@ struct Args {
     clients: usize,
     json: bool,
     serve: bool,
+    xenia: Option<PathBuf>,
 }
 
 fn usage() -> String {
-    "usage: bench-api <socket> [--requests N] [--clients N] [--json]\n       bench-api --serve <socket>"
+    "usage: bench-api <socket> [--requests N] [--clients N] [--json] [--xenia PATH]\n       bench-api --serve <socket>"
         .to_string()
 }
 
@@ -37,6 +41,7 @@ fn parse_args() -> Result<Args, String> {
     let mut clients = 64;
     let mut json = false;
     let mut serve = false;
+    let mut xenia = None;
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut number = |name: &str| -> Result<usize, String> {
@@ -51,6 +56,7 @@ fn parse_args() -> Result<Args, String> {
             "--clients" => clients = number("--clients")?,
             "--json" => json = true,
             "--serve" => serve = true,
+            "--xenia" => xenia = Some(PathBuf::from(it.next().ok_or("--xenia needs a path")?)),
             "-h" | "--help" => return Err(usage()),
             a if a.starts_with("--") => return Err(format!("unknown option {a}\n{}", usage())),
             a => socket = Some(PathBuf::from(a)),
@@ -63,6 +69,7 @@ fn parse_args() -> Result<Args, String> {
         clients,
         json,
         serve,
+        xenia,
     })
 }
 
@@ -238,11 +245,52 @@ fn serve(path: &std::path::Path) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
+/// A xenia started for the measurement; killed (and its socket removed) on drop.
+struct SpawnedXenia {
+    child: std::process::Child,
+    socket: PathBuf,
+}
+
+impl SpawnedXenia {
+    fn start(binary: &std::path::Path, socket: &std::path::Path) -> Result<Self, String> {
+        let child = std::process::Command::new(binary)
+            .arg("--api-sock")
+            .arg(socket)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
+        let this = SpawnedXenia {
+            child,
+            socket: socket.to_path_buf(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while UnixStream::connect(socket).is_err() {
+            if Instant::now() > deadline {
+                return Err(format!("xenia never listened on {}", socket.display()));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(this)
+    }
+}
+
+impl Drop for SpawnedXenia {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
 fn run() -> Result<(), String> {
     let args = parse_args()?;
     if args.serve {
         return serve(&args.socket);
     }
+    let _xenia = match &args.xenia {
+        Some(binary) => Some(SpawnedXenia::start(binary, &args.socket)?),
+        None => None,
+    };
     let put = put_machine_request();
     let results = [
         sequential(&args, "GET / sequential", GET_ROOT, 200)?,

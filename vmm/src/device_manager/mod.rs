@@ -1,12 +1,14 @@
 //! Devices attached to the VM: the buses the vCPUs route exits to and the interrupt wiring.
 //!
-//! Legacy devices live in [`legacy`]. Virtio-mmio devices will be added here too: each gets an
-//! MMIO window on [`DeviceBuses::mmio`] and an IRQ (see `arch::layout::MMIO_HOLE_START` and
-//! the brief's layout), its interrupt eventfd registered with [`crate::vstate::vm::Vm::register_irqfd`]
-//! and its queue-notify eventfds with KVM_IOEVENTFD, before the vCPUs start (each vCPU holds a
-//! clone of the buses).
+//! - [`legacy`]: COM1, the i8042 and the boot-timer port on the port-I/O bus.
+//! - [`mmio`]: virtio-mmio windows and IRQs, ioeventfd/irqfd wiring, `virtio_mmio.device=`.
+//! - [`block`]: drives as virtio-blk devices, their runtime updates and metrics.
+//!
+//! Everything is attached before the vCPUs start: each vCPU holds a clone of the buses.
 
+pub mod block;
 pub mod legacy;
+pub mod mmio;
 
 use devices::Bus;
 

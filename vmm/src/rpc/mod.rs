@@ -3,14 +3,18 @@
 //!
 //! Parsing happens on the API thread: a request that cannot become an action is answered
 //! there (400 + `fault_message`, as Firecracker does) without bothering the VMM thread.
-//! Executing actions is the VMM thread's business, not this module's; nothing here
-//! touches KVM.
+//! Executing actions happens on the VMM thread ([`Vmm::execute`], in `execute.rs`); the
+//! `api` thread itself lives in `thread.rs`.
 
 mod bridge;
+mod execute;
 mod response;
 mod routes;
+mod thread;
 
 pub use bridge::{api_handler, serve_pending, ApiRequest};
+pub use execute::{Vmm, VmmError, APP_NAME};
+pub use thread::{instrumented, route_key, ApiThread, ApiThreadError, ThreadStartHook};
 
 pub use response::{response_for, ActionError, InstanceInfo, InstanceState, VersionInfo, VmmData};
 pub use routes::{parse_request, ParsedRequest, RouteError, ROUTES, UNSUPPORTED_ROUTES};

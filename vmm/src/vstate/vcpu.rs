@@ -290,7 +290,9 @@ impl Vcpu {
 
     /// One KVM_RUN; returns a reason when the vCPU must stop.
     fn run_once(&mut self) -> Option<VcpuExitReason> {
-        match self.fd.run() {
+        let result = self.fd.run();
+        count_exit(&result);
+        match result {
             Ok(VcpuExit::IoIn(port, data)) => {
                 if !self.pio.read(u64::from(port), data) {
                     // Nothing decodes this port: the bus floats high.
@@ -356,6 +358,23 @@ impl Vcpu {
         // SAFETY: after KVM_EXIT_INTERNAL_ERROR the kernel filled the `internal` member of
         // the exit union; reading a plain u32 from it is valid.
         unsafe { run.__bindgen_anon_1.internal.suberror }
+    }
+}
+
+/// Bumps the `vcpu` metrics for one KVM_RUN outcome.
+fn count_exit(result: &Result<VcpuExit<'_>, kvm_ioctls::Error>) {
+    let m = &crate::metrics::global().vcpu;
+    match result {
+        Ok(VcpuExit::IoIn(..)) => m.exit_io_in.inc(),
+        Ok(VcpuExit::IoOut(..)) => m.exit_io_out.inc(),
+        Ok(VcpuExit::MmioRead(..)) => m.exit_mmio_read.inc(),
+        Ok(VcpuExit::MmioWrite(..)) => m.exit_mmio_write.inc(),
+        Ok(VcpuExit::Hlt) => m.exit_hlt.inc(),
+        Ok(VcpuExit::Shutdown) => m.exit_shutdown.inc(),
+        Ok(_) => m.exit_other.inc(),
+        // A kick is how pause and stop reach the thread, not a failure.
+        Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+        Err(_) => m.failures.inc(),
     }
 }
 

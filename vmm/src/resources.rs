@@ -1,0 +1,329 @@
+//! Everything gathered before boot: the VM configuration as the API (or a config file) builds
+//! it up, with the host-side checks each pre-boot call makes on the files it names.
+//!
+//! Checks here touch the file system (does the kernel exist, can the drive be opened for
+//! writing); the pure shape checks live with the config types. Every setter validates the
+//! whole candidate configuration before committing it, so a refused call changes nothing.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileTypeExt;
+
+use crate::config::{
+    BootSourceConfig, ConfigError, DriveConfig, DriveUpdate, LoggerConfig, MachineConfig,
+    MachineConfigUpdate, MetricsConfig, NetworkInterfaceConfig, SerialConfig, VmConfig,
+};
+
+/// Why a pre-boot resource was refused. Answered with 400 by the API.
+#[derive(Debug, thiserror::Error)]
+pub enum ResourceError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{field}: cannot open `{path}` for {mode}: {source}")]
+    File {
+        field: String,
+        path: String,
+        mode: &'static str,
+        source: std::io::Error,
+    },
+    #[error("{field}: `{path}` is not a regular file")]
+    NotAFile { field: String, path: String },
+}
+
+/// Opens `path` for reading (and writing when `write`), and checks what it is.
+fn check_file(
+    field: &str,
+    path: &str,
+    write: bool,
+    allow_block_device: bool,
+) -> Result<(), ResourceError> {
+    let mode = if write {
+        "reading and writing"
+    } else {
+        "reading"
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(write)
+        .open(path)
+        .map_err(|source| ResourceError::File {
+            field: field.to_owned(),
+            path: path.to_owned(),
+            mode,
+            source,
+        })?;
+    let kind = File::metadata(&file)
+        .map_err(|source| ResourceError::File {
+            field: field.to_owned(),
+            path: path.to_owned(),
+            mode,
+            source,
+        })?
+        .file_type();
+    if kind.is_file() || (allow_block_device && kind.is_block_device()) {
+        Ok(())
+    } else {
+        Err(ResourceError::NotAFile {
+            field: field.to_owned(),
+            path: path.to_owned(),
+        })
+    }
+}
+
+/// The configuration of a VM that has not started yet.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct VmResources {
+    config: VmConfig,
+}
+
+impl VmResources {
+    /// Resources taken from a config file (already validated by [`VmConfig::from_json`]).
+    pub fn from_config(config: VmConfig) -> Self {
+        Self { config }
+    }
+
+    /// The configuration gathered so far.
+    pub fn config(&self) -> &VmConfig {
+        &self.config
+    }
+
+    /// The machine configuration in effect (the default when none was given).
+    pub fn machine_config(&self) -> MachineConfig {
+        self.config.machine_config.clone().unwrap_or_default()
+    }
+
+    /// Replaces the configuration with `candidate` if it validates as a whole.
+    fn commit(&mut self, candidate: VmConfig) -> Result<(), ResourceError> {
+        candidate.validate()?;
+        self.config = candidate;
+        Ok(())
+    }
+
+    pub fn set_boot_source(&mut self, boot: BootSourceConfig) -> Result<(), ResourceError> {
+        boot.validate()?;
+        check_file(
+            "boot-source.kernel_image_path",
+            &boot.kernel_image_path,
+            false,
+            false,
+        )?;
+        if let Some(initrd) = &boot.initrd_path {
+            check_file("boot-source.initrd_path", initrd, false, false)?;
+        }
+        let mut c = self.config.clone();
+        c.boot_source = Some(boot);
+        self.commit(c)
+    }
+
+    pub fn set_machine_config(&mut self, machine: MachineConfig) -> Result<(), ResourceError> {
+        let mut c = self.config.clone();
+        c.machine_config = Some(machine);
+        self.commit(c)
+    }
+
+    pub fn patch_machine_config(
+        &mut self,
+        update: &MachineConfigUpdate,
+    ) -> Result<(), ResourceError> {
+        let merged = update.apply(&self.machine_config())?;
+        self.set_machine_config(merged)
+    }
+
+    /// Adds a drive, or replaces the one with the same id (Firecracker's semantics).
+    pub fn set_drive(&mut self, drive: DriveConfig) -> Result<(), ResourceError> {
+        drive.validate()?;
+        if let Some(path) = &drive.path_on_host {
+            let field = format!("drives[{}].path_on_host", drive.drive_id);
+            check_file(&field, path, !drive.read_only(), true)?;
+        }
+        let mut c = self.config.clone();
+        match c.drives.iter_mut().find(|d| d.drive_id == drive.drive_id) {
+            Some(slot) => *slot = drive,
+            None => c.drives.push(drive),
+        }
+        self.commit(c)
+    }
+
+    /// Records a `PATCH /drives/{id}` the running VM has applied, so that `GET /vm/config`
+    /// shows the drive as it is now.
+    pub fn record_drive_update(&mut self, update: &DriveUpdate) {
+        if let Some(d) = self
+            .config
+            .drives
+            .iter_mut()
+            .find(|d| d.drive_id == update.drive_id)
+        {
+            if let Some(p) = &update.path_on_host {
+                d.path_on_host = Some(p.clone());
+            }
+            if let Some(r) = &update.rate_limiter {
+                d.rate_limiter = Some(r.clone());
+            }
+        }
+    }
+
+    /// Adds a network interface, or replaces the one with the same id.
+    pub fn set_network_interface(
+        &mut self,
+        iface: NetworkInterfaceConfig,
+    ) -> Result<(), ResourceError> {
+        let mut c = self.config.clone();
+        match c
+            .network_interfaces
+            .iter_mut()
+            .find(|n| n.iface_id == iface.iface_id)
+        {
+            Some(slot) => *slot = iface,
+            None => c.network_interfaces.push(iface),
+        }
+        self.commit(c)
+    }
+
+    pub fn set_serial(&mut self, serial: SerialConfig) -> Result<(), ResourceError> {
+        let mut c = self.config.clone();
+        c.serial = Some(serial);
+        self.commit(c)
+    }
+
+    /// Records the logger section (the caller has applied it already).
+    pub fn set_logger(&mut self, logger: LoggerConfig) -> Result<(), ResourceError> {
+        let mut c = self.config.clone();
+        c.logger = Some(logger);
+        self.commit(c)
+    }
+
+    /// Records the metrics section (the caller has opened the sink already).
+    pub fn set_metrics(&mut self, metrics: MetricsConfig) -> Result<(), ResourceError> {
+        let mut c = self.config.clone();
+        c.metrics = Some(metrics);
+        self.commit(c)
+    }
+
+    /// Checks made just before building: the files named must still be there, and every
+    /// section must be one this build can start.
+    pub fn check_startable(&self) -> Result<(), ResourceError> {
+        let Some(boot) = &self.config.boot_source else {
+            return Err(ConfigError::invalid(
+                "boot-source",
+                "missing; set it with PUT /boot-source before InstanceStart",
+            )
+            .into());
+        };
+        check_file(
+            "boot-source.kernel_image_path",
+            &boot.kernel_image_path,
+            false,
+            false,
+        )?;
+        if let Some(initrd) = &boot.initrd_path {
+            check_file("boot-source.initrd_path", initrd, false, false)?;
+        }
+        if !self.config.network_interfaces.is_empty() {
+            return Err(ConfigError::invalid(
+                "network-interfaces",
+                "virtio-net devices are not supported by this build of xenia yet",
+            )
+            .into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Dir(std::path::PathBuf);
+
+    impl Dir {
+        fn new(tag: &str) -> Self {
+            let p = std::env::temp_dir().join(format!("xenia-res-{tag}-{}", std::process::id()));
+            std::fs::create_dir_all(&p).unwrap();
+            Dir(p)
+        }
+        fn file(&self, name: &str) -> String {
+            let p = self.0.join(name);
+            std::fs::write(&p, b"x").unwrap();
+            p.to_string_lossy().into_owned()
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn drive(id: &str, path: &str, root: bool, ro: bool) -> DriveConfig {
+        serde_json::from_value(serde_json::json!({
+            "drive_id": id, "path_on_host": path, "is_root_device": root, "is_read_only": ro
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn boot_source_paths_must_exist_and_be_files() {
+        let d = Dir::new("boot");
+        let kernel = d.file("k");
+        let mut r = VmResources::default();
+        let boot = |k: &str, i: Option<&str>| BootSourceConfig {
+            kernel_image_path: k.into(),
+            initrd_path: i.map(str::to_owned),
+            boot_args: None,
+        };
+        let e = r
+            .set_boot_source(boot("/no/such/kernel", None))
+            .unwrap_err();
+        assert!(e.to_string().contains("/no/such/kernel"), "{e}");
+        let dir = d.0.to_string_lossy().into_owned();
+        let e = r.set_boot_source(boot(&dir, None)).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        let e = r
+            .set_boot_source(boot(&kernel, Some("/no/initrd")))
+            .unwrap_err();
+        assert!(e.to_string().contains("initrd_path"), "{e}");
+        assert!(
+            r.config().boot_source.is_none(),
+            "a refused call changed state"
+        );
+        r.set_boot_source(boot(&kernel, None)).unwrap();
+        assert_eq!(
+            r.config().boot_source.as_ref().unwrap().kernel_image_path,
+            kernel
+        );
+    }
+
+    #[test]
+    fn drives_replace_by_id_and_keep_one_root() {
+        let d = Dir::new("drives");
+        let (a, b) = (d.file("a"), d.file("b"));
+        let mut r = VmResources::default();
+        r.set_drive(drive("root", &a, true, false)).unwrap();
+        r.set_drive(drive("root", &b, true, true)).unwrap();
+        assert_eq!(r.config().drives.len(), 1);
+        let e = r.set_drive(drive("data", &a, true, false)).unwrap_err();
+        assert!(e.to_string().contains("root device"), "{e}");
+        let e = r
+            .set_drive(drive("data", "/no/disk", false, false))
+            .unwrap_err();
+        assert!(e.to_string().contains("/no/disk"), "{e}");
+        assert_eq!(r.config().drives.len(), 1);
+    }
+
+    #[test]
+    fn machine_config_patch_merges_and_validates() {
+        let mut r = VmResources::default();
+        let up: MachineConfigUpdate = serde_json::from_str(r#"{"vcpu_count": 2}"#).unwrap();
+        r.patch_machine_config(&up).unwrap();
+        assert_eq!(r.machine_config().vcpu_count, 2);
+        assert_eq!(r.machine_config().mem_size_mib, 128);
+        let bad: MachineConfigUpdate = serde_json::from_str(r#"{"vcpu_count": 0}"#).unwrap();
+        assert!(r.patch_machine_config(&bad).is_err());
+        assert_eq!(r.machine_config().vcpu_count, 2);
+    }
+
+    #[test]
+    fn start_needs_a_boot_source() {
+        let e = VmResources::default().check_startable().unwrap_err();
+        assert!(e.to_string().contains("boot-source"), "{e}");
+    }
+}

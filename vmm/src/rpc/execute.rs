@@ -1,0 +1,381 @@
+//! Executing actions on the VMM thread: the [`Vmm`] state (resources before boot, the running
+//! VM after it, the metrics sink, the logger settings) and what each [`VmmAction`] does to it.
+
+use crate::builder::{build_and_boot_with, BootHooks, BuildOptions, RunningVm, ThreadStartHook};
+use crate::config::{LoggerConfig, MetricsConfig};
+use crate::logger::{self, LoggerSettings};
+use crate::metrics::{self, MetricsSink};
+use crate::resources::VmResources;
+
+use super::response::{ActionError, InstanceInfo, InstanceState, VersionInfo, VmmData};
+use super::{VmState, VmmAction};
+
+/// The name `GET /` reports.
+pub const APP_NAME: &str = "xenia";
+
+/// Everything the VMM thread owns, before and after boot.
+pub struct Vmm {
+    instance_id: String,
+    resources: VmResources,
+    vm: Option<RunningVm>,
+    paused: bool,
+    metrics_sink: Option<MetricsSink>,
+    build_options: BuildOptions,
+    logger: LoggerSettings,
+    /// Makes the hooks for the threads each boot starts.
+    boot_hooks: Option<Box<dyn Fn() -> BootHooks>>,
+    /// Runs on the VMM thread once the VM has started (its seccomp filter).
+    after_start: Option<ThreadStartHook>,
+    /// Set when the VMM cannot go on (the after-start hook failed): the loop exits.
+    fatal: Option<String>,
+}
+
+impl std::fmt::Debug for Vmm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vmm")
+            .field("instance_id", &self.instance_id)
+            .field("resources", &self.resources)
+            .field("vm", &self.vm)
+            .field("paused", &self.paused)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the VMM could not be set up from the command line and config file.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error(transparent)]
+    Metrics(#[from] metrics::MetricsError),
+    #[error(transparent)]
+    Resources(#[from] crate::resources::ResourceError),
+    #[error(transparent)]
+    Start(#[from] crate::builder::StartError),
+    #[error("the VMM thread could not finish starting: {0}")]
+    AfterStart(String),
+}
+
+impl Vmm {
+    /// A VMM with nothing started. `logger` is what the logger was configured with.
+    pub fn new(
+        instance_id: String,
+        resources: VmResources,
+        build_options: BuildOptions,
+        logger: LoggerSettings,
+    ) -> Self {
+        Self {
+            instance_id,
+            resources,
+            vm: None,
+            paused: false,
+            metrics_sink: None,
+            build_options,
+            logger,
+            boot_hooks: None,
+            after_start: None,
+            fatal: None,
+        }
+    }
+
+    /// Hooks for the threads the builder starts, made afresh for each boot attempt.
+    pub fn set_boot_hooks(&mut self, make: Box<dyn Fn() -> BootHooks>) {
+        self.boot_hooks = Some(make);
+    }
+
+    /// Runs once on the VMM thread right after the VM has started.
+    pub fn set_after_start(&mut self, hook: ThreadStartHook) {
+        self.after_start = Some(hook);
+    }
+
+    /// Why the VMM must stop, if it must.
+    pub fn fatal(&self) -> Option<&str> {
+        self.fatal.as_deref()
+    }
+
+    /// The running VM, once started.
+    pub fn vm(&self) -> Option<&RunningVm> {
+        self.vm.as_ref()
+    }
+
+    pub fn vm_mut(&mut self) -> Option<&mut RunningVm> {
+        self.vm.as_mut()
+    }
+
+    /// Opens the metrics sink (from `--metrics-path`, the config file or `PUT /metrics`).
+    pub fn open_metrics(&mut self, config: MetricsConfig) -> Result<(), VmmError> {
+        if self.metrics_sink.is_some() {
+            return Err(metrics::MetricsError::AlreadyConfigured.into());
+        }
+        self.metrics_sink = Some(MetricsSink::open(&config, &self.instance_id)?);
+        self.resources.set_metrics(config)?;
+        Ok(())
+    }
+
+    /// Builds and boots the VM from the gathered resources. On failure nothing is left
+    /// running and the resources are unchanged, so the caller may fix them and try again.
+    pub fn start(&mut self) -> Result<(), VmmError> {
+        self.resources.check_startable()?;
+        let hooks = self
+            .boot_hooks
+            .as_ref()
+            .map(|make| make())
+            .unwrap_or_default();
+        let vm = build_and_boot_with(self.resources.config(), self.build_options, hooks)?;
+        log::info!("the microVM is running");
+        self.vm = Some(vm);
+        if let Some(hook) = self.after_start.take() {
+            if let Err(e) = hook() {
+                self.fatal = Some(e.clone());
+                return Err(VmmError::AfterStart(e));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a metrics line if metrics are configured (the periodic timer and exit).
+    pub fn flush_metrics_if_configured(&mut self) {
+        if let Some(sink) = self.metrics_sink.as_mut() {
+            if let Err(e) = sink.flush(metrics::global()) {
+                log::warn!("{e}");
+            }
+        }
+    }
+
+    fn state(&self) -> InstanceState {
+        match (&self.vm, self.paused) {
+            (None, _) => InstanceState::NotStarted,
+            (Some(_), false) => InstanceState::Running,
+            (Some(_), true) => InstanceState::Paused,
+        }
+    }
+
+    fn pre_boot(&self) -> Result<(), ActionError> {
+        match self.vm {
+            None => Ok(()),
+            Some(_) => Err(ActionError::NotAllowedAfterBoot),
+        }
+    }
+
+    fn running_vm(&self) -> Result<&RunningVm, ActionError> {
+        self.vm.as_ref().ok_or(ActionError::NotAllowedBeforeBoot)
+    }
+
+    /// Carries out one API action.
+    pub fn execute(&mut self, action: VmmAction) -> Result<VmmData, ActionError> {
+        use VmmAction as A;
+        let failed = |e: &dyn std::fmt::Display| ActionError::Failed(e.to_string());
+        match action {
+            A::GetInstanceInfo => Ok(VmmData::InstanceInfo(InstanceInfo {
+                id: self.instance_id.clone(),
+                state: self.state(),
+                vmm_version: env!("CARGO_PKG_VERSION").to_owned(),
+                app_name: APP_NAME.to_owned(),
+            })),
+            A::GetVersion => Ok(VmmData::Version(VersionInfo {
+                firecracker_version: env!("CARGO_PKG_VERSION").to_owned(),
+            })),
+            A::GetFullConfig => Ok(VmmData::FullConfig(Box::new(
+                self.resources.config().clone(),
+            ))),
+            A::GetMachineConfig => Ok(VmmData::MachineConfig(self.resources.machine_config())),
+            A::FlushMetrics => {
+                let sink = self.metrics_sink.as_mut().ok_or_else(|| {
+                    ActionError::Failed(
+                        "Metrics are not configured: set them with PUT /metrics first.".into(),
+                    )
+                })?;
+                sink.flush(metrics::global()).map_err(|e| failed(&e))?;
+                Ok(VmmData::Empty)
+            }
+            A::PutBootSource(boot) => {
+                self.pre_boot()?;
+                self.resources
+                    .set_boot_source(boot)
+                    .map_err(|e| failed(&e))?;
+                Ok(VmmData::Empty)
+            }
+            A::PutMachineConfig(machine) => {
+                self.pre_boot()?;
+                self.resources
+                    .set_machine_config(machine)
+                    .map_err(|e| failed(&e))?;
+                Ok(VmmData::Empty)
+            }
+            A::PatchMachineConfig(update) => {
+                self.pre_boot()?;
+                self.resources
+                    .patch_machine_config(&update)
+                    .map_err(|e| failed(&e))?;
+                Ok(VmmData::Empty)
+            }
+            A::PutLogger(config) => {
+                self.pre_boot()?;
+                self.configure_logger(config)?;
+                Ok(VmmData::Empty)
+            }
+            A::PutMetrics(config) => {
+                self.pre_boot()?;
+                self.open_metrics(config).map_err(|e| failed(&e))?;
+                Ok(VmmData::Empty)
+            }
+            A::PutSerial(serial) => {
+                self.pre_boot()?;
+                self.resources.set_serial(serial).map_err(|e| failed(&e))?;
+                Ok(VmmData::Empty)
+            }
+            A::PutDrive(drive) => {
+                self.pre_boot()?;
+                self.resources.set_drive(drive).map_err(|e| failed(&e))?;
+                Ok(VmmData::Empty)
+            }
+            A::PutNetworkInterface(iface) => {
+                self.pre_boot()?;
+                self.resources
+                    .set_network_interface(iface)
+                    .map_err(|e| failed(&e))?;
+                Ok(VmmData::Empty)
+            }
+            A::StartInstance => {
+                self.pre_boot()?;
+                self.start()
+                    .map_err(|e| ActionError::Failed(format!("Cannot start the microVM: {e}")))?;
+                Ok(VmmData::Empty)
+            }
+            A::PatchVmState(state) => {
+                let vm = self.running_vm()?;
+                match state {
+                    VmState::Paused => vm.pause(),
+                    VmState::Resumed => vm.resume(),
+                }
+                .map_err(|e| ActionError::Internal(e.to_string()))?;
+                self.paused = state == VmState::Paused;
+                log::info!(
+                    "the microVM is {}",
+                    if self.paused { "paused" } else { "running" }
+                );
+                Ok(VmmData::Empty)
+            }
+            A::SendCtrlAltDel => {
+                self.running_vm()?
+                    .send_ctrl_alt_del()
+                    .map_err(|e| failed(&format!("Cannot send Ctrl-Alt-Del: {e}")))?;
+                Ok(VmmData::Empty)
+            }
+            A::PatchDrive(update) => {
+                self.running_vm()?
+                    .update_drive(&update)
+                    .map_err(|e| failed(&e))?;
+                self.resources.record_drive_update(&update);
+                Ok(VmmData::Empty)
+            }
+            A::PatchNetworkInterface(update) => {
+                self.running_vm()?;
+                Err(ActionError::Failed(format!(
+                    "Updating network interface `{}` is not supported yet by this build of xenia.",
+                    update.iface_id
+                )))
+            }
+        }
+    }
+
+    /// `PUT /logger`: fields given replace the current settings, the rest stay.
+    fn configure_logger(&mut self, config: LoggerConfig) -> Result<(), ActionError> {
+        let mut next = self.logger.clone();
+        if let Some(level) = config.level {
+            next.level = level;
+        }
+        if let Some(v) = config.show_level {
+            next.show_level = v;
+        }
+        if let Some(v) = config.show_log_origin {
+            next.show_origin = v;
+        }
+        if config.log_path.is_some() {
+            next.log_path = config.log_path.clone();
+        }
+        if config.module.is_some() {
+            next.module = config.module.clone();
+        }
+        logger::configure(next.clone()).map_err(|e| ActionError::Failed(e.to_string()))?;
+        self.logger = next;
+        self.resources
+            .set_logger(config)
+            .map_err(|e| ActionError::Failed(e.to_string()))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{MachineConfig, SerialConfig};
+
+    fn vmm() -> Vmm {
+        Vmm::new(
+            "vm-t".into(),
+            VmResources::default(),
+            BuildOptions::default(),
+            LoggerSettings::default(),
+        )
+    }
+
+    #[test]
+    fn instance_info_before_boot() {
+        let mut v = vmm();
+        let Ok(VmmData::InstanceInfo(info)) = v.execute(VmmAction::GetInstanceInfo) else {
+            panic!("no instance info");
+        };
+        assert_eq!(info.state, InstanceState::NotStarted);
+        assert_eq!(
+            (info.id.as_str(), info.app_name.as_str()),
+            ("vm-t", "xenia")
+        );
+    }
+
+    #[test]
+    fn post_boot_actions_are_refused_before_boot() {
+        let mut v = vmm();
+        for a in [
+            VmmAction::PatchVmState(VmState::Paused),
+            VmmAction::SendCtrlAltDel,
+        ] {
+            assert!(matches!(
+                v.execute(a),
+                Err(ActionError::NotAllowedBeforeBoot)
+            ));
+        }
+    }
+
+    #[test]
+    fn flush_metrics_needs_a_sink() {
+        let e = vmm().execute(VmmAction::FlushMetrics).unwrap_err();
+        assert!(e.to_string().contains("PUT /metrics"), "{e}");
+    }
+
+    #[test]
+    fn pre_boot_settings_show_in_the_full_config() {
+        let mut v = vmm();
+        let m = MachineConfig {
+            vcpu_count: 2,
+            ..Default::default()
+        };
+        v.execute(VmmAction::PutMachineConfig(m.clone())).unwrap();
+        v.execute(VmmAction::PutSerial(SerialConfig::default()))
+            .unwrap();
+        let Ok(VmmData::FullConfig(c)) = v.execute(VmmAction::GetFullConfig) else {
+            panic!("no config");
+        };
+        assert_eq!(c.machine_config, Some(m));
+        assert!(c.serial.is_some());
+    }
+
+    #[test]
+    fn start_without_boot_source_fails_and_leaves_the_vmm_usable() {
+        let mut v = vmm();
+        let e = v.execute(VmmAction::StartInstance).unwrap_err();
+        assert!(e.to_string().contains("boot-source"), "{e}");
+        assert!(v.vm().is_none());
+        assert!(v
+            .execute(VmmAction::PutMachineConfig(MachineConfig::default()))
+            .is_ok());
+    }
+}

@@ -156,7 +156,7 @@ impl VmResources {
                 d.path_on_host = Some(p.clone());
             }
             if let Some(r) = &update.rate_limiter {
-                d.rate_limiter = Some(r.clone());
+                d.rate_limiter = Some(*r);
             }
         }
     }

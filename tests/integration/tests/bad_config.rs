@@ -87,10 +87,7 @@ fn bad_flags_and_missing_config() {
             &["--config-file", "/nonexistent/config.json"],
             "/nonexistent/config.json",
         ),
-        (
-            &["--api-sock", "/tmp/xenia-it.sock"],
-            "API not available yet",
-        ),
+        (&["--no-api"], "--no-api needs --config-file"),
     ];
     for (args, needle) in cases {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();

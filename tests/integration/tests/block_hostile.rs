@@ -3,6 +3,9 @@
 //! queue), and a good request afterwards succeeds. The probe checks the recovery itself
 //! (`then=ok`); the test also checks the data and that xenia logged each rejection.
 
+// A failed run is reported by panicking with the console and stderr.
+#![allow(clippy::panic)]
+
 mod block_common;
 
 use block_common::*;

@@ -1,6 +1,8 @@
 //! Helpers shared by the `block*` tests: disk images, drive configs, the probe's data pattern.
 
 #![allow(dead_code)]
+// Test helpers report a failed run by panicking with the console and stderr.
+#![allow(clippy::panic)]
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

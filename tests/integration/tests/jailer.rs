@@ -2,6 +2,8 @@
 //! `xenia-jailer`, checked from the host through /proc, the cgroup tree and the jail.
 //! Needs root (the jailer refuses to run otherwise) and cgroup v1 cpuset and pids.
 
+#![allow(clippy::panic)]
+
 #[path = "block_common/mod.rs"]
 mod block_common;
 mod jail_common;
@@ -12,9 +14,7 @@ use std::path::Path;
 use serde_json::json;
 
 use block_common::{field, pattern, read_at, SECTOR};
-use jail_common::{
-    readable_as, status_field, v1_hierarchy, wait_all_filtered, Jail, Netns,
-};
+use jail_common::{readable_as, status_field, v1_hierarchy, wait_all_filtered, Jail, Netns};
 use xenia_integration_tests::api::ApiClient;
 use xenia_integration_tests::{boot_config, probe, probe_args, Xenia, BOOT_TIMEOUT};
 
@@ -126,7 +126,10 @@ fn jailed_xenia_boots_the_probe_confined_to_its_uid_cgroups_and_netns() {
 
     // While it runs, --cleanup refuses; once it is gone, --cleanup removes jail and cgroups.
     let refused = jail.cleanup();
-    assert!(!refused.status.success(), "cleanup of a running jail: {refused:?}");
+    assert!(
+        !refused.status.success(),
+        "cleanup of a running jail: {refused:?}"
+    );
     assert!(jail.root().join("probe.elf").exists());
     jail.kill(&mut x);
     let out = jail.cleanup();
@@ -143,8 +146,12 @@ fn jailed_xenia_boots_the_probe_confined_to_its_uid_cgroups_and_netns() {
 fn jailed_xenia_writes_and_reads_back_a_drive_inside_the_jail() {
     let mut jail = Jail::new("disk", 10102);
     let image = jail.disk("disk.img", 1 << 20);
-    let drives = json!([{"drive_id": "data", "path_on_host": "/disk.img", "is_root_device": false}]);
-    provision(&jail, &jailed_config("blk-write:8:16:5,blk-read:8:16:5", drives));
+    let drives =
+        json!([{"drive_id": "data", "path_on_host": "/disk.img", "is_root_device": false}]);
+    provision(
+        &jail,
+        &jailed_config("blk-write:8:16:5,blk-read:8:16:5", drives),
+    );
     let mut x = jail.start(
         &["--cgroup-version", "1", "--cgroup", "pids.max=64"],
         &["--no-api", "--config-file", "/vm.json"],
@@ -156,7 +163,8 @@ fn jailed_xenia_writes_and_reads_back_a_drive_inside_the_jail() {
     for cmd in ["blk-write", "blk-read"] {
         let line = x.lines_with(&format!("PROBE {cmd} "));
         assert!(
-            line.first().is_some_and(|l| l.starts_with(&format!("PROBE {cmd} ok"))),
+            line.first()
+                .is_some_and(|l| l.starts_with(&format!("PROBE {cmd} ok"))),
             "{cmd}: {line:?}\nconsole:\n{}",
             x.lines.join("\n")
         );
@@ -202,7 +210,12 @@ fn jailed_api_sees_only_the_jail_and_boots_through_the_socket() {
         r#"{"vcpu_count": 1, "mem_size_mib": 64}"#,
         204,
     );
-    api.expect("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#, 204);
+    api.expect(
+        "PUT",
+        "/actions",
+        r#"{"action_type": "InstanceStart"}"#,
+        204,
+    );
     wait(&mut x, "PROBE-BOOT-OK entry=pvh");
     let read = wait(&mut x, "PROBE blk-read");
     assert!(read.starts_with("PROBE blk-read ok"), "{read}");
@@ -219,9 +232,13 @@ fn two_tenants_run_at_once_and_neither_can_open_the_others_files() {
     let base = std::env::temp_dir().join(jail_common::unique("pair-jails"));
     let mut a = Jail::in_base("tenant-a", 10104, base.clone());
     let mut b = Jail::in_base("tenant-b", 10105, base);
-    let drives = json!([{"drive_id": "data", "path_on_host": "/disk.img", "is_root_device": false}]);
+    let drives =
+        json!([{"drive_id": "data", "path_on_host": "/disk.img", "is_root_device": false}]);
     let b_image = b.disk("disk.img", 1 << 20);
-    provision(&b, &jailed_config("blk-write:0:8:11,blk-read:0:8:11,idle", drives));
+    provision(
+        &b,
+        &jailed_config("blk-write:0:8:11,blk-read:0:8:11,idle", drives),
+    );
     let mut xb = b.start(&[], &["--no-api", "--config-file", "/vm.json"]);
 
     a.copy_in(&probe().pvh, "probe.elf");
@@ -265,7 +282,12 @@ fn two_tenants_run_at_once_and_neither_can_open_the_others_files() {
     );
     let boot = json!({"kernel_image_path": "/probe.elf", "boot_args": probe_args("blk-write:0:8:12,blk-read:0:8:12,idle")});
     api.expect("PUT", "/boot-source", &boot.to_string(), 204);
-    api.expect("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#, 204);
+    api.expect(
+        "PUT",
+        "/actions",
+        r#"{"action_type": "InstanceStart"}"#,
+        204,
+    );
 
     for x in [&mut xa, &mut xb] {
         wait(x, "PROBE-BOOT-OK");

@@ -1,7 +1,8 @@
 //! Helpers for the jailer tests: a jail for one static xenia (files placed in its root,
 //! everything removed on drop), network namespaces, and the /proc views of a jailed process.
 
-#![allow(dead_code)]
+// A test helper reports a broken environment or a failed step by failing the test.
+#![allow(dead_code, clippy::panic, clippy::print_stderr)]
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -28,7 +29,7 @@ pub fn v1_hierarchy(controller: &str) -> Option<PathBuf> {
         let super_opts = r.nth(1)?;
         (fstype == "cgroup" && super_opts.split(',').any(|o| o == controller))
             .then(|| left.split(' ').nth(4).map(PathBuf::from))
-                .flatten()
+            .flatten()
     })
 }
 
@@ -164,7 +165,11 @@ impl Jail {
     /// A jail for `uid` (also its gid) under a fresh base directory; `root()` exists, owned by
     /// the uid, so files can be placed before the jailer runs.
     pub fn new(tag: &str, uid: u32) -> Jail {
-        Self::in_base(tag, uid, std::env::temp_dir().join(unique(&format!("{tag}-jails"))))
+        Self::in_base(
+            tag,
+            uid,
+            std::env::temp_dir().join(unique(&format!("{tag}-jails"))),
+        )
     }
 
     /// Like [`Jail::new`] under a given base (jails that share a base share a filesystem).
@@ -300,7 +305,9 @@ impl Jail {
         let Some(pid) = pid else { return };
         let deadline = Instant::now() + BOOT_TIMEOUT;
         while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-            let state = stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next());
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().next());
             !matches!(state, Some("Z" | "X"))
         }) {
             assert!(Instant::now() < deadline, "{pid} still runs after SIGKILL");

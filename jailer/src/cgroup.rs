@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::args::{CgroupSetting, CgroupVersion};
 use crate::chroot::Rollback;
@@ -301,13 +302,37 @@ pub fn remove(parent: &Path, id: &str) -> Result<Vec<PathBuf>, CgroupError> {
     let mut removed = Vec::new();
     for h in hierarchies()? {
         let leaf = h.mount_point.join(parent).join(id);
-        match fs::remove_dir(&leaf) {
+        match remove_leaf(&leaf) {
             Ok(()) => removed.push(leaf),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(source) => return Err(CgroupError::Remove { path: leaf, source }),
         }
     }
     Ok(removed)
+}
+
+/// How long `--cleanup` waits for the jail's exited process to leave its cgroups.
+const DYING_TASKS_WAIT: Duration = Duration::from_secs(5);
+
+/// `rmdir` of a leaf cgroup. The jail's lock is released when the jailed process closes its
+/// files on exit, but the kernel counts the process in its cgroups until it is reaped (by
+/// init when it ran in its own pid namespace), so `rmdir` right after can fail with EBUSY
+/// while `cgroup.procs` is already empty: retry then, for a bounded time. A cgroup that
+/// still lists a process fails at once.
+fn remove_leaf(leaf: &Path) -> io::Result<()> {
+    let deadline = Instant::now() + DYING_TASKS_WAIT;
+    loop {
+        match fs::remove_dir(leaf) {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                let procs = fs::read_to_string(leaf.join("cgroup.procs")).unwrap_or_default();
+                if !procs.trim().is_empty() {
+                    return Err(e);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -67,6 +67,37 @@ pub fn xenia_binary() -> PathBuf {
     target_dir().join("debug").join("xenia")
 }
 
+/// `xenia-jailer` from the workspace build (built with xenia by [`xenia_binary`]).
+pub fn jailer_binary() -> PathBuf {
+    xenia_binary();
+    target_dir().join("debug").join("xenia-jailer")
+}
+
+/// A statically linked release xenia (the jail holds no libraries), built once per test
+/// process into `target/static`, the same command and path as `tools/nested-kvm/build.sh`.
+pub fn static_xenia() -> PathBuf {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    let root = workspace_root();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(&root)
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_TARGET_DIR")
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "x86_64-unknown-linux-gnu",
+            "--bin",
+            "xenia",
+            "--target-dir",
+        ])
+        .arg(root.join("target/static"));
+    run_once(&BUILT, "the static xenia build", cmd);
+    root.join("target/static/x86_64-unknown-linux-gnu/release/xenia")
+}
+
 /// The probe guest's two builds.
 #[derive(Debug, Clone)]
 pub struct Probe {
@@ -212,7 +243,13 @@ impl Xenia {
 
     /// Starts xenia with exactly `args`.
     pub fn spawn(args: &[String], dir: TempDir) -> Self {
-        let mut child = Command::new(xenia_binary())
+        Self::spawn_program(&xenia_binary(), args, dir)
+    }
+
+    /// Starts `program` (xenia, or a launcher such as the jailer that becomes xenia) with
+    /// exactly `args`; its stdout is read as the console.
+    pub fn spawn_program(program: &Path, args: &[String], dir: TempDir) -> Self {
+        let mut child = Command::new(program)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

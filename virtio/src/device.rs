@@ -142,6 +142,20 @@ pub enum ActivateError {
 
 /// A virtio device as the transport sees it. Device backends are served on the `io` thread:
 /// `activate` hands them their queues and must return quickly (it runs on a vCPU thread).
+/// Copies the bytes of a device's config space at `offset` into `data`; bytes past the end
+/// read as zero. Offset and length come from the guest, so nothing here trusts them.
+pub fn read_config_space(space: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    if start >= space.len() {
+        return;
+    }
+    let end = start.saturating_add(data.len()).min(space.len());
+    data[..end - start].copy_from_slice(&space[start..end]);
+}
+
 pub trait VirtioDevice: Send {
     /// virtio device id (1 = net, 2 = block, ...).
     fn device_type(&self) -> u32;
@@ -163,4 +177,24 @@ pub trait VirtioDevice: Send {
     fn reset(&mut self);
     /// Whether `activate` succeeded and no reset followed.
     fn is_activated(&self) -> bool;
+}
+
+#[cfg(test)]
+mod config_space_tests {
+    use super::read_config_space;
+
+    #[test]
+    fn reads_inside_across_and_past_the_end() {
+        let space = [1u8, 2, 3, 4];
+        let mut d = [9u8; 2];
+        read_config_space(&space, 1, &mut d);
+        assert_eq!(d, [2, 3]);
+        let mut d = [9u8; 4];
+        read_config_space(&space, 2, &mut d);
+        assert_eq!(d, [3, 4, 0, 0]);
+        read_config_space(&space, 4, &mut d);
+        assert_eq!(d, [0; 4]);
+        read_config_space(&space, u64::MAX, &mut d);
+        assert_eq!(d, [0; 4]);
+    }
 }

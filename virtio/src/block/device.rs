@@ -14,7 +14,9 @@ use super::io_uring::{AsyncEngine, AsyncError, Finished};
 use super::metrics::BlockMetrics;
 use super::request::{self, Request, RequestKind, DEVICE_ID_LEN, MAX_SEGMENTS, SECTOR_SHIFT};
 use super::{BlockConfig, CacheType, IoEngine};
-use crate::device::{ActivateContext, ActivateError, InterruptType, VirtioDevice, VirtioInterrupt};
+use crate::device::{
+    read_config_space, ActivateContext, ActivateError, InterruptType, VirtioDevice, VirtioInterrupt,
+};
 use crate::features::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::rate_limiter::{RateLimiter, RateLimiterConfig, RateLimiterError};
 use crate::GuestMemoryMmap;
@@ -497,15 +499,7 @@ impl VirtioDevice for Block {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        if start >= CONFIG_SPACE_LEN {
-            return;
-        }
-        let end = start.saturating_add(data.len()).min(CONFIG_SPACE_LEN);
-        data[..end - start].copy_from_slice(&self.config_space[start..end]);
+        read_config_space(&self.config_space, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, _data: &[u8]) {

@@ -13,7 +13,9 @@ use super::iovec::{IoVecStorage, MAX_IOVECS};
 use super::metrics::{LogLimiter, NetMetrics};
 use super::tap::{offload, Tap, TapError};
 use super::{MAX_BUFFER_LEN, VNET_HDR_LEN};
-use crate::device::{ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt};
+use crate::device::{
+    read_config_space, ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt,
+};
 use crate::features::{has, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::rate_limiter::{RateLimiter, RateLimiterConfig, RateLimiterError};
 use crate::GuestMemoryMmap;
@@ -352,15 +354,7 @@ impl VirtioDevice for Net {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        if start >= CONFIG_SPACE_LEN {
-            return;
-        }
-        let end = start.saturating_add(data.len()).min(CONFIG_SPACE_LEN);
-        data[..end - start].copy_from_slice(&self.config_space[start..end]);
+        read_config_space(&self.config_space, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, _data: &[u8]) {

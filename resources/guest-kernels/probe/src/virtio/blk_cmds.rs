@@ -85,6 +85,7 @@ pub fn run(name: &str, index: usize, arg: Option<&[u8]>) {
         "blk-flush" => flush(&mut b, index),
         "blk-readall" => readall(&mut b, index, arg),
         "blk-inflight" => inflight(&mut b, index, arg),
+        "blk-await-change" => await_change(&b, index, arg),
         "blk-bench" => bench::run(&mut b, index, arg),
         _ => {
             sprintln!("PROBE {} FAIL unknown-command", name);
@@ -118,6 +119,44 @@ fn info(b: &Blk, index: usize) -> Result<(), VirtioError> {
         b.t.status()
     );
     Ok(())
+}
+
+/// Waits for the host to change the device's configuration (e.g. `PATCH /drives` with a new
+/// image): prints a `ready` line the host can wait for, then polls the config generation and
+/// the config-change interrupt bit until either moves or `TIMEOUT_MS` (default 30000) passes.
+fn await_change(b: &Blk, index: usize, arg: Option<&[u8]>) -> Result<(), VirtioError> {
+    const REG_INTERRUPT_STATUS: u64 = 0x60;
+    const REG_CONFIG_GENERATION: u64 = 0xfc;
+    const INT_CONFIG_CHANGE: u32 = 1 << 1;
+    let timeout_ms = arg.and_then(parse_u64).unwrap_or(30_000);
+    let gen = b.t.read(REG_CONFIG_GENERATION);
+    sprintln!(
+        "PROBE blk-await-change ready dev={} capacity={} gen={}",
+        index,
+        b.capacity,
+        gen
+    );
+    let deadline = timer::Deadline::after_us(timeout_ms.saturating_mul(1000));
+    loop {
+        let isr = b.t.read(REG_INTERRUPT_STATUS);
+        let now = b.t.read(REG_CONFIG_GENERATION);
+        if isr & INT_CONFIG_CHANGE != 0 || now != gen {
+            // Capacity is the first config field: 64 bits at offset 0.
+            sprintln!(
+                "PROBE blk-await-change ok dev={} capacity={} gen={} config_interrupt={}",
+                index,
+                b.t.config64(0),
+                now,
+                (isr & INT_CONFIG_CHANGE != 0) as u8
+            );
+            return Ok(());
+        }
+        if deadline.passed() {
+            sprintln!("PROBE blk-await-change FAIL timeout dev={}", index);
+            return Ok(());
+        }
+        timer::delay_us(1000);
+    }
 }
 
 fn id(b: &mut Blk, index: usize) -> Result<(), VirtioError> {

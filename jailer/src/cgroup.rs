@@ -314,20 +314,16 @@ pub fn remove(parent: &Path, id: &str) -> Result<Vec<PathBuf>, CgroupError> {
 /// How long `--cleanup` waits for the jail's exited process to leave its cgroups.
 const DYING_TASKS_WAIT: Duration = Duration::from_secs(5);
 
-/// `rmdir` of a leaf cgroup. The jail's lock is released when the jailed process closes its
-/// files on exit, but the kernel counts the process in its cgroups until it is reaped (by
-/// init when it ran in its own pid namespace), so `rmdir` right after can fail with EBUSY
-/// while `cgroup.procs` is already empty: retry then, for a bounded time. A cgroup that
-/// still lists a process fails at once.
+/// `rmdir` of a leaf cgroup. The caller has proved through the jail's lock that no jailed
+/// process runs any more, but the lock is released when the process closes its files on exit,
+/// before the kernel takes it out of its cgroups (later still when it was PID 1 of its own
+/// namespace and nobody has reaped it yet): `rmdir` then fails with EBUSY for a moment, even
+/// while `cgroup.procs` still lists the dying process. Retry for a bounded time.
 fn remove_leaf(leaf: &Path) -> io::Result<()> {
     let deadline = Instant::now() + DYING_TASKS_WAIT;
     loop {
         match fs::remove_dir(leaf) {
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
-                let procs = fs::read_to_string(leaf.join("cgroup.procs")).unwrap_or_default();
-                if !procs.trim().is_empty() {
-                    return Err(e);
-                }
                 std::thread::sleep(Duration::from_millis(10));
             }
             other => return other,

@@ -4,7 +4,8 @@
 //!
 //! Every test builds its own namespace, so tests run in parallel and leave nothing behind.
 
-#![allow(dead_code)]
+// Not every test file uses every helper; cleanup failures are reported on stderr.
+#![allow(dead_code, clippy::print_stderr)]
 
 use std::io::ErrorKind;
 use std::net::UdpSocket;

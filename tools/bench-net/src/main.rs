@@ -106,7 +106,15 @@ impl Netns {
         let n = ns.0.as_str();
         sh(&["-n", n, "link", "set", "lo", "up"])?;
         sh(&["-n", n, "tuntap", "add", "dev", "xbench0", "mode", "tap"])?;
-        sh(&["-n", n, "addr", "add", &format!("{HOST_IP}/24"), "dev", "xbench0"])?;
+        sh(&[
+            "-n",
+            n,
+            "addr",
+            "add",
+            &format!("{HOST_IP}/24"),
+            "dev",
+            "xbench0",
+        ])?;
         sh(&["-n", n, "link", "set", "xbench0", "up"])?;
         Ok(ns)
     }
@@ -164,7 +172,10 @@ fn run_vm(a: &Args, ns: &Netns, cmds: &str, dir: &Path) -> Result<VmRun, String>
         .spawn()
         .map_err(|e| format!("spawn {}: {e}", a.xenia.display()))?;
     let stdout = child.stdout.take().ok_or("no stdout")?;
-    let lines: Vec<String> = BufReader::new(stdout).lines().map_while(Result::ok).collect();
+    let lines: Vec<String> = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .collect();
     let pid = child.id() as libc::pid_t;
     let mut status = 0;
     // SAFETY: rusage is plain data; all-zero is valid.
@@ -342,9 +353,21 @@ fn main() -> std::process::ExitCode {
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let ns = Netns::new()?;
         let workloads: [(&str, Workload, &[&str]); 3] = [
-            ("probe-to-host", tx_run, &["frames_per_s", "bytes_per_s", "cpu_s_per_gib"]),
-            ("host-to-probe", rx_run, &["frames_per_s", "bytes_per_s", "cpu_s_per_gib"]),
-            ("udp-echo", echo_run, &["udp_echo_rtt_us", "icmp_ping_rtt_us"]),
+            (
+                "probe-to-host",
+                tx_run,
+                &["frames_per_s", "bytes_per_s", "cpu_s_per_gib"],
+            ),
+            (
+                "host-to-probe",
+                rx_run,
+                &["frames_per_s", "bytes_per_s", "cpu_s_per_gib"],
+            ),
+            (
+                "udp-echo",
+                echo_run,
+                &["udp_echo_rtt_us", "icmp_ping_rtt_us"],
+            ),
         ];
         let mut out = serde_json::Map::new();
         for (name, f, keys) in workloads {

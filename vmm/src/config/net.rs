@@ -61,7 +61,20 @@ impl Serialize for MacAddr {
 impl<'de> Deserialize<'de> for MacAddr {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
+        // serde does not say which field failed: MACs appear only as `guest_mac`.
+        s.parse()
+            .map_err(|e| serde::de::Error::custom(format!("guest_mac: {e}")))
+    }
+}
+
+/// Reads `mtu` wide so that a value past 65535 is refused with the field's name (serde's own
+/// error for a u16 overflow names no field).
+fn deserialize_mtu<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Error> {
+    match Option::<u64>::deserialize(d)? {
+        None => Ok(None),
+        Some(v) => u16::try_from(v).map(Some).map_err(|_| {
+            serde::de::Error::custom(format!("mtu: {v} is out of range: must be 68 to 65535"))
+        }),
     }
 }
 
@@ -72,7 +85,11 @@ pub struct NetworkInterfaceConfig {
     pub host_dev_name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest_mac: Option<MacAddr>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "deserialize_mtu"
+    )]
     pub mtu: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rx_rate_limiter: Option<RateLimiterConfig>,

@@ -238,6 +238,8 @@ pub fn run(name: &str, index: usize, arg: Option<&[u8]>) {
         "net-udp-echo" => udp_echo(&mut st, arg),
         "net-spoof" => spoof(&mut st, arg),
         "net-flood" => flood(&mut st, arg),
+        "net-responder" => responder(&mut st, arg),
+        "net-sink" => sink(&mut st, arg),
         _ => {
             sprintln!("PROBE {} FAIL unknown-command", name);
             Ok(())
@@ -399,6 +401,28 @@ pub fn udp_payload_byte(i: u64) -> u8 {
     (i % 251) as u8
 }
 
+/// The `net-udp-echo` stream repeats every 251 bytes.
+const PATTERN_PERIOD: u64 = 251;
+
+/// `a == b`, eight bytes per step (a byte loop costs too much emulated).
+fn words_equal(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let (mut ca, mut cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        let x = u64::from_ne_bytes([x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7]]);
+        let y = u64::from_ne_bytes([y[0], y[1], y[2], y[3], y[4], y[5], y[6], y[7]]);
+        if x != y {
+            return false;
+        }
+    }
+    ca.remainder()
+        .iter()
+        .zip(cb.remainder())
+        .all(|(x, y)| x == y)
+}
+
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x100_0000_01b3;
 
@@ -429,16 +453,21 @@ fn udp_echo(st: &mut Stack, arg: Option<&[u8]>) -> Result<(), VirtioError> {
         return Ok(());
     };
     let mac = st.net.mac;
+    // Ring-0 code is emulated under PVM (~1 µs an instruction): the stream is
+    // copied from a table and compared a word at a time, not computed per byte.
+    let mut pattern = [0u8; PATTERN_PERIOD as usize + UDP_CHUNK];
+    for (k, b) in pattern.iter_mut().enumerate() {
+        *b = udp_payload_byte(k as u64);
+    }
     let (mut off, mut datagrams, mut retries, mut hash) = (0u64, 0u64, 0u64, FNV_OFFSET);
     while off < bytes {
         let n = (bytes - off).min(UDP_CHUNK as u64) as usize;
         let mut answered = false;
         for _ in 0..3 {
             let slot = st.net.tx_slot(REPLY_US)?;
+            let want = &pattern[(off % PATTERN_PERIOD) as usize..][..n];
             let len = st.udp_into(slot, dst_mac, mac, ip, UDP_SPORT, port, |p| {
-                for (k, b) in p[..n].iter_mut().enumerate() {
-                    *b = udp_payload_byte(off + k as u64);
-                }
+                p[..n].copy_from_slice(want);
                 n
             });
             st.net.queue_tx(slot, len);
@@ -449,12 +478,7 @@ fn udp_echo(st: &mut Stack, arg: Option<&[u8]>) -> Result<(), VirtioError> {
                 if p.src != ip || u.sport != port || u.dport != UDP_SPORT || u.payload.len() != n {
                     return None;
                 }
-                let same = u
-                    .payload
-                    .iter()
-                    .enumerate()
-                    .all(|(k, &b)| b == udp_payload_byte(off + k as u64));
-                same.then_some(())
+                words_equal(u.payload, want).then_some(())
             })?;
             if echoed.is_some() {
                 answered = true;
@@ -471,8 +495,8 @@ fn udp_echo(st: &mut Stack, arg: Option<&[u8]>) -> Result<(), VirtioError> {
             );
             return Ok(());
         }
-        for k in 0..n as u64 {
-            hash = (hash ^ udp_payload_byte(off + k) as u64).wrapping_mul(FNV_PRIME);
+        for &b in &pattern[(off % PATTERN_PERIOD) as usize..][..n] {
+            hash = (hash ^ b as u64).wrapping_mul(FNV_PRIME);
         }
         off += n as u64;
         datagrams += 1;
@@ -596,6 +620,76 @@ fn flood(st: &mut Stack, arg: Option<&[u8]>) -> Result<(), VirtioError> {
         cycles,
         per_s(done),
         per_s(frame_bytes)
+    );
+    Ok(())
+}
+
+/// `net-responder:SECONDS`: only answers ARP and ICMP echo for our address (the
+/// background duty of every wait) for SECONDS, so that another node can ping us.
+fn responder(st: &mut Stack, arg: Option<&[u8]>) -> Result<(), VirtioError> {
+    let (f, n) = fields::<1>(arg);
+    let Some(seconds) = (n == 1).then(|| parse_u64(f[0])).flatten() else {
+        sprintln!("PROBE net-responder FAIL bad-argument want=SECONDS");
+        return Ok(());
+    };
+    let mut frames = 0u64;
+    st.wait(seconds.saturating_mul(1_000_000), |_| {
+        frames += 1;
+        None::<()>
+    })?;
+    sprintln!(
+        "PROBE net-responder ok ip={} seconds={} frames={}",
+        IpShow(st.ip),
+        seconds,
+        frames
+    );
+    Ok(())
+}
+
+/// `net-sink:PORT:SECONDS`: counts UDP datagrams to PORT for SECONDS (from the
+/// first one), for host-to-guest throughput; `bytes` are Ethernet frame bytes.
+fn sink(st: &mut Stack, arg: Option<&[u8]>) -> Result<(), VirtioError> {
+    let (f, n) = fields::<2>(arg);
+    let parsed = (n == 2)
+        .then(|| Some((u16::try_from(parse_u64(f[0])?).ok()?, parse_u64(f[1])?)))
+        .flatten();
+    let Some((port, seconds)) = parsed else {
+        sprintln!("PROBE net-sink FAIL bad-argument want=PORT:SECONDS");
+        return Ok(());
+    };
+    let Some(freq) = timer::tsc_freq() else {
+        sprintln!("PROBE net-sink FAIL no-tsc-calibration");
+        return Ok(());
+    };
+    let me = st.ip;
+    let (mut frames, mut bytes, mut first, mut last) = (0u64, 0u64, 0u64, 0u64);
+    let ticks = seconds.saturating_mul(freq.khz).saturating_mul(1000);
+    // The window opens at the first datagram; until then wait up to 30 s more.
+    st.wait(seconds.saturating_add(30).saturating_mul(1_000_000), |f| {
+        let p = ns::parse_ipv4(f.payload).filter(|_| f.ethertype == ns::ETHERTYPE_IPV4)?;
+        let u = ns::parse_udp(p.payload).filter(|_| p.proto == ns::PROTO_UDP)?;
+        if p.dst != me || u.dport != port {
+            return None;
+        }
+        let now = rdtsc();
+        if frames == 0 {
+            first = now;
+        }
+        last = now;
+        frames += 1;
+        bytes += (ns::ETH_HDR + ns::IP_HDR + ns::UDP_HDR + u.payload.len()) as u64;
+        (now.wrapping_sub(first) >= ticks).then_some(())
+    })?;
+    let cycles = last.wrapping_sub(first).max(1);
+    let per_s = |v: u64| (v as u128 * freq.khz as u128 * 1000 / cycles as u128) as u64;
+    sprintln!(
+        "PROBE net-sink ok port={} frames={} bytes={} tsc_cycles={} frames_per_s={} bytes_per_s={}",
+        port,
+        frames,
+        bytes,
+        cycles,
+        per_s(frames),
+        per_s(bytes)
     );
     Ok(())
 }

@@ -7,12 +7,13 @@
 //! Either way the result is the L2 guest's console, so tests assert on the same lines.
 
 pub mod direct;
+pub mod plan;
 pub mod qemu;
 pub mod watchdog;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 /// Which kernel image and therefore which of xenia's loader paths boots the guest.
@@ -177,6 +178,14 @@ pub fn tier() -> Result<Tier, String> {
     Ok(Tier::Nested(qemu))
 }
 
+/// Nested runs each need a whole core: one at a time per test process.
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Builds (cached) the artifacts a tier needs, once per test process.
 fn prepare(tier: &Tier) -> Result<(), String> {
     static PREPARED: OnceLock<Result<(), String>> = OnceLock::new();
@@ -218,11 +227,7 @@ pub fn run(scenario: &Scenario) -> Result<Option<Outcome>, String> {
             return Ok(None);
         }
     };
-    // Nested runs each need a whole core; run them one at a time.
-    static SERIAL: Mutex<()> = Mutex::new(());
-    let _guard = SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _guard = one_at_a_time();
     prepare(&tier)?;
     let start = std::time::Instant::now();
     let outcome = match &tier {

@@ -14,14 +14,16 @@ use crate::arch::cpuid::Topology;
 use crate::arch::kernel::{load_cmdline, load_initrd, load_kernel, KernelError};
 use crate::arch::mptable::{setup_mptable, MpTableError};
 use crate::arch::regs::{default_boot_info, write_boot_tables, EntryProtocol, RegsError};
-use crate::config::DriveUpdate;
-use crate::config::VmConfig;
+use crate::config::{DriveUpdate, NetworkInterfaceUpdate, VmConfig};
 use crate::device_manager::block::{
     attach_drives, check_drives, drive_cmdline_args, register_drive_metrics, update_drive,
     BlockDevice, DriveError,
 };
 use crate::device_manager::legacy::{attach_legacy_devices, LegacyDevices, LegacyError};
 use crate::device_manager::mmio::{MmioAllocator, MmioSlot};
+use crate::device_manager::net::{
+    attach_net_devices, register_net_metrics, update_net_device, NetDevice, NetDeviceError,
+};
 use crate::device_manager::DeviceBuses;
 use crate::metrics::{self, CountingWriter};
 use crate::vstate::kvm::{KvmContext, KvmError};
@@ -68,6 +70,8 @@ pub enum StartError {
     ExitEvent(std::io::Error),
     #[error(transparent)]
     Drive(#[from] DriveError),
+    #[error(transparent)]
+    Net(#[from] NetDeviceError),
     #[error("io thread: {0}")]
     IoThread(#[from] IoThreadError),
 }
@@ -112,6 +116,8 @@ pub struct RunningVm {
     pub vcpu_exit_evt: EventFd,
     /// virtio-blk devices, in configuration order.
     pub drives: Vec<BlockDevice>,
+    /// virtio-net devices, in configuration order (after the drives on the MMIO bus).
+    pub nets: Vec<NetDevice>,
     /// The loop serving every virtio device; stopped and joined on drop.
     pub io_thread: Option<IoThreadHandle>,
 }
@@ -138,15 +144,16 @@ fn serial_output(config: &VmConfig) -> Result<SerialOut, StartError> {
 }
 
 /// The kernel command line: the configured (or default) arguments, then what the devices
-/// need (`virtio_mmio.device=` per drive, `root=` for the root drive).
-pub fn kernel_cmdline(config: &VmConfig, drive_slots: &[MmioSlot]) -> String {
+/// need (`virtio_mmio.device=` per virtio device, in `device_slots` order with the drives
+/// first, and `root=` for the root drive).
+pub fn kernel_cmdline(config: &VmConfig, device_slots: &[MmioSlot]) -> String {
     let base = config
         .boot_source
         .as_ref()
         .and_then(|b| b.boot_args.as_deref())
         .unwrap_or(DEFAULT_BOOT_ARGS);
     let mut line = base.trim().to_owned();
-    for arg in drive_cmdline_args(&config.drives, drive_slots) {
+    for arg in drive_cmdline_args(&config.drives, device_slots) {
         if !line.is_empty() {
             line.push(' ');
         }
@@ -185,9 +192,20 @@ pub fn build_and_boot_with(
     let mut allocator = MmioAllocator::default();
     let drives = attach_drives(&vm, &mut buses, &mut allocator, &memory, &config.drives)?;
     register_drive_metrics(&drives, metrics::global());
+    let nets = attach_net_devices(
+        &vm,
+        &mut buses,
+        &mut allocator,
+        &memory,
+        &config.network_interfaces,
+    )?;
+    register_net_metrics(&nets, metrics::global());
     let mut io = IoThread::new()?;
     for d in &drives {
         io.add_subscriber(d.subscriber());
+    }
+    for n in &nets {
+        io.add_subscriber(n.subscriber());
     }
 
     let kernel = load_kernel(&memory, &boot_source.kernel_image_path)?;
@@ -197,7 +215,11 @@ pub fn build_and_boot_with(
         kernel.protocol,
         kernel.entry
     );
-    let slots: Vec<MmioSlot> = drives.iter().map(|d| d.mmio.slot).collect();
+    let slots: Vec<MmioSlot> = drives
+        .iter()
+        .map(|d| d.mmio.slot)
+        .chain(nets.iter().map(|n| n.mmio.slot))
+        .collect();
     let args = kernel_cmdline(config, &slots);
     log::debug!("kernel command line: {args}");
     let cmdline_len = load_cmdline(&memory, &args)?;
@@ -268,6 +290,7 @@ pub fn build_and_boot_with(
         vcpu_exits,
         vcpu_exit_evt,
         drives,
+        nets,
         io_thread: Some(io_thread),
     })
 }
@@ -311,6 +334,14 @@ impl RunningVm {
     /// `PATCH /drives/{id}`: a new backing file and/or rate limiter for a running drive.
     pub fn update_drive(&self, update: &DriveUpdate) -> Result<(), DriveError> {
         update_drive(&self.drives, update)
+    }
+
+    /// `PATCH /network-interfaces/{id}`: new rate limiters for a running interface.
+    pub fn update_network_interface(
+        &self,
+        update: &NetworkInterfaceUpdate,
+    ) -> Result<(), NetDeviceError> {
+        update_net_device(&self.nets, update)
     }
 }
 

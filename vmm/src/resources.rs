@@ -10,8 +10,10 @@ use std::os::unix::fs::FileTypeExt;
 
 use crate::config::{
     BootSourceConfig, ConfigError, DriveConfig, DriveUpdate, LoggerConfig, MachineConfig,
-    MachineConfigUpdate, MetricsConfig, NetworkInterfaceConfig, SerialConfig, VmConfig,
+    MachineConfigUpdate, MetricsConfig, NetworkInterfaceConfig, NetworkInterfaceUpdate,
+    SerialConfig, VmConfig,
 };
+use crate::device_manager::net::{check_tap, NetDeviceError};
 
 /// Why a pre-boot resource was refused. Answered with 400 by the API.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +29,8 @@ pub enum ResourceError {
     },
     #[error("{field}: `{path}` is not a regular file")]
     NotAFile { field: String, path: String },
+    #[error(transparent)]
+    Net(#[from] NetDeviceError),
 }
 
 /// Opens `path` for reading (and writing when `write`), and checks what it is.
@@ -161,11 +165,13 @@ impl VmResources {
         }
     }
 
-    /// Adds a network interface, or replaces the one with the same id.
+    /// Adds a network interface, or replaces the one with the same id. The tap is looked up
+    /// at InstanceStart (the control plane may create it after this call).
     pub fn set_network_interface(
         &mut self,
         iface: NetworkInterfaceConfig,
     ) -> Result<(), ResourceError> {
+        iface.validate()?;
         let mut c = self.config.clone();
         match c
             .network_interfaces
@@ -176,6 +182,24 @@ impl VmResources {
             None => c.network_interfaces.push(iface),
         }
         self.commit(c)
+    }
+
+    /// Records a `PATCH /network-interfaces/{id}` the running VM has applied, so that
+    /// `GET /vm/config` shows the limiters in force.
+    pub fn record_network_interface_update(&mut self, update: &NetworkInterfaceUpdate) {
+        if let Some(n) = self
+            .config
+            .network_interfaces
+            .iter_mut()
+            .find(|n| n.iface_id == update.iface_id)
+        {
+            if let Some(r) = &update.rx_rate_limiter {
+                n.rx_rate_limiter = Some(*r);
+            }
+            if let Some(r) = &update.tx_rate_limiter {
+                n.tx_rate_limiter = Some(*r);
+            }
+        }
     }
 
     pub fn set_serial(&mut self, serial: SerialConfig) -> Result<(), ResourceError> {
@@ -217,12 +241,8 @@ impl VmResources {
         if let Some(initrd) = &boot.initrd_path {
             check_file("boot-source.initrd_path", initrd, false, false)?;
         }
-        if !self.config.network_interfaces.is_empty() {
-            return Err(ConfigError::invalid(
-                "network-interfaces",
-                "virtio-net devices are not supported by this build of xenia yet",
-            )
-            .into());
+        for iface in &self.config.network_interfaces {
+            check_tap(iface)?;
         }
         Ok(())
     }

@@ -268,11 +268,11 @@ impl Vmm {
                 Ok(VmmData::Empty)
             }
             A::PatchNetworkInterface(update) => {
-                self.running_vm()?;
-                Err(ActionError::Failed(format!(
-                    "Updating network interface `{}` is not supported yet by this build of xenia.",
-                    update.iface_id
-                )))
+                self.running_vm()?
+                    .update_network_interface(&update)
+                    .map_err(|e| failed(&e))?;
+                self.resources.record_network_interface_update(&update);
+                Ok(VmmData::Empty)
             }
         }
     }

@@ -22,12 +22,12 @@ run_vm_command() {
 	echo "VM-BEGIN name=$name"
 	rm -f "$WORK/.vm-log" "$WORK/.vm-status"
 	mkfifo "$WORK/.vm-log"
-	sed -u 's/^/XENIA| /' <"$WORK/.vm-log" &
+	sed 's/^/XENIA| /' <"$WORK/.vm-log" &
 	log_reader=$!
 	{
 		"$@" 2>"$WORK/.vm-log" </dev/null
 		echo $? >"$WORK/.vm-status"
-	} | sed -u 's/^/L2| /'
+	} | sed 's/^/L2| /'
 	wait "$log_reader"
 	echo "VM-END name=$name status=$(cat "$WORK/.vm-status")"
 }

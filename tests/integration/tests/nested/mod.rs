@@ -40,10 +40,9 @@ impl Kernel {
 /// Where the guest's root filesystem comes from.
 #[derive(Clone, Copy, Debug)]
 pub enum Root {
-    /// tools/mkrootfs's initramfs.cpio as the initrd.
+    /// tools/mkrootfs's initramfs.cpio as the initrd. (Disk roots need a writable copy
+    /// of the image and several boots: see plan.rs and the ext4 root scenario.)
     Initramfs,
-    /// tools/mkrootfs's rootfs.ext4 as a read-only virtio-blk root device (/dev/vda).
-    Ext4Drive,
 }
 
 /// One VM: everything that decides what the L2 console must show.
@@ -93,15 +92,6 @@ impl Scenario {
         match self.root {
             Root::Initramfs => {
                 config["boot-source"]["initrd_path"] = path(&dir.rootfs, "initramfs.cpio").into();
-            }
-            Root::Ext4Drive => {
-                // As in Firecracker, the root device adds `root=/dev/vda ro` itself.
-                config["drives"] = serde_json::json!([{
-                    "drive_id": "rootfs",
-                    "path_on_host": path(&dir.rootfs, "rootfs.ext4"),
-                    "is_root_device": true,
-                    "is_read_only": true,
-                }]);
             }
         }
         config

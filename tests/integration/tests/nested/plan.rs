@@ -203,6 +203,9 @@ pub fn run(plan: &Plan) -> Result<Option<PlanOutcome>, String> {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    if std::env::var_os("XENIA_LINUX_TRANSCRIPT").is_some() {
+        eprintln!("--- plan {} transcript:\n{}", plan.name, outcome.transcript);
+    }
     Ok(Some(outcome))
 }
 
@@ -316,4 +319,103 @@ fn plan_output_is_split_per_vm() {
     assert_eq!(outcome.fact("image_md5"), Some("abc"));
     assert_eq!(outcome.failures, vec!["tap missing".to_string()]);
     assert_eq!(outcome.status, Some(0));
+}
+
+/// A VM for a plan: its config file is written by the plan, with paths that the plan's
+/// shell expands (`$L2/vmlinux`, `$WORK/root.ext4`, or jail-relative `/vmlinux`).
+#[derive(Debug, Clone)]
+pub struct PlanVm {
+    /// Kernel path as the config names it.
+    pub kernel: String,
+    /// Initrd path, if any.
+    pub initrd: Option<String>,
+    pub vcpus: u8,
+    pub mem_mib: u32,
+    /// Shell script the L2 init runs after boot (`l2.script=`), before it resets the VM.
+    pub l2_script: String,
+    /// `drives[]` entries.
+    pub drives: Vec<serde_json::Value>,
+    /// `network-interfaces[]` entries.
+    pub interfaces: Vec<serde_json::Value>,
+}
+
+impl PlanVm {
+    /// Our vmlinux (PVH) from `$L2`, 1 vCPU, 128 MiB, no disk, no initrd.
+    pub fn new(l2_script: &str) -> PlanVm {
+        PlanVm {
+            kernel: "$L2/vmlinux".into(),
+            initrd: None,
+            vcpus: 1,
+            mem_mib: 128,
+            l2_script: l2_script.into(),
+            drives: Vec::new(),
+            interfaces: Vec::new(),
+        }
+    }
+
+    pub fn boot_args(&self) -> String {
+        format!(
+            "console=ttyS0 reboot=k panic=1 loglevel=4 l2.script={}",
+            base64(self.l2_script.as_bytes())
+        )
+    }
+
+    pub fn config(&self) -> serde_json::Value {
+        let mut config = serde_json::json!({
+            "boot-source": {
+                "kernel_image_path": self.kernel,
+                "boot_args": self.boot_args(),
+            },
+            "machine-config": {"vcpu_count": self.vcpus, "mem_size_mib": self.mem_mib},
+        });
+        if let Some(initrd) = &self.initrd {
+            config["boot-source"]["initrd_path"] = initrd.clone().into();
+        }
+        if !self.drives.is_empty() {
+            config["drives"] = self.drives.clone().into();
+        }
+        if !self.interfaces.is_empty() {
+            config["network-interfaces"] = self.interfaces.clone().into();
+        }
+        config
+    }
+
+    /// Shell lines that write the config to `path` (a shell word, expanded).
+    pub fn write_config(&self, path: &str) -> String {
+        format!("cat >{path} <<EOF\n{}\nEOF\n", self.config())
+    }
+}
+
+/// Checks what every plan VM must show: init ran, the scenario script ended with status 0,
+/// nothing panicked, and the guest reset itself so xenia exited 0.
+pub fn assert_clean_boot(outcome: &PlanOutcome, name: &str) {
+    let vm = outcome.vm(name);
+    let context = || {
+        format!(
+            "VM `{name}`\n--- L2 console:\n{}\n--- xenia log:\n{}\n--- everything:\n{}",
+            vm.lines.join("\n"),
+            vm.log.join("\n"),
+            outcome.transcript
+        )
+    };
+    assert!(
+        outcome.failures.is_empty(),
+        "the plan failed: {:?}\n{}",
+        outcome.failures,
+        context()
+    );
+    assert!(vm.has_line("L2-INIT-OK"), "L2 never reached init\n{}", context());
+    assert!(!vm.has_line("Kernel panic"), "L2 panicked\n{}", context());
+    assert!(
+        vm.has_line("L2-SCRIPT-END status=0"),
+        "the L2 script did not end with status 0\n{}",
+        context()
+    );
+    assert!(vm.has_line("L2-DONE"), "L2 init did not finish\n{}", context());
+    assert_eq!(
+        vm.status,
+        Some(0),
+        "xenia did not exit 0 after the guest's reset\n{}",
+        context()
+    );
 }

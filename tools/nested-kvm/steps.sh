@@ -40,6 +40,16 @@ vm() {
 	run_vm_command "$name" "$XENIA" --no-api --config-file "$config" "$@"
 }
 
+# vm_in_netns NETNS NAME CONFIG.json [xenia args...]: vm, inside a network namespace.
+vm_in_netns() {
+	ns="$1"
+	name="$2"
+	config="$3"
+	shift 3
+	run_vm_command "$name" nsenter --net="/var/run/netns/$ns" \
+		"$XENIA" --no-api --config-file "$config" "$@"
+}
+
 # The jailer pivot_roots, which Linux refuses while the caller's root is the initramfs
 # (rootfs has no parent mount). A bind mount of / has one: run the jailer chrooted there.
 jailer_root() {
@@ -82,3 +92,52 @@ cgroup_version() {
 
 # md5 FILE: the file's MD5 in hex.
 md5() { md5sum <"$1" | cut -d' ' -f1; }
+
+# make_netns NAME: a named network namespace (iproute2's /var/run/netns/NAME), through
+# `ip netns` when iproute2 is there, else busybox `unshare --net=FILE` (L1).
+make_netns() {
+	if ip netns add "$1" 2>/dev/null; then return 0; fi
+	mkdir -p /var/run/netns && : >"/var/run/netns/$1" && unshare --net="/var/run/netns/$1" true
+}
+
+# drop_netns NAME
+drop_netns() {
+	ip netns del "$1" 2>/dev/null && return 0
+	umount "/var/run/netns/$1" 2>/dev/null
+	rm -f "/var/run/netns/$1"
+}
+
+# in_netns NAME CMD...: runs CMD inside the namespace.
+in_netns() {
+	ns="$1"
+	shift
+	nsenter --net="/var/run/netns/$ns" "$@"
+}
+
+# tap_up NETNS TAP ADDRESS/PREFIX: a persistent tap with an address, up, in the namespace
+# (iproute2's `ip tuntap`, else busybox tunctl).
+tap_up() {
+	in_netns "$1" ip link set lo up &&
+		{ in_netns "$1" ip tuntap add dev "$2" mode tap 2>/dev/null ||
+			in_netns "$1" busybox tunctl -t "$2" >/dev/null; } &&
+		in_netns "$1" ip addr add "$3" dev "$2" &&
+		in_netns "$1" ip link set "$2" up
+}
+
+# tap_counters NETNS TAP: "rx_bytes rx_packets tx_bytes tx_packets" from /proc/net/dev.
+tap_counters() {
+	in_netns "$1" cat /proc/net/dev | sed 's/^ *\([^:]*\):/\1 /' |
+		awk -v tap="$2" '$1 == tap {print $2, $3, $10, $11}'
+}
+
+# jailed_pid ROOT: the pid of a running xenia whose root directory is ROOT (the jail's;
+# /proc/PID/root reads as "/" from another mount namespace, so inodes are compared).
+jailed_pid() {
+	want="$(stat -c %d:%i "$1")"
+	for proc in /proc/[0-9]*; do
+		[ "$(cat "$proc/comm" 2>/dev/null)" = xenia ] || continue
+		[ "$(stat -L -c %d:%i "$proc/root" 2>/dev/null)" = "$want" ] || continue
+		echo "${proc#/proc/}"
+		return 0
+	done
+}

@@ -239,7 +239,12 @@ fn linux_mounts_an_ext4_root_from_a_virtio_block_device() {
     }
     assert_eq!(write.fact("L2-FACT", "preexisting"), None);
     let wrote = write.fact("L2-FACT", "wrote_md5").unwrap_or_default();
-    assert_eq!(wrote.len(), 32, "no checksum from the writing boot: {:?}", write.lines);
+    assert_eq!(
+        wrote.len(),
+        32,
+        "no checksum from the writing boot: {:?}",
+        write.lines
+    );
     assert_eq!(
         read.fact("L2-FACT", "read_md5").as_deref(),
         Some(wrote.as_str()),

@@ -5,6 +5,11 @@
 //!   an L1 Linux with KVM under QEMU's TCG emulating AMD SVM (tools/nested-kvm).
 //!
 //! Either way the result is the L2 guest's console, so tests assert on the same lines.
+//! Shared by nested_linux.rs (single boots) and nested_devices.rs (plans only).
+#![allow(
+    dead_code,
+    reason = "each test binary that includes this module uses a different part of it"
+)]
 
 pub mod direct;
 pub mod plan;

@@ -154,11 +154,11 @@ pub fn newc_archive(files: &[(&str, u32, &[u8])]) -> Vec<u8> {
         out.extend_from_slice(header.as_bytes());
         out.extend_from_slice(name.as_bytes());
         out.push(0);
-        while out.len() % 4 != 0 {
+        while !out.len().is_multiple_of(4) {
             out.push(0);
         }
         out.extend_from_slice(data);
-        while out.len() % 4 != 0 {
+        while !out.len().is_multiple_of(4) {
             out.push(0);
         }
     }
@@ -283,7 +283,7 @@ fn base64_matches_the_standard_alphabet_and_padding() {
 #[test]
 fn newc_archive_has_aligned_entries_and_a_trailer() {
     let archive = newc_archive(&[("plan.sh", 0o755, b"echo hi\n")]);
-    assert_eq!(archive.len() % 4, 0);
+    assert!(archive.len().is_multiple_of(4));
     assert!(archive.starts_with(b"070701"));
     let text = String::from_utf8_lossy(&archive);
     assert!(text.contains("plan.sh\0"));
@@ -313,7 +313,10 @@ fn plan_output_is_split_per_vm() {
     .collect();
     let outcome = PlanOutcome::parse(&lines);
     assert_eq!(outcome.vms.len(), 2);
-    assert_eq!(outcome.vm("first").fact("L2-FACT", "a").as_deref(), Some("1"));
+    assert_eq!(
+        outcome.vm("first").fact("L2-FACT", "a").as_deref(),
+        Some("1")
+    );
     assert_eq!(outcome.vm("first").log, vec!["a log line".to_string()]);
     assert_eq!(outcome.vm("second").status, Some(2));
     assert_eq!(outcome.fact("image_md5"), Some("abc"));
@@ -404,14 +407,22 @@ pub fn assert_clean_boot(outcome: &PlanOutcome, name: &str) {
         outcome.failures,
         context()
     );
-    assert!(vm.has_line("L2-INIT-OK"), "L2 never reached init\n{}", context());
+    assert!(
+        vm.has_line("L2-INIT-OK"),
+        "L2 never reached init\n{}",
+        context()
+    );
     assert!(!vm.has_line("Kernel panic"), "L2 panicked\n{}", context());
     assert!(
         vm.has_line("L2-SCRIPT-END status=0"),
         "the L2 script did not end with status 0\n{}",
         context()
     );
-    assert!(vm.has_line("L2-DONE"), "L2 init did not finish\n{}", context());
+    assert!(
+        vm.has_line("L2-DONE"),
+        "L2 init did not finish\n{}",
+        context()
+    );
     assert_eq!(
         vm.status,
         Some(0),

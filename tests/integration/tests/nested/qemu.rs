@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use super::watchdog::{self, Limits};
 use super::plan::{base64, newc_archive};
+use super::watchdog::{self, Limits};
 use super::{repo_root, Artifacts, Outcome, Scenario, TOTAL_LIMIT};
 
 /// L1's memory: enough for a 1 GiB L2 plus L1's initramfs (~80 MiB, unpacked in RAM).
@@ -33,10 +33,7 @@ pub fn run(qemu: &Path, scenario: &Scenario) -> Result<Outcome, String> {
     }
     let l1 = boot_l1(qemu, &tail, None)?;
     if let Some(fail) = l1.lines.iter().find(|l| l.starts_with("L1-FAIL")) {
-        return Err(format!(
-            "L1 could not run xenia: {fail}\n{}",
-            l1.transcript
-        ));
+        return Err(format!("L1 could not run xenia: {fail}\n{}", l1.transcript));
     }
     let l2_lines = l1
         .lines
@@ -64,7 +61,7 @@ pub fn run_plan(qemu: &Path, script: &str) -> Result<L1Run, String> {
     let assemble = || -> std::io::Result<()> {
         let mut archive = std::fs::read(repo_root().join("build/nested/l1.cpio"))?;
         // Each archive starts 4-byte aligned; the kernel skips zero padding between them.
-        while archive.len() % 4 != 0 {
+        while !archive.len().is_multiple_of(4) {
             archive.push(0);
         }
         archive.extend(newc_archive(&[("plan.sh", 0o755, script.as_bytes())]));

@@ -7,6 +7,7 @@
 #   XENIA   the (static) xenia binary        JAILER  xenia-jailer (static)
 #   L2      directory with vmlinux, vmlinux-nopvh, bzImage, initramfs.cpio, rootfs.ext4
 #   WORK    an empty scratch directory the plan may fill
+#   XENIA_EXTRA_ARGS  optional: words added to every xenia command line (e.g. --level Debug)
 # Output protocol (one line each, on stdout):
 #   VM-BEGIN name=N / L2| <guest console line> / XENIA| <xenia log line> / VM-END name=N status=S
 #   HOST-FACT key=value             a fact the plan measured on the hosting machine
@@ -37,7 +38,8 @@ vm() {
 	name="$1"
 	config="$2"
 	shift 2
-	run_vm_command "$name" "$XENIA" --no-api --config-file "$config" "$@"
+	# shellcheck disable=SC2086 # a word list on purpose
+	run_vm_command "$name" "$XENIA" --no-api --config-file "$config" "$@" $XENIA_EXTRA_ARGS
 }
 
 # vm_in_netns NETNS NAME CONFIG.json [xenia args...]: vm, inside a network namespace.
@@ -46,8 +48,9 @@ vm_in_netns() {
 	name="$2"
 	config="$3"
 	shift 3
+	# shellcheck disable=SC2086 # a word list on purpose
 	run_vm_command "$name" nsenter --net="/var/run/netns/$ns" \
-		"$XENIA" --no-api --config-file "$config" "$@"
+		"$XENIA" --no-api --config-file "$config" "$@" $XENIA_EXTRA_ARGS
 }
 
 # The jailer pivot_roots, which Linux refuses while the caller's root is the initramfs
@@ -74,9 +77,10 @@ jailed_vm() {
 	uid="$4"
 	shift 4
 	root="$(jailer_root)"
+	# shellcheck disable=SC2086 # a word list on purpose
 	run_vm_command "$name" chroot "$root" "$JAILER" --id "$id" --exec-file "$XENIA" \
 		--uid "$uid" --gid "$uid" --chroot-base-dir "$base" "$@" \
-		-- --no-api --config-file /vm.json
+		-- --no-api --config-file /vm.json $XENIA_EXTRA_ARGS
 }
 
 # cgroup_version: 2 when a cgroup2 hierarchy is at /sys/fs/cgroup, 1 when v1 hierarchies

@@ -214,33 +214,52 @@ echo "L2-FACT mac=$(cat /sys/class/net/eth0/address) mtu=$(cat /sys/class/net/et
 if ping -c 3 -W 5 172.16.0.1 >/tmp/ping.txt; then echo "L2-FACT ping=ok"; else echo "L2-FACT ping=failed"; fi
 head -c $(BYTES) /dev/urandom >/tmp/to-l1.bin
 echo "L2-FACT to_l1_md5=$(md5sum </tmp/to-l1.bin | cut -d' ' -f1)"
-nc 172.16.0.1 5000 </tmp/to-l1.bin
+nc -l -p 5000 -e cat /tmp/to-l1.bin </dev/null
 echo "L2-FACT send_status=$?"
 nc 172.16.0.1 5001 </dev/null >/tmp/from-l1.bin
 echo "L2-FACT from_l1_md5=$(md5sum </tmp/from-l1.bin | cut -d' ' -f1) from_l1_bytes=$(wc -c </tmp/from-l1.bin)"
 "#;
 
 /// The hosting side: a tap with an address in a netns of its own, two busybox nc
-/// listeners (one receives, one sends), tap counters around the VM's run.
+/// listeners (one receives, one sends), the tap's counters before the VM and at the end
+/// of each transfer: frames the tap received during the upload are the guest's data
+/// segments, frames it sent during the download are L1's (the ACKs go the other way).
 const NET_HOST: &str = r#"
 ns="xenia-net-$$"
 make_netns "$ns" || fail "cannot create the network namespace $ns"
 tap_up "$ns" xtap0 172.16.0.1/30 || fail "cannot create the tap xtap0"
 head -c $(BYTES) /dev/urandom >"$WORK/to-l2.bin"
 fact to_l2_md5 "$(md5 "$WORK/to-l2.bin")"
-in_netns "$ns" busybox nc -l -p 5000 -e sh -c "cat >$WORK/from-l2.bin" </dev/null &
-receiver=$!
+set -- $(tap_counters "$ns" xtap0)
+rx0=$1 rxp0=$2
+# Each listener's end marks the end of a transfer: the counters then tell the frames of
+# that transfer apart from the other's (and its ACKs).
+(
+	# L2 serves its data with `nc -l -e cat` (cat's large writes let TCP build large
+	# segments); connect once it listens.
+	until [ -e "$WORK/vm-done" ]; do
+		if in_netns "$ns" busybox nc 172.16.0.2 5000 </dev/null >"$WORK/from-l2.bin" 2>/dev/null \
+			&& [ -s "$WORK/from-l2.bin" ]; then
+			break
+		fi
+		sleep 0.2
+	done
+	tap_counters "$ns" xtap0 >"$WORK/after-upload"
+) &
 in_netns "$ns" busybox nc -l -p 5001 -e cat "$WORK/to-l2.bin" </dev/null &
 sender=$!
 $(WRITE_CONFIG)
-set -- $(tap_counters "$ns" xtap0)
-rx_bytes=$1 rx_packets=$2 tx_bytes=$3 tx_packets=$4
 vm_in_netns "$ns" net "$WORK/net.json"
-set -- $(tap_counters "$ns" xtap0)
-fact tap_rx "$(($1 - rx_bytes)),$(($2 - rx_packets))"
-fact tap_tx "$(($3 - tx_bytes)),$(($4 - tx_packets))"
-kill "$receiver" "$sender" 2>/dev/null
+tap_counters "$ns" xtap0 >"$WORK/after-download"
+: >"$WORK/vm-done"
+# Only a failed transfer leaves the listener behind.
+kill "$sender" 2>/dev/null
 wait
+set -- $(cat "$WORK/after-upload")
+fact upload_rx "$(($1 - rx0)),$(($2 - rxp0))"
+tx1=$3 txp1=$4
+set -- $(cat "$WORK/after-download")
+fact download_tx "$(($3 - tx1)),$(($4 - txp1))"
 fact from_l2_md5 "$(md5 "$WORK/from-l2.bin" 2>/dev/null)"
 drop_netns "$ns"
 "#;
@@ -258,9 +277,9 @@ fn counter(outcome: &PlanOutcome, key: &str) -> (u64, u64) {
 const MAX_PLAIN_FRAME: u64 = 1514;
 
 /// L2 brings up eth0 over a tap, pings L1's end, and moves 4 MiB each way over TCP with
-/// busybox nc, intact (MD5 on both sides). Segmentation offloads work both ways: the
-/// average frame the tap carried from and to the guest is larger than any frame could be
-/// without TSO, so some were larger than the MTU.
+/// busybox nc, intact (MD5 on both sides). Segmentation offloads work both ways: during
+/// each transfer the average data frame on the tap is larger than any frame could be
+/// without TSO (Linux sends at least 2 segments per TSO frame), so some exceeded the MTU.
 #[test]
 fn linux_moves_tcp_data_over_virtio_net_with_offloads() {
     let bytes = TRANSFER_BYTES.to_string();
@@ -299,11 +318,11 @@ fn linux_moves_tcp_data_over_virtio_net_with_offloads() {
         outcome.fact("to_l2_md5"),
         "L2 received different data from L1"
     );
-    let (rx_bytes, rx_packets) = counter(&outcome, "tap_rx");
-    let (tx_bytes, tx_packets) = counter(&outcome, "tap_tx");
+    let (rx_bytes, rx_packets) = counter(&outcome, "upload_rx");
+    let (tx_bytes, tx_packets) = counter(&outcome, "download_tx");
     eprintln!(
-        "tap: from the guest {rx_bytes} B in {rx_packets} frames ({} B/frame), to the guest \
-         {tx_bytes} B in {tx_packets} frames ({} B/frame)",
+        "tap: L2 -> L1 transfer {rx_bytes} B in {rx_packets} frames ({} B/frame), L1 -> L2 \
+         transfer {tx_bytes} B in {tx_packets} frames ({} B/frame)",
         rx_bytes / rx_packets.max(1),
         tx_bytes / tx_packets.max(1)
     );

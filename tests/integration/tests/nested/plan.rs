@@ -246,7 +246,13 @@ fn run_direct(plan: &Plan) -> Result<PlanOutcome, String> {
         .env("XENIA", xenia_integration_tests::static_xenia())
         .env("JAILER", xenia_integration_tests::jailer_binary())
         .env("L2", &l2)
-        .env("WORK", work.join("scratch"));
+        .env("WORK", work.join("scratch"))
+        .env(
+            "XENIA_EXTRA_ARGS",
+            std::env::var("XENIA_NESTED_XENIA_ARGS")
+                .unwrap_or_default()
+                .replace(',', " "),
+        );
     let no_diagnostics = String::new;
     let watched = watchdog::run(
         command,

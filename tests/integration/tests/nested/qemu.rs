@@ -68,7 +68,11 @@ pub fn run_plan(qemu: &Path, script: &str) -> Result<L1Run, String> {
         std::fs::write(&initrd, archive)
     };
     let assembled = assemble().map_err(|e| format!("cannot write {}: {e}", initrd.display()));
-    let l1 = assembled.and_then(|()| boot_l1(qemu, "", Some(&initrd)));
+    let tail = match std::env::var(XENIA_ARGS_ENV) {
+        Ok(args) if !args.is_empty() => format!("l1.xenia_args={args}"),
+        _ => String::new(),
+    };
+    let l1 = assembled.and_then(|()| boot_l1(qemu, &tail, Some(&initrd)));
     let _ = std::fs::remove_dir_all(&run_dir);
     let l1 = l1?;
     if !l1.lines.iter().any(|l| l.starts_with("L1-PLAN-BEGIN")) {

@@ -5,14 +5,20 @@
 //!   an L1 Linux with KVM under QEMU's TCG emulating AMD SVM (tools/nested-kvm).
 //!
 //! Either way the result is the L2 guest's console, so tests assert on the same lines.
+//! Shared by nested_linux.rs (single boots) and nested_devices.rs (plans only).
+#![allow(
+    dead_code,
+    reason = "each test binary that includes this module uses a different part of it"
+)]
 
 pub mod direct;
+pub mod plan;
 pub mod qemu;
 pub mod watchdog;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 /// Which kernel image and therefore which of xenia's loader paths boots the guest.
@@ -39,10 +45,9 @@ impl Kernel {
 /// Where the guest's root filesystem comes from.
 #[derive(Clone, Copy, Debug)]
 pub enum Root {
-    /// tools/mkrootfs's initramfs.cpio as the initrd.
+    /// tools/mkrootfs's initramfs.cpio as the initrd. (Disk roots need a writable copy
+    /// of the image and several boots: see plan.rs and the ext4 root scenario.)
     Initramfs,
-    /// tools/mkrootfs's rootfs.ext4 as a read-only virtio-blk root device (/dev/vda).
-    Ext4Drive,
 }
 
 /// One VM: everything that decides what the L2 console must show.
@@ -92,15 +97,6 @@ impl Scenario {
         match self.root {
             Root::Initramfs => {
                 config["boot-source"]["initrd_path"] = path(&dir.rootfs, "initramfs.cpio").into();
-            }
-            Root::Ext4Drive => {
-                // As in Firecracker, the root device adds `root=/dev/vda ro` itself.
-                config["drives"] = serde_json::json!([{
-                    "drive_id": "rootfs",
-                    "path_on_host": path(&dir.rootfs, "rootfs.ext4"),
-                    "is_root_device": true,
-                    "is_read_only": true,
-                }]);
             }
         }
         config
@@ -177,6 +173,14 @@ pub fn tier() -> Result<Tier, String> {
     Ok(Tier::Nested(qemu))
 }
 
+/// Nested runs each need a whole core: one at a time per test process.
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Builds (cached) the artifacts a tier needs, once per test process.
 fn prepare(tier: &Tier) -> Result<(), String> {
     static PREPARED: OnceLock<Result<(), String>> = OnceLock::new();
@@ -218,11 +222,7 @@ pub fn run(scenario: &Scenario) -> Result<Option<Outcome>, String> {
             return Ok(None);
         }
     };
-    // Nested runs each need a whole core; run them one at a time.
-    static SERIAL: Mutex<()> = Mutex::new(());
-    let _guard = SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _guard = one_at_a_time();
     prepare(&tier)?;
     let start = std::time::Instant::now();
     let outcome = match &tier {

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use super::plan::{base64, newc_archive};
 use super::watchdog::{self, Limits};
 use super::{repo_root, Artifacts, Outcome, Scenario, TOTAL_LIMIT};
 
@@ -20,22 +21,82 @@ const L1_MEM_MIB: u32 = 2048;
 const XENIA_ARGS_ENV: &str = "XENIA_NESTED_XENIA_ARGS";
 
 pub fn run(qemu: &Path, scenario: &Scenario) -> Result<Outcome, String> {
-    let root = repo_root();
     let vm = scenario.vm_config(&Artifacts {
         kernels: PathBuf::from("/l2"),
         rootfs: PathBuf::from("/l2"),
     });
-    let mut cmdline = format!(
-        "console=ttyS0 reboot=t panic=1 loglevel=4 random.trust_cpu=on tsc_early_khz={} l1.vm={}",
-        host_tsc_khz()?,
-        base64(vm.to_string().as_bytes())
-    );
+    let mut tail = format!("l1.vm={}", base64(vm.to_string().as_bytes()));
     if let Ok(args) = std::env::var(XENIA_ARGS_ENV) {
         if !args.is_empty() {
-            cmdline.push_str(&format!(" l1.xenia_args={args}"));
+            tail.push_str(&format!(" l1.xenia_args={args}"));
         }
     }
+    let l1 = boot_l1(qemu, &tail, None)?;
+    if let Some(fail) = l1.lines.iter().find(|l| l.starts_with("L1-FAIL")) {
+        return Err(format!("L1 could not run xenia: {fail}\n{}", l1.transcript));
+    }
+    let l2_lines = l1
+        .lines
+        .iter()
+        .filter_map(|line| line.strip_prefix("L2| "))
+        .map(str::to_string)
+        .collect();
+    let xenia_status = l1
+        .lines
+        .iter()
+        .find_map(|line| line.strip_prefix("L1-XENIA-EXIT status="))
+        .and_then(|status| status.trim().parse().ok());
+    Ok(Outcome {
+        l2_lines,
+        xenia_status,
+        transcript: l1.transcript,
+    })
+}
 
+/// Runs a plan (see plan.rs) inside L1: the script reaches L1 as /plan.sh in a cpio
+/// archive appended to L1's initramfs.
+pub fn run_plan(qemu: &Path, script: &str) -> Result<L1Run, String> {
+    let run_dir = scratch_dir()?;
+    let initrd = run_dir.join("l1-plan.cpio");
+    let assemble = || -> std::io::Result<()> {
+        let mut archive = std::fs::read(repo_root().join("build/nested/l1.cpio"))?;
+        // Each archive starts 4-byte aligned; the kernel skips zero padding between them.
+        while !archive.len().is_multiple_of(4) {
+            archive.push(0);
+        }
+        archive.extend(newc_archive(&[("plan.sh", 0o755, script.as_bytes())]));
+        std::fs::write(&initrd, archive)
+    };
+    let assembled = assemble().map_err(|e| format!("cannot write {}: {e}", initrd.display()));
+    let tail = match std::env::var(XENIA_ARGS_ENV) {
+        Ok(args) if !args.is_empty() => format!("l1.xenia_args={args}"),
+        _ => String::new(),
+    };
+    let l1 = assembled.and_then(|()| boot_l1(qemu, &tail, Some(&initrd)));
+    let _ = std::fs::remove_dir_all(&run_dir);
+    let l1 = l1?;
+    if !l1.lines.iter().any(|l| l.starts_with("L1-PLAN-BEGIN")) {
+        return Err(format!("L1 never started the plan\n{}", l1.transcript));
+    }
+    Ok(l1)
+}
+
+/// What one L1 boot printed.
+pub struct L1Run {
+    /// L1's console lines.
+    pub lines: Vec<String>,
+    /// The console, QEMU's status and stderr and any hang report.
+    pub transcript: String,
+}
+
+/// Boots L1 with `cmdline_tail` appended to its command line and `initrd` (default: the
+/// tier's l1.cpio), under the watchdog.
+fn boot_l1(qemu: &Path, cmdline_tail: &str, initrd: Option<&Path>) -> Result<L1Run, String> {
+    let root = repo_root();
+    let cmdline = format!(
+        "console=ttyS0 reboot=t panic=1 loglevel=4 random.trust_cpu=on tsc_early_khz={} {cmdline_tail}",
+        host_tsc_khz()?,
+    );
     let run_dir = scratch_dir()?;
     let monitor = run_dir.join("hmp.sock");
     let mut command = Command::new(qemu);
@@ -62,9 +123,9 @@ pub fn run(qemu: &Path, scenario: &Scenario) -> Result<Outcome, String> {
         .arg("-kernel")
         .arg(root.join("build/linux/bzImage"))
         .arg("-initrd")
-        .arg(root.join("build/nested/l1.cpio"))
+        .arg(initrd.map_or_else(|| root.join("build/nested/l1.cpio"), Path::to_path_buf))
         .arg("-append")
-        .arg(&cmdline);
+        .arg(cmdline.trim_end());
     let dump_registers = || registers(&monitor);
     let watched = watchdog::run(
         command,
@@ -87,23 +148,8 @@ pub fn run(qemu: &Path, scenario: &Scenario) -> Result<Outcome, String> {
     if let Some(why) = &watched.killed {
         transcript.push_str(&format!("\n--- watchdog killed QEMU: {why}"));
     }
-    if let Some(fail) = watched.lines.iter().find(|l| l.starts_with("L1-FAIL")) {
-        return Err(format!("L1 could not run xenia: {fail}\n{transcript}"));
-    }
-    let l2_lines = watched
-        .lines
-        .iter()
-        .filter_map(|line| line.strip_prefix("L2| "))
-        .map(str::to_string)
-        .collect();
-    let xenia_status = watched
-        .lines
-        .iter()
-        .find_map(|line| line.strip_prefix("L1-XENIA-EXIT status="))
-        .and_then(|status| status.trim().parse().ok());
-    Ok(Outcome {
-        l2_lines,
-        xenia_status,
+    Ok(L1Run {
+        lines: watched.lines,
         transcript,
     })
 }
@@ -172,35 +218,4 @@ fn scratch_dir() -> Result<PathBuf, String> {
     ));
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     Ok(dir)
-}
-
-/// Standard base64 with padding; l1-init decodes it with busybox `base64 -d`.
-fn base64(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-#[test]
-fn base64_matches_the_standard_alphabet_and_padding() {
-    assert_eq!(base64(b""), "");
-    assert_eq!(base64(b"f"), "Zg==");
-    assert_eq!(base64(b"fo"), "Zm8=");
-    assert_eq!(base64(b"foo"), "Zm9v");
-    assert_eq!(base64(b"{\"a\": 1}"), "eyJhIjogMX0=");
 }

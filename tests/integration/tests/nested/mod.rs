@@ -154,9 +154,13 @@ pub fn repo_root() -> PathBuf {
 /// Decides the tier, or returns why Linux guests cannot run here (the test then skips
 /// with that message). QEMU's TCG needs no /dev/kvm, so only a missing QEMU skips.
 /// `XENIA_LINUX_TIER=direct|nested` overrides the choice (e.g. to exercise the nested
-/// tier on a hardware-KVM host).
+/// tier on a hardware-KVM host); `XENIA_LINUX_TIER=skip` skips the Linux scenarios (the fast
+/// tier, `tools/test --fast`).
 pub fn tier() -> Result<Tier, String> {
     let forced = std::env::var("XENIA_LINUX_TIER").unwrap_or_default();
+    if forced == "skip" {
+        return Err("XENIA_LINUX_TIER=skip: the Linux guest tier is skipped on request".into());
+    }
     let hardware_kvm = Path::new("/dev/kvm").exists() && !Path::new("/sys/module/kvm_pvm").exists();
     if forced == "direct" || (hardware_kvm && forced != "nested") {
         return Ok(Tier::Direct);

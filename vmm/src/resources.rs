@@ -140,10 +140,7 @@ impl VmResources {
             check_file(&field, path, !drive.read_only(), true)?;
         }
         let mut c = self.config.clone();
-        match c.drives.iter_mut().find(|d| d.drive_id == drive.drive_id) {
-            Some(slot) => *slot = drive,
-            None => c.drives.push(drive),
-        }
+        upsert(&mut c.drives, drive, |a, b| a.drive_id == b.drive_id);
         self.commit(c)
     }
 
@@ -173,14 +170,9 @@ impl VmResources {
     ) -> Result<(), ResourceError> {
         iface.validate()?;
         let mut c = self.config.clone();
-        match c
-            .network_interfaces
-            .iter_mut()
-            .find(|n| n.iface_id == iface.iface_id)
-        {
-            Some(slot) => *slot = iface,
-            None => c.network_interfaces.push(iface),
-        }
+        upsert(&mut c.network_interfaces, iface, |a, b| {
+            a.iface_id == b.iface_id
+        });
         self.commit(c)
     }
 
@@ -245,6 +237,15 @@ impl VmResources {
             check_tap(iface)?;
         }
         Ok(())
+    }
+}
+
+/// Replaces the item `same` as `item`, or appends it: a `PUT` with an existing id replaces
+/// that device, as Firecracker does.
+fn upsert<T>(items: &mut Vec<T>, item: T, same: impl Fn(&T, &T) -> bool) {
+    match items.iter_mut().find(|i| same(i, &item)) {
+        Some(slot) => *slot = item,
+        None => items.push(item),
     }
 }
 

@@ -205,12 +205,11 @@ fn features_and_config_space() {
     // The first device still holds the tap: a tap without IFF_MULTI_QUEUE takes one reader.
     assert!(plain.is_err());
     drop(net);
-    let plain = Net::new(&NetConfig {
+    let plain = reopen_when_released(&NetConfig {
         iface_id: "eth1".into(),
         host_dev_name: tap.name().into(),
         ..Default::default()
-    })
-    .unwrap();
+    });
     assert!(!crate::features::has(
         plain.avail_features(),
         VIRTIO_NET_F_MAC
@@ -559,5 +558,27 @@ impl TxQueueWriter<'_, '_> {
                 0,
             )
             .unwrap();
+    }
+}
+
+/// Attaches to a tap another `Net` of this test just released. Other tests in this process
+/// spawn programs (`ip`), and a child holds a copy of every fd between its fork and its exec
+/// (`O_CLOEXEC` closes it only at exec): the tap may stay attached for that moment, so EBUSY
+/// is retried for a bounded time; any other error fails at once.
+fn reopen_when_released(config: &NetConfig) -> Net {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match Net::new(config) {
+            Ok(net) => return net,
+            Err(NetError::Tap {
+                source: TapError::Attach { source, .. },
+                ..
+            }) if source.raw_os_error() == Some(libc::EBUSY)
+                && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("reopening the tap: {e}"),
+        }
     }
 }

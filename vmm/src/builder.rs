@@ -184,7 +184,7 @@ pub fn build_and_boot_with(
 
     let kvm = KvmContext::open()?;
     let vm = Vm::new(&kvm)?;
-    let memory = create_guest_memory(mem_size)?;
+    let memory = create_guest_memory(mem_size, machine.huge_pages)?;
     vm.register_memory(&memory, machine.track_dirty_pages)?;
 
     let mut buses = DeviceBuses::default();

@@ -79,6 +79,15 @@ impl MachineConfig {
                 ),
             ));
         }
+        if self.huge_pages == HugePages::Hugetlbfs2M && !self.mem_size_mib.is_multiple_of(2) {
+            return Err(ConfigError::invalid(
+                "machine-config.mem_size_mib",
+                format!(
+                    "{} is odd: with huge_pages \"2M\" it must be a multiple of 2",
+                    self.mem_size_mib
+                ),
+            ));
+        }
         if let Some(t) = &self.cpu_template {
             if t != "None" {
                 return Err(ConfigError::invalid(
@@ -163,6 +172,19 @@ mod tests {
         m.smt = true;
         assert!(m.validate().is_err());
         m.vcpu_count = 4;
+        assert!(m.validate().is_ok());
+    }
+
+    #[test]
+    fn two_mib_pages_need_an_even_size() {
+        let mut m = mc(1, 129);
+        m.huge_pages = HugePages::Hugetlbfs2M;
+        assert!(m
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("multiple of 2"));
+        m.mem_size_mib = 128;
         assert!(m.validate().is_ok());
     }
 

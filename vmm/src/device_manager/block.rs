@@ -243,7 +243,7 @@ mod tests {
         })
         .unwrap();
         let device = Arc::new(Mutex::new(block));
-        let mem = create_guest_memory(1 << 20).unwrap();
+        let mem = create_guest_memory(1 << 20, crate::config::HugePages::None).unwrap();
         let transport = MmioTransport::new(mem, device.clone()).unwrap();
         BlockDevice {
             drive_id: id.into(),

@@ -454,7 +454,7 @@ mod tests {
         }
         let kvm = KvmContext::open().unwrap();
         let vm = Vm::new(&kvm).unwrap();
-        let mem = create_guest_memory(4 << 20).unwrap();
+        let mem = create_guest_memory(4 << 20, crate::config::HugePages::None).unwrap();
         vm.register_memory(&mem, false).unwrap();
         mem.write_slice(code, GuestAddress(CODE)).unwrap();
         write_boot_tables(&mem, EntryProtocol::Linux64).unwrap();

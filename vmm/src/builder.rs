@@ -15,6 +15,7 @@ use crate::arch::kernel::{load_cmdline, load_initrd, load_kernel, KernelError};
 use crate::arch::mptable::{setup_mptable, MpTableError};
 use crate::arch::regs::{default_boot_info, write_boot_tables, EntryProtocol, RegsError};
 use crate::config::{DriveUpdate, NetworkInterfaceUpdate, VmConfig};
+use crate::console::ConsoleWriter;
 use crate::device_manager::block::{
     attach_drives, check_drives, drive_cmdline_args, register_drive_metrics, update_drive,
     BlockDevice, DriveError,
@@ -25,7 +26,7 @@ use crate::device_manager::net::{
     attach_net_devices, register_net_metrics, update_net_device, NetDevice, NetDeviceError,
 };
 use crate::device_manager::DeviceBuses;
-use crate::metrics::{self, CountingWriter};
+use crate::metrics;
 use crate::vstate::kvm::{KvmContext, KvmError};
 use crate::vstate::memory::{create_guest_memory, MemoryError};
 use crate::vstate::vcpu::{
@@ -123,6 +124,7 @@ pub struct RunningVm {
 }
 
 fn serial_output(config: &VmConfig) -> Result<SerialOut, StartError> {
+    let limit = config.serial.as_ref().and_then(|s| s.rate_limiter.as_ref());
     match config
         .serial
         .as_ref()
@@ -137,9 +139,9 @@ fn serial_output(config: &VmConfig) -> Result<SerialOut, StartError> {
                     path: path.clone(),
                     source,
                 })?;
-            Ok(Box::new(CountingWriter(file)))
+            Ok(Box::new(ConsoleWriter::new(file, limit)))
         }
-        None => Ok(Box::new(CountingWriter(std::io::stdout()))),
+        None => Ok(Box::new(ConsoleWriter::new(std::io::stdout(), limit))),
     }
 }
 

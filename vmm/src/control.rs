@@ -318,6 +318,7 @@ impl ControlLoop {
                 };
                 let mut serial = vm.legacy.serial.lock().unwrap_or_else(|e| e.into_inner());
                 let taken = serial.enqueue_input(&buf[..n]);
+                crate::metrics::global().serial.bytes_in.add(taken as u64);
                 if taken < n {
                     log::debug!("console input: dropped {} bytes", n - taken);
                 }

@@ -4,6 +4,7 @@ pub mod arch;
 pub mod builder;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod control;
 pub mod device_manager;
 pub mod logger;

@@ -149,6 +149,8 @@ fn run(start: Instant) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
+    // Every key, Ctrl-C included, goes to the guest while it runs; restored when `run` returns.
+    let _terminal = vmm::console::RawTerminal::enable();
     let code = control.run();
     if !control.stop_api(API_STOP_TIMEOUT) {
         log::warn!("the API thread did not stop in {API_STOP_TIMEOUT:?}");

@@ -40,22 +40,6 @@ pub fn global() -> &'static Metrics {
     &GLOBAL
 }
 
-/// A writer that counts the bytes it passes on into `uart.bytes_out` (the serial console).
-#[derive(Debug)]
-pub struct CountingWriter<W>(pub W);
-
-impl<W: Write> Write for CountingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.0.write(buf)?;
-        global().serial.bytes_out.add(n as u64);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.0.flush()
-    }
-}
-
 /// A monotonically increasing counter, cheap to bump from any thread.
 #[derive(Debug, Default)]
 pub struct Counter(AtomicU64);

@@ -13,6 +13,7 @@ pub(super) const VMM: &[&str] = &[
     "futex",
     "getpid",
     "io_uring_enter",
+    "ioctl",
     "madvise",
     "mmap",
     "mprotect",

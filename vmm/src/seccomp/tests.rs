@@ -17,6 +17,8 @@ const TUNSETIFF: u64 = 0x4004_54ca;
 const TUNSETOFFLOAD: u64 = 0x4004_54d0;
 const FIONBIO: u64 = 0x5421;
 const TIOCSTI: u64 = 0x5412;
+const TCGETS: u64 = 0x5401;
+const TCSETS: u64 = 0x5402;
 
 fn reviewed(kind: ThreadKind) -> &'static [&'static str] {
     match kind {
@@ -163,6 +165,12 @@ fn ioctl_allows_only_the_requests_each_thread_uses() {
     assert_eq!(ioctl(ThreadKind::Vcpu, KVM_RUN), RET_ALLOW);
     assert_eq!(ioctl(ThreadKind::Vcpu, TUNSETOFFLOAD), RET_ALLOW);
     assert_eq!(ioctl(ThreadKind::Api, FIONBIO), RET_ALLOW);
+    // Restoring the console terminal at exit; nothing else may touch terminals.
+    assert_eq!(ioctl(ThreadKind::Vmm, TCGETS), RET_ALLOW);
+    assert_eq!(ioctl(ThreadKind::Vmm, TCSETS), RET_ALLOW);
+    for kind in [ThreadKind::Api, ThreadKind::Vcpu, ThreadKind::Io] {
+        assert_eq!(ioctl(kind, TCSETS), RET_TRAP, "{kind}: TCSETS");
+    }
     for kind in ThreadKind::ALL {
         for request in [
             KVM_CREATE_VM,

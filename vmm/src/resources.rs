@@ -96,7 +96,11 @@ impl VmResources {
     }
 
     /// Replaces the configuration with `candidate` if it validates as a whole.
-    fn commit(&mut self, candidate: VmConfig) -> Result<(), ResourceError> {
+    /// Applies `change` to a copy of the configuration and keeps it only if the whole
+    /// configuration still validates (cross-section rules: duplicate ids, one root device...).
+    fn update(&mut self, change: impl FnOnce(&mut VmConfig)) -> Result<(), ResourceError> {
+        let mut candidate = self.config.clone();
+        change(&mut candidate);
         candidate.validate()?;
         self.config = candidate;
         Ok(())
@@ -113,15 +117,11 @@ impl VmResources {
         if let Some(initrd) = &boot.initrd_path {
             check_file("boot-source.initrd_path", initrd, false, false)?;
         }
-        let mut c = self.config.clone();
-        c.boot_source = Some(boot);
-        self.commit(c)
+        self.update(|c| c.boot_source = Some(boot))
     }
 
     pub fn set_machine_config(&mut self, machine: MachineConfig) -> Result<(), ResourceError> {
-        let mut c = self.config.clone();
-        c.machine_config = Some(machine);
-        self.commit(c)
+        self.update(|c| c.machine_config = Some(machine))
     }
 
     pub fn patch_machine_config(
@@ -139,9 +139,7 @@ impl VmResources {
             let field = format!("drives[{}].path_on_host", drive.drive_id);
             check_file(&field, path, !drive.read_only(), true)?;
         }
-        let mut c = self.config.clone();
-        upsert(&mut c.drives, drive, |a, b| a.drive_id == b.drive_id);
-        self.commit(c)
+        self.update(|c| upsert(&mut c.drives, drive, |a, b| a.drive_id == b.drive_id))
     }
 
     /// Records a `PATCH /drives/{id}` the running VM has applied, so that `GET /vm/config`
@@ -169,11 +167,11 @@ impl VmResources {
         iface: NetworkInterfaceConfig,
     ) -> Result<(), ResourceError> {
         iface.validate()?;
-        let mut c = self.config.clone();
-        upsert(&mut c.network_interfaces, iface, |a, b| {
-            a.iface_id == b.iface_id
-        });
-        self.commit(c)
+        self.update(|c| {
+            upsert(&mut c.network_interfaces, iface, |a, b| {
+                a.iface_id == b.iface_id
+            });
+        })
     }
 
     /// Records a `PATCH /network-interfaces/{id}` the running VM has applied, so that
@@ -195,23 +193,17 @@ impl VmResources {
     }
 
     pub fn set_serial(&mut self, serial: SerialConfig) -> Result<(), ResourceError> {
-        let mut c = self.config.clone();
-        c.serial = Some(serial);
-        self.commit(c)
+        self.update(|c| c.serial = Some(serial))
     }
 
     /// Records the logger section (the caller has applied it already).
     pub fn set_logger(&mut self, logger: LoggerConfig) -> Result<(), ResourceError> {
-        let mut c = self.config.clone();
-        c.logger = Some(logger);
-        self.commit(c)
+        self.update(|c| c.logger = Some(logger))
     }
 
     /// Records the metrics section (the caller has opened the sink already).
     pub fn set_metrics(&mut self, metrics: MetricsConfig) -> Result<(), ResourceError> {
-        let mut c = self.config.clone();
-        c.metrics = Some(metrics);
-        self.commit(c)
+        self.update(|c| c.metrics = Some(metrics))
     }
 
     /// Checks made just before building: the files named must still be there, and every

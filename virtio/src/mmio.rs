@@ -19,6 +19,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::device::{ActivateContext, IrqTrigger, VirtioDevice, VirtioInterrupt};
 use crate::features::{self, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
+use crate::log_limiter::{LogLimiter, GUEST_LOG_PERIOD};
 use crate::GuestMemoryMmap;
 
 /// Size of one device's MMIO window.
@@ -139,6 +140,20 @@ pub struct MmioTransport {
     driver_features: u64,
     unknown_features_accepted: bool,
     queue_select: u32,
+    /// Everything below is logged on a guest's say-so: one line per period at most.
+    guest_log: LogLimiter,
+}
+
+/// Logs a problem the guest caused, through the transport's limiter.
+macro_rules! guest_warn {
+    ($limiter:expr, $($arg:tt)*) => {
+        if let Some(suppressed) = $limiter.check() {
+            log::warn!(
+                "virtio-mmio: {} ({suppressed} similar guest errors suppressed before)",
+                format_args!($($arg)*)
+            );
+        }
+    };
 }
 
 impl std::fmt::Debug for MmioTransport {
@@ -173,6 +188,7 @@ impl MmioTransport {
             driver_features: 0,
             unknown_features_accepted: false,
             queue_select: 0,
+            guest_log: LogLimiter::new(GUEST_LOG_PERIOD),
         })
     }
 
@@ -221,16 +237,18 @@ impl MmioTransport {
     /// is not ready yet.
     fn queue_writable(&mut self) -> Option<&mut QueueRegs> {
         if !self.status_has(FEATURES_OK, DRIVER_OK | FAILED) {
-            log::warn!(
-                "virtio-mmio: queue register write in status {:#x}",
+            guest_warn!(
+                self.guest_log,
+                "queue register write in status {:#x}",
                 self.device_status
             );
             return None;
         }
-        match self.selected_queue() {
+        // Borrow the queue and the limiter as separate fields: the queue is handed back.
+        match self.queues.get_mut(self.queue_select as usize) {
             Some(q) if !q.ready => Some(q),
             Some(_) => {
-                log::warn!("virtio-mmio: queue register write on a ready queue");
+                guest_warn!(self.guest_log, "queue register write on a ready queue");
                 None
             }
             None => None,
@@ -283,21 +301,25 @@ impl MmioTransport {
         if ok {
             self.device_status = value;
         } else {
-            log::warn!("virtio-mmio: refused status transition {old:#x} -> {value:#x}");
+            guest_warn!(
+                self.guest_log,
+                "refused status transition {old:#x} -> {value:#x}"
+            );
         }
     }
 
     fn accept_features(&mut self) -> bool {
         let offered = self.offered_features();
         if self.driver_features & !offered != 0 || self.unknown_features_accepted {
-            log::warn!(
-                "virtio-mmio: driver accepted unoffered features {:#x}",
+            guest_warn!(
+                self.guest_log,
+                "driver accepted unoffered features {:#x}",
                 self.driver_features & !offered
             );
             return false;
         }
         if !features::has(self.driver_features, VIRTIO_F_VERSION_1) {
-            log::warn!("virtio-mmio: driver did not accept VIRTIO_F_VERSION_1");
+            guest_warn!(self.guest_log, "driver did not accept VIRTIO_F_VERSION_1");
             return false;
         }
         lock(&self.device).set_acked_features(self.driver_features);
@@ -385,8 +407,9 @@ impl MmioTransport {
             0x14 => self.features_select = v,
             0x20 => {
                 if !self.status_has(DRIVER, FEATURES_OK | FAILED) {
-                    log::warn!(
-                        "virtio-mmio: feature write in status {:#x}",
+                    guest_warn!(
+                        self.guest_log,
+                        "feature write in status {:#x}",
                         self.device_status
                     );
                     return;
@@ -440,7 +463,7 @@ impl MmioTransport {
         }
         match build_queue(q, &mem, event_idx) {
             Ok(_) => q.ready = true,
-            Err(e) => log::warn!("virtio-mmio: refused queue ready: {e}"),
+            Err(e) => guest_warn!(self.guest_log, "refused queue ready: {e}"),
         }
     }
 
@@ -466,7 +489,7 @@ impl MmioTransport {
                     log::error!("virtio-mmio: cannot forward notification of queue {index}: {e}");
                 }
             }
-            None => log::warn!("virtio-mmio: notification for unknown queue {index}"),
+            None => guest_warn!(self.guest_log, "notification for unknown queue {index}"),
         }
     }
 }
@@ -480,8 +503,9 @@ impl BusDevice for MmioTransport {
         }
         // Registers below the config space are 32-bit wide and 32-bit aligned.
         if data.len() != 4 || !offset.is_multiple_of(4) {
-            log::warn!(
-                "virtio-mmio: bad register read at {offset:#x}, size {}",
+            guest_warn!(
+                self.guest_log,
+                "bad register read at {offset:#x}, size {}",
                 data.len()
             );
             data.fill(0);
@@ -494,15 +518,16 @@ impl BusDevice for MmioTransport {
     fn write(&mut self, offset: u64, data: &[u8]) {
         if offset >= CONFIG_SPACE_OFFSET {
             if !self.status_has(DRIVER, FAILED) {
-                log::warn!("virtio-mmio: config write before DRIVER");
+                guest_warn!(self.guest_log, "config write before DRIVER");
                 return;
             }
             lock(&self.device).write_config(offset - CONFIG_SPACE_OFFSET, data);
             return;
         }
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
-            log::warn!(
-                "virtio-mmio: bad register write at {offset:#x}, size {}",
+            guest_warn!(
+                self.guest_log,
+                "bad register write at {offset:#x}, size {}",
                 data.len()
             );
             return;

@@ -336,3 +336,13 @@ fn block_served_on_io_thread_end_to_end() {
     assert_eq!(block.lock().unwrap().metrics().snapshot().get_id_count, 1);
     assert!(!t.interrupt().needs_reset());
 }
+
+#[test]
+fn a_guest_hammering_bad_writes_gets_one_log_line_per_period() {
+    let (mut t, _) = transport();
+    // Queue registers before FEATURES_OK: refused, and each refusal would be a warning.
+    for _ in 0..1000 {
+        wr(&mut t, 0x38, 16);
+    }
+    assert_eq!(t.guest_log.suppressed(), 999);
+}

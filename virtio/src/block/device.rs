@@ -18,6 +18,7 @@ use crate::device::{
     read_config_space, ActivateContext, ActivateError, InterruptType, VirtioDevice, VirtioInterrupt,
 };
 use crate::features::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
+use crate::log_limiter::{LogLimiter, GUEST_LOG_PERIOD};
 use crate::rate_limiter::{RateLimiter, RateLimiterConfig, RateLimiterError};
 use crate::GuestMemoryMmap;
 
@@ -71,6 +72,8 @@ pub struct Block {
     pub(super) retired: Vec<EventFd>,
     pub(super) rate_limiter: RateLimiter,
     pub(super) metrics: Arc<BlockMetrics>,
+    /// Per-request I/O failures (a full or failing host disk) are logged at most once a period.
+    io_err_log: LogLimiter,
 }
 
 impl std::fmt::Debug for Block {
@@ -117,6 +120,7 @@ impl Block {
             retired: Vec::new(),
             rate_limiter,
             metrics: Arc::new(BlockMetrics::default()),
+            io_err_log: LogLimiter::new(GUEST_LOG_PERIOD),
         };
         dev.build_config_space();
         Ok(dev)
@@ -346,7 +350,12 @@ impl Block {
                 return match engine.submit(self.disk.file().as_raw_fd(), mem, req, head) {
                     Ok(()) => None,
                     Err(e) => {
-                        log::warn!("virtio-blk {}: async submit failed: {e}", self.id);
+                        if let Some(n) = self.io_err_log.check() {
+                            log::warn!(
+                                "virtio-blk {}: async submit failed: {e} ({n} similar errors suppressed before)",
+                                self.id
+                            );
+                        }
                         BlockMetrics::inc(&m.io_errors);
                         Some((ioerr, 1))
                     }
@@ -397,7 +406,12 @@ impl Block {
         Some(match res {
             Ok(len) => (ok, len),
             Err(e) => {
-                log::warn!("virtio-blk {}: {e}", self.id);
+                if let Some(n) = self.io_err_log.check() {
+                    log::warn!(
+                        "virtio-blk {}: {e} ({n} similar errors suppressed before)",
+                        self.id
+                    );
+                }
                 BlockMetrics::inc(&m.io_errors);
                 (ioerr, 1)
             }
@@ -436,7 +450,13 @@ impl Block {
                     }
                 }
             } else {
-                log::warn!("virtio-blk {}: async op failed: {}", self.id, f.result);
+                if let Some(n) = self.io_err_log.check() {
+                    log::warn!(
+                        "virtio-blk {}: async op failed: {} ({n} similar errors suppressed before)",
+                        self.id,
+                        f.result
+                    );
+                }
                 BlockMetrics::inc(&m.io_errors);
                 (VIRTIO_BLK_S_IOERR as u8, 1)
             };

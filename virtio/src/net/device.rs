@@ -2,7 +2,6 @@
 
 use std::os::fd::RawFd;
 use std::sync::Arc;
-use std::time::Duration;
 
 use virtio_bindings::bindings::virtio_net::*;
 use virtio_queue::{Queue, QueueT};
@@ -10,13 +9,14 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::chain::Segment;
 use super::iovec::{IoVecStorage, MAX_IOVECS};
-use super::metrics::{LogLimiter, NetMetrics};
+use super::metrics::NetMetrics;
 use super::tap::{offload, Tap, TapError};
 use super::{MAX_BUFFER_LEN, VNET_HDR_LEN};
 use crate::device::{
     read_config_space, ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt,
 };
 use crate::features::{has, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
+use crate::log_limiter::{LogLimiter, GUEST_LOG_PERIOD};
 use crate::rate_limiter::{RateLimiter, RateLimiterConfig, RateLimiterError};
 use crate::GuestMemoryMmap;
 
@@ -233,9 +233,9 @@ impl Net {
             segs: Vec::with_capacity(MAX_SEGMENTS),
             rx_chains: Vec::with_capacity(usize::from(NET_QUEUE_SIZE)),
             iovs: IoVecStorage::with_capacity(MAX_IOVECS),
-            read_err_log: LogLimiter::new(Duration::from_secs(5)),
-            write_err_log: LogLimiter::new(Duration::from_secs(5)),
-            guest_err_log: LogLimiter::new(Duration::from_secs(5)),
+            read_err_log: LogLimiter::new(GUEST_LOG_PERIOD),
+            write_err_log: LogLimiter::new(GUEST_LOG_PERIOD),
+            guest_err_log: LogLimiter::new(GUEST_LOG_PERIOD),
         };
         dev.build_config_space();
         Ok(dev)

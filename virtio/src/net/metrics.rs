@@ -1,7 +1,6 @@
 //! Per-interface counters, shared between the io thread (writer) and the metrics flusher.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -70,41 +69,6 @@ impl NetMetrics {
     }
 }
 
-/// Logs an error at most once per period, with the number of occurrences in between, so a
-/// guest or a vanished tap cannot flood the log.
-#[derive(Debug)]
-pub(super) struct LogLimiter {
-    period: Duration,
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl LogLimiter {
-    pub(super) const fn new(period: Duration) -> Self {
-        LogLimiter {
-            period,
-            last: None,
-            suppressed: 0,
-        }
-    }
-
-    /// Returns how many messages were suppressed since the last one if this one should be
-    /// logged, `None` if it should be suppressed.
-    pub(super) fn check(&mut self) -> Option<u64> {
-        let now = Instant::now();
-        match self.last {
-            Some(t) if now.duration_since(t) < self.period => {
-                self.suppressed += 1;
-                None
-            }
-            _ => {
-                self.last = Some(now);
-                Some(std::mem::take(&mut self.suppressed))
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,16 +84,5 @@ mod tests {
         let v = serde_json::to_value(s).unwrap();
         assert_eq!(v["rx_bytes"], 1500);
         assert_eq!(v["tap_write_errors"], 0);
-    }
-
-    #[test]
-    fn log_limiter_suppresses_within_the_period() {
-        let mut l = LogLimiter::new(Duration::from_secs(3600));
-        assert_eq!(l.check(), Some(0));
-        assert_eq!(l.check(), None);
-        assert_eq!(l.check(), None);
-        let mut l = LogLimiter::new(Duration::ZERO);
-        assert_eq!(l.check(), Some(0));
-        assert_eq!(l.check(), Some(0));
     }
 }

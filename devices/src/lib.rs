@@ -5,6 +5,7 @@
 
 pub mod bus;
 pub mod legacy;
+pub mod log_limiter;
 pub mod trigger;
 
 pub use bus::{Bus, BusDevice, BusError, SharedDevice};

@@ -8,7 +8,6 @@
 pub mod block;
 pub mod device;
 pub mod io_thread;
-pub mod log_limiter;
 pub mod mmio;
 pub mod net;
 pub mod rate_limiter;

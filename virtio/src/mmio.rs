@@ -19,8 +19,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::device::{ActivateContext, IrqTrigger, VirtioDevice, VirtioInterrupt};
 use crate::features::{self, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
-use crate::log_limiter::{LogLimiter, GUEST_LOG_PERIOD};
 use crate::GuestMemoryMmap;
+use devices::log_limiter::{LogLimiter, GUEST_LOG_PERIOD};
 
 /// Size of one device's MMIO window.
 pub const MMIO_WINDOW_SIZE: u64 = 0x1000;

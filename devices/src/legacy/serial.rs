@@ -11,6 +11,7 @@ use vm_superio::serial::NoEvents;
 use vm_superio::Serial;
 
 use crate::bus::BusDevice;
+use crate::log_limiter::{LogLimiter, GUEST_LOG_PERIOD};
 use crate::trigger::EventFdTrigger;
 
 /// First port of COM1.
@@ -30,6 +31,8 @@ pub type SerialOut = Box<dyn Write + Send>;
 pub struct SerialConsole {
     uart: Serial<EventFdTrigger, NoEvents, SerialOut>,
     backlog: VecDeque<u8>,
+    /// A failing sink fails on every byte the guest writes: say so once a period.
+    write_err_log: LogLimiter,
 }
 
 impl std::fmt::Debug for SerialConsole {
@@ -46,6 +49,7 @@ impl SerialConsole {
         Self {
             uart: Serial::new(interrupt, out),
             backlog: VecDeque::new(),
+            write_err_log: LogLimiter::new(GUEST_LOG_PERIOD),
         }
     }
 
@@ -94,7 +98,9 @@ impl BusDevice for SerialConsole {
         if let (Ok(reg), [value]) = (u8::try_from(offset), data) {
             if offset < COM1_PORT_LEN {
                 if let Err(e) = self.uart.write(reg, *value) {
-                    log::warn!("serial: {e}");
+                    if let Some(n) = self.write_err_log.check() {
+                        log::warn!("serial: {e} ({n} similar errors suppressed before)");
+                    }
                 }
             }
         }
@@ -184,5 +190,26 @@ mod tests {
         dev.write(0, &[1, 2]);
         dev.write(99, &[1]);
         assert!(sink.0.lock().unwrap().is_empty());
+    }
+
+    struct BrokenSink;
+
+    impl Write for BrokenSink {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_failing_sink_is_reported_once_per_period_not_per_byte() {
+        let irq = EventFdTrigger::new_nonblocking().unwrap();
+        let mut dev = SerialConsole::new(irq, Box::new(BrokenSink));
+        for b in 0..100u8 {
+            dev.write(0, &[b]);
+        }
+        assert_eq!(dev.write_err_log.suppressed(), 99);
     }
 }

@@ -18,9 +18,9 @@ use crate::device::{
     read_config_space, ActivateContext, ActivateError, InterruptType, VirtioDevice, VirtioInterrupt,
 };
 use crate::features::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
-use crate::log_limiter::{LogLimiter, GUEST_LOG_PERIOD};
 use crate::rate_limiter::{RateLimiter, RateLimiterConfig, RateLimiterError};
 use crate::GuestMemoryMmap;
+use devices::log_limiter::{LogLimiter, GUEST_LOG_PERIOD};
 
 /// Maximum size of the request queue.
 pub const BLOCK_QUEUE_SIZE: u16 = 256;

@@ -16,9 +16,9 @@ use crate::device::{
     read_config_space, ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt,
 };
 use crate::features::{has, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
-use crate::log_limiter::{LogLimiter, GUEST_LOG_PERIOD};
 use crate::rate_limiter::{RateLimiter, RateLimiterConfig, RateLimiterError};
 use crate::GuestMemoryMmap;
+use devices::log_limiter::{LogLimiter, GUEST_LOG_PERIOD};
 
 /// Descriptors per queue.
 pub const NET_QUEUE_SIZE: u16 = 256;

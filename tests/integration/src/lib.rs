@@ -10,6 +10,7 @@
 #![allow(clippy::panic)]
 
 pub mod api;
+pub mod probe_lines;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};

@@ -1,12 +1,13 @@
 //! `PATCH /drives/{id}` on a running VM: the guest sees the new backing file.
 
+use xenia_integration_tests::probe_lines::field;
 use xenia_integration_tests::{probe, probe_args, TempDir, Xenia, BOOT_TIMEOUT};
 
 const SECTOR: u64 = 512;
 
-fn field(line: &str, key: &str) -> u64 {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+/// A numeric `key=value` of a probe line (`u64::MAX` when absent, which no assertion expects).
+fn number(line: &str, key: &str) -> u64 {
+    field(line, key)
         .and_then(|v| v.parse().ok())
         .unwrap_or(u64::MAX)
 }
@@ -37,7 +38,7 @@ fn a_swapped_image_reaches_the_guest_with_its_new_capacity_and_data() {
     let ready = x
         .wait_for_line("PROBE blk-await-change ready", BOOT_TIMEOUT)
         .unwrap();
-    assert_eq!(field(&ready, "capacity"), 64 * 1024 / SECTOR, "{ready}");
+    assert_eq!(number(&ready, "capacity"), 64 * 1024 / SECTOR, "{ready}");
 
     let patch = serde_json::json!({"drive_id": "data", "path_on_host": large});
     api.expect("PATCH", "/drives/data", &patch.to_string(), 204);
@@ -47,11 +48,11 @@ fn a_swapped_image_reaches_the_guest_with_its_new_capacity_and_data() {
         .unwrap();
     assert!(changed.contains(" ok "), "{changed}\n{:#?}", x.lines);
     assert_eq!(
-        field(&changed, "capacity"),
+        number(&changed, "capacity"),
         256 * 1024 / SECTOR,
         "{changed}"
     );
-    assert_eq!(field(&changed, "config_interrupt"), 1, "{changed}");
+    assert_eq!(number(&changed, "config_interrupt"), 1, "{changed}");
     let read = x.wait_for_line("PROBE blk-read ", BOOT_TIMEOUT).unwrap();
     assert!(read.starts_with("PROBE blk-read ok"), "{:#?}", x.lines);
     x.wait_exit(BOOT_TIMEOUT).unwrap();

@@ -85,35 +85,9 @@ pub fn run_probe(config: &Value, extra_args: &[&str]) -> Xenia {
     x
 }
 
-/// The one console line `PROBE <cmd> ...` for a command, failing the test if it is missing.
-pub fn result_line<'a>(x: &'a Xenia, cmd: &str) -> &'a str {
-    let prefix = format!("PROBE {cmd} ");
-    let found = x.lines_with(&prefix);
-    assert!(
-        !found.is_empty(),
-        "no `{prefix}` line; console:\n{}",
-        x.lines.join("\n")
-    );
-    found[0]
-}
-
-/// Asserts the command succeeded and returns its line.
-pub fn ok_line<'a>(x: &'a Xenia, cmd: &str) -> &'a str {
-    let line = result_line(x, cmd);
-    assert!(
-        line.starts_with(&format!("PROBE {cmd} ok")),
-        "{line}\nconsole:\n{}\nstderr:\n{}",
-        x.lines.join("\n"),
-        x.stderr()
-    );
-    line
-}
-
-/// `key=value` from a probe line.
-pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
-}
+// Each test binary that includes this module uses a different subset.
+#[allow(unused_imports)]
+pub use xenia_integration_tests::probe_lines::{field, ok_line, result_line};
 
 #[test]
 fn pattern_matches_the_probes_definition() {

@@ -353,34 +353,9 @@ pub fn run_to_done(x: &mut Xenia) {
     );
 }
 
-/// The result line of `cmd` (`PROBE <cmd> ok|FAIL ...`); panics if there is none.
-pub fn result_line<'a>(x: &'a Xenia, cmd: &str) -> &'a str {
-    let ok = format!("PROBE {cmd} ok");
-    let fail = format!("PROBE {cmd} FAIL");
-    x.lines
-        .iter()
-        .find(|l| l.starts_with(&ok) || l.starts_with(&fail))
-        .map(String::as_str)
-        .unwrap_or_else(|| panic!("no result for {cmd}; console:\n{}", x.lines.join("\n")))
-}
-
-/// The result line of `cmd`, which must be `ok`.
-pub fn ok_line<'a>(x: &'a Xenia, cmd: &str) -> &'a str {
-    let line = result_line(x, cmd);
-    assert!(
-        line.starts_with(&format!("PROBE {cmd} ok")),
-        "{line}; console:\n{}\nstderr:\n{}",
-        x.lines.join("\n"),
-        x.stderr()
-    );
-    line
-}
-
-/// `key=value` from a probe line.
-pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
-}
+// Each test binary that includes this module uses a different subset.
+#[allow(unused_imports)]
+pub use xenia_integration_tests::probe_lines::{field, ok_line, result_line};
 
 /// A numeric field, which must be there.
 pub fn num(line: &str, key: &str) -> u64 {

@@ -98,8 +98,9 @@ pub fn normalize(supported: &CpuId, apic_id: u8, topo: Topology) -> Result<CpuId
     // leaves on other vendors.
     entries.retain(|e| {
         let topology = e.function == LEAF_TOPOLOGY || e.function == LEAF_TOPOLOGY_V2;
-        let amd_only = e.function == LEAF_AMD_CACHE_TOPOLOGY || e.function == LEAF_AMD_EXT_APIC_ID;
-        !topology && !(amd_only && vendor != Vendor::Amd)
+        let foreign = vendor != Vendor::Amd
+            && (e.function == LEAF_AMD_CACHE_TOPOLOGY || e.function == LEAF_AMD_EXT_APIC_ID);
+        !(topology || foreign)
     });
     if max_basic >= LEAF_TOPOLOGY {
         entries.extend(extended_topology_leaf(LEAF_TOPOLOGY, apic, topo));

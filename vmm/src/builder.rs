@@ -104,11 +104,15 @@ pub struct BuildOptions {
 }
 
 /// A running VM and everything the VMM thread needs to drive it.
+///
+/// Dropping it stops and joins every vCPU first, then the `io` thread, and only then
+/// releases devices, memory and the VM: no thread can touch guest memory or a device after
+/// it is gone. (Guest memory is also held by `vm` and by each vCPU, see [`Vm`].)
 #[derive(Debug)]
 pub struct RunningVm {
     pub kvm: KvmContext,
     pub vm: Vm,
-    /// Guest RAM; must outlive `vm` (KVM maps it).
+    /// Guest RAM (a handle on the mappings `vm` registered with KVM).
     pub memory: GuestMemoryMmap,
     pub legacy: LegacyDevices,
     pub vcpus: Vec<VcpuHandle>,
@@ -185,7 +189,7 @@ pub fn build_and_boot_with(
     let serial_out = serial_output(config)?;
 
     let kvm = KvmContext::open()?;
-    let vm = Vm::new(&kvm)?;
+    let mut vm = Vm::new(&kvm)?;
     let memory = create_guest_memory(mem_size, machine.huge_pages)?;
     vm.register_memory(&memory, machine.track_dirty_pages)?;
 
@@ -271,6 +275,8 @@ pub fn build_and_boot_with(
         exit_tx,
         vcpu_exit_evt.try_clone().map_err(StartError::ExitEvent)?,
     );
+    // If a vCPU cannot start, the handles of those already running are dropped inside
+    // `collect`, which stops and joins them before anything else of this build is released.
     let handles = vcpus
         .into_iter()
         .map(|v| v.start(sink.try_clone()?))
@@ -297,8 +303,23 @@ pub fn build_and_boot_with(
     })
 }
 
-/// How long the VMM waits for a vCPU to acknowledge a pause or resume.
+/// How long the VMM waits for the vCPUs to acknowledge a pause or resume.
 const VCPU_RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Drop for RunningVm {
+    fn drop(&mut self) {
+        // Every vCPU is told first so that they stop in parallel; dropping a handle joins it.
+        for vcpu in &self.vcpus {
+            vcpu.request_stop();
+        }
+        self.vcpus.clear();
+        if let Some(io) = self.io_thread.take() {
+            if let Err(e) = io.stop() {
+                log::error!("io thread ended with: {e}");
+            }
+        }
+    }
+}
 
 impl RunningVm {
     /// Injects Ctrl-Alt-Del through the i8042 (the API's `SendCtrlAltDel` action).
@@ -311,11 +332,16 @@ impl RunningVm {
     }
 
     fn broadcast(&self, event: VcpuEvent, expected: VcpuResponse) -> Result<(), VcpuError> {
-        for vcpu in &self.vcpus {
-            vcpu.send_event(event)?;
-        }
-        for vcpu in &self.vcpus {
-            let got = vcpu.response(VCPU_RESPONSE_TIMEOUT)?;
+        let requests = self
+            .vcpus
+            .iter()
+            .map(|vcpu| vcpu.send_event(event))
+            .collect::<Result<Vec<_>, _>>()?;
+        // One deadline for all: the vCPUs answer in parallel.
+        let deadline = Instant::now() + VCPU_RESPONSE_TIMEOUT;
+        for (vcpu, request) in self.vcpus.iter().zip(requests) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let got = vcpu.response(request, left)?;
             if got != expected {
                 return Err(VcpuError::NoResponse(vcpu.index()));
             }

@@ -1,6 +1,5 @@
 //! The one place that turns a configuration into a running VM.
 
-use std::fs::OpenOptions;
 use std::sync::mpsc::{channel, Receiver};
 use std::time::Instant;
 
@@ -27,6 +26,7 @@ use crate::device_manager::net::{
 };
 use crate::device_manager::DeviceBuses;
 use crate::metrics;
+use crate::sink::open_nonblocking;
 use crate::vstate::kvm::{KvmContext, KvmError};
 use crate::vstate::memory::{create_guest_memory, MemoryError};
 use crate::vstate::vcpu::{
@@ -135,14 +135,13 @@ fn serial_output(config: &VmConfig) -> Result<SerialOut, StartError> {
         .and_then(|s| s.serial_out_path.as_ref())
     {
         Some(path) => {
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|source| StartError::SerialOut {
+            // Non-blocking: a FIFO nobody reads must not stop the vCPU writing to the UART.
+            let file = open_nonblocking(std::path::Path::new(path)).map_err(|source| {
+                StartError::SerialOut {
                     path: path.clone(),
                     source,
-                })?;
+                }
+            })?;
             Ok(Box::new(ConsoleWriter::new(file, limit)))
         }
         None => Ok(Box::new(ConsoleWriter::new(std::io::stdout(), limit))),

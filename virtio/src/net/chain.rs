@@ -180,6 +180,18 @@ fn access_at(
 pub fn push_iovecs<'m>(
     mem: &'m Mem,
     segs: &[Segment],
+    limit: usize,
+    iovs: &mut IoVecs<'_, 'm>,
+) -> bool {
+    push_iovecs_after(mem, segs, 0, limit, iovs)
+}
+
+/// Like [`push_iovecs`], but leaves out the first `skip` bytes of the segments (the tx path
+/// sends its own copy of the headers instead).
+pub fn push_iovecs_after<'m>(
+    mem: &'m Mem,
+    segs: &[Segment],
+    mut skip: usize,
     mut limit: usize,
     iovs: &mut IoVecs<'_, 'm>,
 ) -> bool {
@@ -187,9 +199,17 @@ pub fn push_iovecs<'m>(
         if limit == 0 {
             break;
         }
-        let len = (s.len as usize).min(limit);
+        let seg_len = s.len as usize;
+        if skip >= seg_len {
+            skip -= seg_len;
+            continue;
+        }
+        // Segments were range-checked when parsed, so `skip` stays inside this one.
+        let addr = s.addr.unchecked_add(skip as u64);
+        let len = (seg_len - skip).min(limit);
+        skip = 0;
         limit -= len;
-        for slice in GuestMemoryBackend::get_slices(mem, s.addr, len) {
+        for slice in GuestMemoryBackend::get_slices(mem, addr, len) {
             match slice {
                 Ok(slice) => {
                     if !iovs.push_slice(&slice) {

@@ -64,11 +64,11 @@ impl<'m> IoVecs<'_, 'm> {
         self.push_raw(guard.as_ptr(), s.len())
     }
 
-    /// Appends a host buffer (tests, or a bounce buffer).
-    #[cfg(test)]
-    pub fn push_bytes(&mut self, b: &'m [u8]) {
-        let ok = self.push_raw(b.as_ptr().cast_mut(), b.len());
-        assert!(ok, "iovec list full");
+    /// Appends a host buffer (a copy the device owns, e.g. checked tx headers); `false`
+    /// when the list is full. Only ever used for writev: the kernel only reads it.
+    #[must_use]
+    pub fn push_bytes(&mut self, b: &'m [u8]) -> bool {
+        self.push_raw(b.as_ptr().cast_mut(), b.len())
     }
 
     /// Appends a writable host buffer (tests, or a bounce buffer).

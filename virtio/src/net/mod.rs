@@ -13,7 +13,7 @@ pub mod mac_filter;
 pub mod metrics;
 mod rx;
 pub mod tap;
-mod tx;
+pub mod tx;
 
 #[cfg(test)]
 mod tests;

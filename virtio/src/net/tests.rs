@@ -13,7 +13,7 @@ use virtio_queue::QueueT;
 use vm_memory::{Address, Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::test_utils::{test_frame, wait_readable, PacketSocket, TestTap};
+use super::test_utils::{self, test_frame, wait_readable, PacketSocket, TestTap};
 use super::*;
 use crate::device::{ActivateContext, VirtioDevice};
 use crate::rate_limiter::{RateLimiterConfig, TokenBucketConfig};
@@ -259,6 +259,99 @@ fn forged_source_mac_is_dropped_and_counted() {
     assert_eq!(h.tx_used(), 2);
     let m = h.metrics();
     assert_eq!((m.tx_spoofed_dropped, m.tx_packets), (1, 1));
+}
+
+/// A second "vCPU" (a host thread) keeps flipping the last source-MAC byte of a tx buffer
+/// while the device sends it over and over: the frames that reach the tap must all carry
+/// the guest's MAC, and the device must have counted the ones it caught.
+#[test]
+fn source_mac_flipped_during_tx_never_reaches_the_tap() {
+    use std::sync::atomic::AtomicBool;
+    const ROUNDS: u16 = 1500;
+    const PER_ROUND: u16 = 32;
+    let mem = guest_memory();
+    let mut h = Harness::new(&mem, |_| {});
+    // The mock lays its used ring over the second half of the avail ring, which only
+    // matters once the ring wraps, as it does here: give the device a used ring elsewhere.
+    h.net.reset();
+    h.net.set_acked_features(h.net.avail_features());
+    let mut txq: virtio_queue::Queue = h.txq.create_queue().unwrap();
+    txq.set_used_ring_address(Some((TX_BASE + 0x1000) as u32), Some(0));
+    h.net
+        .activate(ActivateContext {
+            mem: mem.clone(),
+            interrupt: h.irq.clone(),
+            queues: vec![h.rxq.create_queue().unwrap(), txq],
+            queue_evts: vec![
+                EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+                EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            ],
+        })
+        .unwrap();
+    let frame = test_frame(GUEST_MAC, 0x31, 200);
+    let buf = BUF_BASE;
+    mem.write_slice(&[0u8; 12], GuestAddress(buf)).unwrap();
+    mem.write_slice(&frame, GuestAddress(buf + 12)).unwrap();
+    h.txq
+        .desc_table()
+        .store(0, d(buf, 12 + frame.len() as u32, 0, 0))
+        .unwrap();
+    let flip_addr = GuestAddress(buf + 12 + 11);
+    let stop = Arc::new(AtomicBool::new(false));
+    let flipper = {
+        let (mem, stop) = (mem.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let (good, bad) = (GUEST_MAC[5], GUEST_MAC[5] ^ 0x5a);
+            let mut flips = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let v = if flips % 2 == 0 { bad } else { good };
+                mem.write_obj(v, flip_addr).unwrap();
+                flips += 1;
+            }
+            flips
+        })
+    };
+    let (mut good_seen, mut foreign_seen) = (0u64, 0u64);
+    let mut rx = vec![0u8; 2048];
+    let mut drain = |sock: &PacketSocket| {
+        while let Some(n) = sock.try_recv(&mut rx) {
+            if n > 14 && rx[12..14] == test_utils::TEST_ETHERTYPE.to_be_bytes() && rx[14] == 0x31 {
+                if rx[6..12] == GUEST_MAC {
+                    good_seen += 1;
+                } else {
+                    foreign_seen += 1;
+                }
+            }
+        }
+    };
+    for _ in 0..ROUNDS {
+        // Every chain is the same single descriptor: one buffer, rewritten under us. (The
+        // mock's add_desc_chains does not wrap the ring, so the ring is written here.)
+        for _ in 0..PER_ROUND {
+            let idx = h.txq.avail().idx().load();
+            h.txq
+                .avail()
+                .ring()
+                .ref_at(usize::from(idx % 64))
+                .unwrap()
+                .store(0);
+            h.txq.avail().idx().store(idx.wrapping_add(1));
+        }
+        h.net.process_tx();
+        drain(&h.sock);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let flips = flipper.join().unwrap();
+    drain(&h.sock);
+    let m = h.metrics();
+    let total = u64::from(ROUNDS) * u64::from(PER_ROUND);
+    assert_eq!(foreign_seen, 0, "spoofed frames reached the tap: {m:?}");
+    assert_eq!(m.tx_packets + m.tx_spoofed_dropped, total, "{m:?}");
+    assert!(
+        flips > 0 && m.tx_spoofed_dropped > 0,
+        "the race never happened: {m:?}"
+    );
+    assert!(good_seen > 0, "{m:?}");
 }
 
 #[test]

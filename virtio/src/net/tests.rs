@@ -84,6 +84,27 @@ impl<'a> Harness<'a> {
         }
     }
 
+    /// Resets the device and activates it again with `acked` features and fresh queues
+    /// over the same rings (descriptor indices restart at 0).
+    fn reactivate(&mut self, acked: u64) {
+        self.net.reset();
+        self.net.set_acked_features(acked);
+        self.net
+            .activate(ActivateContext {
+                mem: self.mem.clone(),
+                interrupt: self.irq.clone(),
+                queues: vec![
+                    self.rxq.create_queue().unwrap(),
+                    self.txq.create_queue().unwrap(),
+                ],
+                queue_evts: vec![
+                    EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+                    EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+                ],
+            })
+            .unwrap();
+    }
+
     /// Queues a tx chain: a 12-byte header descriptor, then `frame`.
     fn push_tx_frame(&mut self, frame: &[u8]) {
         let base = BUF_BASE + u64::from(self.tx_next) * 0x1_0000;
@@ -441,6 +462,45 @@ fn rx_frame_reaches_a_guest_buffer() {
     let q = &h.net.active.as_ref().unwrap().rx_queue;
     assert_eq!(q.next_avail(), 1);
     let _ = b;
+}
+
+#[test]
+fn rx_frame_bigger_than_the_guest_buffer_is_dropped_not_truncated() {
+    use virtio_bindings::bindings::virtio_net::*;
+    let mem = guest_memory();
+    let mut h = Harness::new(&mem, |_| {});
+    // No mergeable buffers, no GSO: one chain per frame, whatever its size.
+    let offloads = (1 << VIRTIO_NET_F_MRG_RXBUF)
+        | (1 << VIRTIO_NET_F_GUEST_CSUM)
+        | (1 << VIRTIO_NET_F_GUEST_TSO4)
+        | (1 << VIRTIO_NET_F_GUEST_TSO6)
+        | (1 << VIRTIO_NET_F_GUEST_UFO);
+    h.reactivate(h.net.avail_features() & !offloads);
+    let a = h.post_rx_buffer(12 + 500);
+    let big = test_frame([2, 0, 0, 0, 0, 9], 0x44, 1000);
+    h.sock.send(&big);
+    h.wait_tap();
+    h.net.process_rx();
+    assert_eq!(h.rx_used(), 0, "a truncated frame was delivered");
+    let m = h.metrics();
+    assert_eq!((m.rx_oversized_dropped, m.rx_packets), (1, 0), "{m:?}");
+    // The buffer went back to the ring and takes the next frame that fits.
+    let small = test_frame([2, 0, 0, 0, 0, 9], 0x45, 300);
+    h.sock.send(&small);
+    h.wait_tap();
+    h.net.process_rx();
+    assert_eq!(h.rx_used(), 1);
+    assert_eq!(h.rx_used_elem(0), (0, 12 + 300));
+    assert_eq!(h.read_rx(a + 12, 300), small);
+    // Exactly what fits is not "too big".
+    let a2 = h.post_rx_buffer(12 + 500);
+    let exact = test_frame([2, 0, 0, 0, 0, 9], 0x46, 500);
+    h.sock.send(&exact);
+    h.wait_tap();
+    h.net.process_rx();
+    assert_eq!(h.rx_used(), 2);
+    assert_eq!(h.read_rx(a2 + 12, 500), exact);
+    assert_eq!(h.metrics().rx_oversized_dropped, 1);
 }
 
 #[test]

@@ -98,8 +98,18 @@ pub(super) struct RxState {
     pub(super) stalled: bool,
     /// The tap fd failed for good (e.g. the interface was deleted).
     pub(super) tap_dead: bool,
+}
+
+/// What the `io` loop has registered for this device. Only the loop's thread writes it (in
+/// `event_handler.rs`): activation and reset run on a vCPU thread and must not guess what
+/// the loop watches, or the two disagree after a reset and re-activation between two turns
+/// of the loop.
+#[derive(Debug, Default)]
+pub(super) struct LoopState {
     /// Whether the loop watches the tap fd right now.
     pub(super) tap_watched: bool,
+    /// Queue EventFds the loop watches.
+    pub(super) registered: Vec<RawFd>,
 }
 
 /// A virtio-net device backed by a tap. Shared (behind a mutex) by the virtio-mmio transport
@@ -119,7 +129,9 @@ pub struct Net {
     pub(super) ctrl_evt: EventFd,
     pub(super) active: Option<ActiveState>,
     pub(super) broken: bool,
-    pub(super) registered: Vec<RawFd>,
+    /// Written by the io loop only.
+    pub(super) lp: LoopState,
+    /// EventFds of a previous activation, kept open until the loop stops watching them.
     pub(super) retired: Vec<EventFd>,
     pub(super) rx_limiter: RateLimiter,
     pub(super) tx_limiter: RateLimiter,
@@ -222,7 +234,10 @@ impl Net {
             ctrl_evt,
             active: None,
             broken: false,
-            registered: Vec::with_capacity(2),
+            lp: LoopState {
+                tap_watched: false,
+                registered: Vec::with_capacity(2),
+            },
             retired: Vec::new(),
             rx_limiter,
             tx_limiter,

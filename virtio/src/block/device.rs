@@ -74,6 +74,8 @@ pub struct Block {
     pub(super) metrics: Arc<BlockMetrics>,
     /// Per-request I/O failures (a full or failing host disk) are logged at most once a period.
     io_err_log: LogLimiter,
+    /// Problems the guest causes (broken queues) are logged at most once a period.
+    pub(super) guest_log: LogLimiter,
 }
 
 impl std::fmt::Debug for Block {
@@ -121,6 +123,7 @@ impl Block {
             rate_limiter,
             metrics: Arc::new(BlockMetrics::default()),
             io_err_log: LogLimiter::new(GUEST_LOG_PERIOD),
+            guest_log: LogLimiter::new(GUEST_LOG_PERIOD),
         };
         dev.build_config_space();
         Ok(dev)
@@ -186,7 +189,13 @@ impl Block {
     }
 
     pub(super) fn queue_broken(&mut self, why: &str) {
-        log::error!("virtio-blk {}: queue broken: {why}", self.id);
+        // The guest can break its queue, reset and break it again at will.
+        if let Some(suppressed) = self.guest_log.check() {
+            log::error!(
+                "virtio-blk {}: queue broken: {why} ({suppressed} more guest errors suppressed)",
+                self.id
+            );
+        }
         BlockMetrics::inc(&self.metrics.queue_errors);
         self.broken = true;
         if let Some(active) = &self.active {

@@ -345,6 +345,30 @@ fn corrupt_avail_index_marks_device_needs_reset() {
     assert_eq!(h.dev.metrics().snapshot().queue_errors, 1);
 }
 
+/// A guest breaking its queue, resetting and breaking it again gets one log line per
+/// period, not one per round.
+#[test]
+fn repeatedly_broken_queue_logs_once_per_period() {
+    let mem = guest_memory();
+    let mut h = Harness::new(&mem, |_| {});
+    for _ in 0..20 {
+        h.vq.avail().idx().store(100);
+        h.dev.process_queue();
+        h.dev.reset();
+        h.vq.avail().idx().store(0);
+        h.dev
+            .activate(ActivateContext {
+                mem: mem.clone(),
+                interrupt: h.irq.clone(),
+                queues: vec![h.vq.create_queue::<Queue>().unwrap()],
+                queue_evts: vec![EventFd::new(libc::EFD_NONBLOCK).unwrap()],
+            })
+            .unwrap();
+    }
+    assert_eq!(h.dev.metrics().snapshot().queue_errors, 20);
+    assert_eq!(h.dev.guest_log.suppressed(), 19);
+}
+
 #[test]
 fn discard_and_write_zeroes_clear_data() {
     let mem = guest_memory();

@@ -335,10 +335,14 @@ impl Net {
     }
 
     pub(super) fn queue_broken(&mut self, why: &str) {
-        log::error!(
-            "virtio-net {}: queue broken, device needs reset: {why}",
-            self.id
-        );
+        // The guest can break its queues, reset and break them again at will.
+        if let Some(suppressed) = self.guest_err_log.check() {
+            log::error!(
+                "virtio-net {}: queue broken, device needs reset: {why} \
+                 ({suppressed} more guest errors suppressed)",
+                self.id
+            );
+        }
         NetMetrics::inc(&self.metrics.queue_errors);
         self.broken = true;
         if let Some(active) = &self.active {

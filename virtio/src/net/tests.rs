@@ -440,6 +440,18 @@ fn corrupt_avail_index_asks_for_a_reset() {
     h.net.process_tx();
     h.net.process_rx();
     assert_eq!(h.metrics().queue_errors, 1);
+    // Breaking it again after each reset is counted every time, logged once per period.
+    let acked = h.net.avail_features();
+    for _ in 0..9 {
+        mem.write_obj(0u16, h.txq.avail_addr().unchecked_add(2))
+            .unwrap();
+        h.reactivate(acked);
+        mem.write_obj(1000u16, h.txq.avail_addr().unchecked_add(2))
+            .unwrap();
+        h.net.process_tx();
+    }
+    assert_eq!(h.metrics().queue_errors, 10);
+    assert_eq!(h.net.guest_err_log.suppressed(), 9);
 }
 
 #[test]

@@ -325,7 +325,7 @@ fn source_mac_flipped_during_tx_never_reaches_the_tap() {
             let (good, bad) = (GUEST_MAC[5], GUEST_MAC[5] ^ 0x5a);
             let mut flips = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let v = if flips % 2 == 0 { bad } else { good };
+                let v = if flips.is_multiple_of(2) { bad } else { good };
                 mem.write_obj(v, flip_addr).unwrap();
                 flips += 1;
             }

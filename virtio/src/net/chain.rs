@@ -41,6 +41,33 @@ pub enum ChainError {
     TooShort { head: u16, len: u32, min: u32 },
     #[error("chain {head} has more segments than the device handles")]
     TooManySegments { head: u16 },
+    #[error(
+        "chain {head} uses an indirect table, but VIRTIO_RING_F_INDIRECT_DESC was not negotiated"
+    )]
+    Indirect { head: u16 },
+}
+
+/// [`parse_chain`], after refusing a chain that reaches an indirect table (never negotiated).
+/// `queue` is the queue the chain was popped from.
+pub fn parse_queue_chain<M>(
+    queue: &virtio_queue::Queue,
+    chain: DescriptorChain<M>,
+    mem: &Mem,
+    device_writes: bool,
+    min_len: u32,
+    max_len: u32,
+    segs: &mut Vec<Segment>,
+) -> Result<u32, ChainError>
+where
+    M: Deref<Target = Mem>,
+{
+    use virtio_queue::QueueT;
+    let head = chain.head_index();
+    let table = GuestAddress(queue.desc_table());
+    if crate::indirect::chain_uses_indirect(mem, table, queue.size(), head) {
+        return Err(ChainError::Indirect { head });
+    }
+    parse_chain(chain, mem, device_writes, min_len, max_len, segs)
 }
 
 /// Walks `chain`, appending its segments to `segs` (which never grows past its capacity).

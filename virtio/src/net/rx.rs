@@ -149,7 +149,8 @@ impl Net {
                 break;
             };
             let head = chain.head_index();
-            match chain::parse_chain(
+            match chain::parse_queue_chain(
+                &self.active.as_ref().ok_or("device not active")?.rx_queue,
                 chain,
                 mem,
                 true,

@@ -107,7 +107,8 @@ impl Net {
                 };
                 let head = chain.head_index();
                 self.segs.clear();
-                let parsed = chain::parse_chain(
+                let parsed = chain::parse_queue_chain(
+                    &self.active.as_ref().ok_or("device not active")?.tx_queue,
                     chain,
                     mem,
                     false,

@@ -36,6 +36,8 @@ const FILE_INDEX: u32 = 0;
 /// `drain` gives up (and leaks) after this many consecutive failed waits. No pause between
 /// them: drain runs on vCPU and VMM threads whose seccomp filters allow no sleeping call.
 const DRAIN_MAX_FAILURES: u32 = 1000;
+/// Consecutive failed submissions the engine retries on its own (see `push_to_kernel`).
+const MAX_SELF_RETRIES: u32 = 1000;
 
 /// Errors from the async engine.
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +141,8 @@ pub struct AsyncEngine {
     unsubmitted: bool,
     /// Operations abandoned by `drain` with their buffers leaked.
     leaked: usize,
+    /// Consecutive failed submissions.
+    enter_failures: u32,
     enter_err_log: LogLimiter,
     /// Test hook: how many coming `io_uring_enter` calls fail with EIO without a syscall.
     #[cfg(test)]
@@ -195,6 +199,7 @@ impl AsyncEngine {
             mem: None,
             unsubmitted: false,
             leaked: 0,
+            enter_failures: 0,
             enter_err_log: LogLimiter::new(GUEST_LOG_PERIOD),
             #[cfg(test)]
             fail_enters: 0,
@@ -310,29 +315,28 @@ impl AsyncEngine {
         self.ring.submit_and_wait(want)
     }
 
-    /// Hands queued SQEs to the kernel. On failure they stay queued: a transient error makes
-    /// the engine wake its own loop to try again; any other waits for the next request or
-    /// completion. Either way nothing is completed twice.
+    /// Hands queued SQEs to the kernel. On failure they stay queued and the engine wakes its
+    /// own loop (through the completion fd) to try again, up to `MAX_SELF_RETRIES` times in
+    /// a row; after that only the next request or completion retries, so a kernel that keeps
+    /// refusing cannot make the loop spin. Either way nothing is completed twice.
     fn push_to_kernel(&mut self) {
         if !self.unsubmitted {
             return;
         }
         match self.enter(0) {
-            Ok(_) => self.unsubmitted = !self.ring.submission().is_empty(),
+            Ok(_) => {
+                self.unsubmitted = !self.ring.submission().is_empty();
+                self.enter_failures = 0;
+            }
             Err(e) => {
+                self.enter_failures = self.enter_failures.saturating_add(1);
                 if let Some(n) = self.enter_err_log.check() {
                     log::warn!(
                         "virtio-blk: io_uring submission failed, will retry: {e} \
                          ({n} similar errors suppressed before)"
                     );
                 }
-                let transient = matches!(
-                    e.raw_os_error(),
-                    Some(libc::EAGAIN | libc::EBUSY | libc::EINTR)
-                );
-                if transient || self.ring.submission().is_empty() {
-                    // Come back through the completion fd. (If the kernel took the entries
-                    // after all, the retry finds nothing to submit.)
+                if self.enter_failures <= MAX_SELF_RETRIES {
                     let _ = self.evt.write(1);
                 }
             }
@@ -371,7 +375,7 @@ impl AsyncEngine {
         while !self.pending.is_empty() {
             match self.enter(1) {
                 Ok(_) => {
-                    self.unsubmitted = false;
+                    self.unsubmitted = !self.ring.submission().is_empty();
                     failures = 0;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

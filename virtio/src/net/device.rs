@@ -412,11 +412,15 @@ impl VirtioDevice for Net {
         let got_offloads = self.tap.negotiate_offload(wanted);
         if got_offloads != wanted {
             // Harmless: the kernel then sends the guest fewer offloaded frames, never more.
-            log::warn!(
-                "virtio-net {}: tap `{}` took offloads {got_offloads:#x} instead of {wanted:#x}",
-                self.id,
-                self.tap.name()
-            );
+            // The guest can re-activate at will: rate-limited.
+            if let Some(suppressed) = self.guest_err_log.check() {
+                log::warn!(
+                    "virtio-net {}: tap `{}` took offloads {got_offloads:#x} instead of \
+                     {wanted:#x} ({suppressed} more guest errors suppressed)",
+                    self.id,
+                    self.tap.name()
+                );
+            }
         }
         self.mergeable_rx = has(acked, VIRTIO_NET_F_MRG_RXBUF);
         self.rx_frame_capacity = self.rx_capacity_for(acked);

@@ -24,6 +24,8 @@ fn a_swapped_image_reaches_the_guest_through_the_async_engine() {
     swap_image(serde_json::json!({"io_engine": "Async", "cache_type": "Writeback"}));
 }
 
+// Shared by both tests: a failure here fails the test that called it.
+#[allow(clippy::unwrap_used)]
 fn swap_image(engine: serde_json::Value) {
     let images = TempDir::new();
     let small = images.write("small.img", vec![0u8; 64 * 1024]);

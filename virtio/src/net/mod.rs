@@ -17,6 +17,8 @@ pub mod tx;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_hardening;
 
 #[cfg(test)]
 pub(crate) mod test_utils;

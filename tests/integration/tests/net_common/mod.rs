@@ -328,7 +328,7 @@ impl Capture {
     }
 }
 
-fn packet_socket(ifname: &str) -> OwnedFd {
+pub fn packet_socket(ifname: &str) -> OwnedFd {
     let proto = (libc::ETH_P_ALL as u16).to_be();
     // SAFETY: plain socket(2) call; the fd is owned right below.
     let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };

@@ -73,7 +73,7 @@ impl Scenario {
     pub fn boot_args(&self) -> String {
         // loglevel=4 keeps the console short (the emulated serial dominates nested boot
         // time) but still shows warnings and errors.
-        let mut args = String::from("console=ttyS0 reboot=k panic=1 loglevel=4");
+        let mut args = String::from("console=ttyS0 reboot=k panic=1 pci=off loglevel=4");
         if !self.extra_args.is_empty() {
             args.push(' ');
             args.push_str(&self.extra_args);

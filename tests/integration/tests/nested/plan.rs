@@ -360,7 +360,7 @@ impl PlanVm {
 
     pub fn boot_args(&self) -> String {
         format!(
-            "console=ttyS0 reboot=k panic=1 loglevel=4 l2.script={}",
+            "console=ttyS0 reboot=k panic=1 pci=off loglevel=4 l2.script={}",
             base64(self.l2_script.as_bytes())
         )
     }

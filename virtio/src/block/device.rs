@@ -9,7 +9,8 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::file::{DiskError, DiskFile};
+use super::disk::Disk;
+use super::file::DiskError;
 use super::io_uring::{AsyncEngine, AsyncError, Finished};
 use super::metrics::BlockMetrics;
 use super::request::{self, Request, RequestKind, DEVICE_ID_LEN, MAX_SEGMENTS, SECTOR_SHIFT};
@@ -55,7 +56,7 @@ pub(super) struct ActiveState {
 /// `dyn VirtioDevice`) and the `io` thread (as an event subscriber).
 pub struct Block {
     pub(super) id: String,
-    pub(super) disk: DiskFile,
+    pub(super) disk: Disk,
     pub(super) engine: Option<AsyncEngine>,
     avail_features: u64,
     acked_features: u64,
@@ -88,7 +89,13 @@ impl std::fmt::Debug for Block {
 
 impl Block {
     pub fn new(cfg: &BlockConfig) -> Result<Self, BlockError> {
-        let disk = DiskFile::open(&cfg.path_on_host, cfg.is_read_only, &cfg.drive_id)?;
+        let disk = Disk::open(
+            &cfg.path_on_host,
+            cfg.image_format,
+            cfg.io_engine,
+            cfg.is_read_only,
+            &cfg.drive_id,
+        )?;
         let mut avail_features = (1u64 << VIRTIO_F_VERSION_1)
             | (1u64 << VIRTIO_RING_F_EVENT_IDX)
             | (1u64 << VIRTIO_BLK_F_SEG_MAX);
@@ -162,7 +169,12 @@ impl Block {
     /// `PATCH /drives/{id}` with `path_on_host`: swaps the backing file, then tells the guest
     /// to re-read the capacity (config interrupt). In-flight async operations finish first.
     pub fn update_disk(&mut self, path: &Path) -> Result<(), BlockError> {
-        let disk = DiskFile::open(path, self.disk.is_read_only(), &self.id)?;
+        let engine = match self.engine {
+            Some(_) => IoEngine::Async,
+            None => IoEngine::Sync,
+        };
+        let format = self.disk.format();
+        let disk = Disk::open(path, format, engine, self.disk.is_read_only(), &self.id)?;
         self.drain_async();
         self.disk = disk;
         self.build_config_space();

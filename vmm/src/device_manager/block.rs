@@ -121,6 +121,7 @@ pub fn attach_drives(
             is_read_only: d.read_only(),
             cache_type: d.cache_type,
             io_engine: d.io_engine,
+            image_format: d.image_format,
             rate_limiter: d.rate_limiter,
         };
         let block = Block::new(&config).map_err(|source| DriveError::Device {
@@ -205,7 +206,7 @@ pub fn register_drive_metrics(devices: &[BlockDevice], metrics: &Metrics) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{CacheType, IoEngine, RateLimiterConfig, TokenBucketConfig};
+    use crate::config::{CacheType, ImageFormat, IoEngine, RateLimiterConfig, TokenBucketConfig};
     use crate::device_manager::mmio::MmioSlot;
     use crate::vstate::memory::create_guest_memory;
     use virtio::MmioTransport;
@@ -239,6 +240,7 @@ mod tests {
             is_read_only: false,
             cache_type: CacheType::Unsafe,
             io_engine: IoEngine::Sync,
+            image_format: ImageFormat::Raw,
             rate_limiter: None,
         })
         .unwrap();

@@ -188,6 +188,11 @@ impl Block {
         Ok(())
     }
 
+    /// Writes cached image metadata (qcow2) back before the process exits.
+    pub fn write_back(&mut self) -> Result<(), BlockError> {
+        Ok(self.disk.write_back()?)
+    }
+
     /// `PATCH /drives/{id}` with `rate_limiter`: `None` buckets keep their current state.
     pub fn update_rate_limiter(&mut self, cfg: &RateLimiterConfig) {
         self.rate_limiter.update(cfg.bandwidth, cfg.ops);

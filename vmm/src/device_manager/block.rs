@@ -192,6 +192,19 @@ pub fn update_drive(devices: &[BlockDevice], update: &DriveUpdate) -> Result<(),
     Ok(())
 }
 
+/// On the way out: cached qcow2 metadata goes to the image files, so writes the guest
+/// completed stay readable after a clean exit (as on raw images, through the page cache).
+pub fn write_back_drives(devices: &[BlockDevice]) {
+    for d in devices {
+        if let Err(e) = d.lock().write_back() {
+            log::error!(
+                "drive `{}`: cannot write back image metadata: {e}",
+                d.drive_id
+            );
+        }
+    }
+}
+
 /// Adds each drive's counters to `metrics` as `block_<drive_id>`.
 pub fn register_drive_metrics(devices: &[BlockDevice], metrics: &Metrics) {
     for d in devices {

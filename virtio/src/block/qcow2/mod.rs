@@ -90,9 +90,12 @@ fn imago_err(path: &Path) -> impl Fn(std::io::Error) -> Qcow2Error + '_ {
     }
 }
 
-fn storage(link: Link) -> Result<(Storage, PathBuf), Qcow2Error> {
+fn storage(link: Link, writable: bool) -> Result<(Storage, PathBuf), Qcow2Error> {
     let path = link.path;
-    let s = Storage::try_from(link.file).map_err(imago_err(&path))?;
+    // Says how the fd was opened (no fcntl probe); buffered I/O, no file name (imago must
+    // resolve nothing by itself).
+    let opts = imago::StorageOpenOptions::new().write(writable);
+    let s = Storage::from_open_file(link.file, opts).map_err(imago_err(&path))?;
     Ok((s, path))
 }
 
@@ -121,7 +124,7 @@ impl Qcow2Disk {
         while let Some(link) = links.pop() {
             let writable = links.is_empty() && !read_only;
             let format = link.format;
-            let (s, p) = storage(link)?;
+            let (s, p) = storage(link, writable)?;
             let access = match format {
                 LinkFormat::Raw => {
                     let raw = Raw::builder(s)
@@ -228,6 +231,13 @@ impl Qcow2Disk {
             .flush()
             .map_err(|source| DiskError::Io { offset: 0, source })?;
         self.datasync()
+    }
+
+    /// Writes imago's cached L2 tables and refcount blocks to the file (no barrier).
+    pub fn write_back(&mut self) -> Result<(), DiskError> {
+        self.access
+            .flush()
+            .map_err(|source| DiskError::Io { offset: 0, source })
     }
 
     /// Discard: the range reads back as zeroes (zero clusters where whole clusters are

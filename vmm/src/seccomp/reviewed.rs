@@ -97,6 +97,7 @@ pub(super) const IO: &[&str] = &[
     "fallocate",
     "fcntl",
     "fdatasync",
+    "ftruncate",
     "futex",
     "io_uring_enter",
     "lseek",

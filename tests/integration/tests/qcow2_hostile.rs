@@ -14,16 +14,19 @@ use serde_json::json;
 use xenia_integration_tests::{TempDir, Xenia};
 
 fn patch(path: &Path, at: u64, bytes: &[u8]) {
-    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-    f.write_all_at(bytes, at).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .expect("test image");
+    f.write_all_at(bytes, at).expect("test image");
 }
 
 fn be64_at(path: &Path, at: u64) -> u64 {
     let mut b = [0u8; 8];
     std::fs::File::open(path)
-        .unwrap()
+        .expect("test image")
         .read_exact_at(&mut b, at)
-        .unwrap();
+        .expect("test image");
     u64::from_be_bytes(b)
 }
 
@@ -36,25 +39,25 @@ fn plain(dir: &Path, name: &str) -> PathBuf {
 /// Every hostile image with the words its 400 must contain.
 fn hostile_images(dir: &TempDir, outside: &TempDir) -> Vec<(PathBuf, &'static str)> {
     let d = dir.path();
-    std::fs::write(d.join("base.raw"), vec![0u8; 1 << 20]).unwrap();
+    std::fs::write(d.join("base.raw"), vec![0u8; 1 << 20]).expect("test image");
     let mut v = Vec::new();
 
     let p = plain(d, "truncated.qcow2");
     std::fs::OpenOptions::new()
         .write(true)
         .open(&p)
-        .unwrap()
+        .expect("test image")
         .set_len(40)
-        .unwrap();
+        .expect("test image");
     v.push((p, "too short"));
 
     let p = plain(d, "tables-cut.qcow2");
     std::fs::OpenOptions::new()
         .write(true)
         .open(&p)
-        .unwrap()
+        .expect("test image")
         .set_len(65536)
-        .unwrap();
+        .expect("test image");
     v.push((p, "past the end"));
 
     let a = qcow2_overlay(d, "loop-a.qcow2", "base.raw", "raw", None);
@@ -71,20 +74,24 @@ fn hostile_images(dir: &TempDir, outside: &TempDir) -> Vec<(PathBuf, &'static st
     ]);
     v.push((a, "loops"));
 
-    std::fs::write(outside.path().join("host.raw"), vec![0x42u8; 1 << 20]).unwrap();
+    std::fs::write(outside.path().join("host.raw"), vec![0x42u8; 1 << 20]).expect("test image");
     let host = outside.path().join("host.raw");
     v.push((
         qcow2_overlay(d, "escape-abs.qcow2", &host.to_string_lossy(), "raw", None),
         "lies outside",
     ));
-    std::os::unix::fs::symlink(&host, d.join("link.raw")).unwrap();
+    std::os::unix::fs::symlink(&host, d.join("link.raw")).expect("test image");
     v.push((
         qcow2_overlay(d, "escape-link.qcow2", "link.raw", "raw", None),
         "lies outside",
     ));
     let up = format!(
         "../{}/host.raw",
-        outside.path().file_name().unwrap().to_string_lossy()
+        outside
+            .path()
+            .file_name()
+            .expect("test image")
+            .to_string_lossy()
     );
     v.push((
         qcow2_overlay(d, "escape-dotdot.qcow2", &up, "raw", None),

@@ -5,6 +5,7 @@
 //! file a drive touches was chosen by xenia's policy. Why imago: see README.md beside this file.
 
 pub mod chain;
+pub mod fuzz;
 pub mod header;
 
 use std::fs::File;

@@ -415,3 +415,68 @@ fn a_raw_image_with_a_qcow2_header_is_not_a_qcow2_image_unless_configured() {
     .unwrap_err();
     assert!(matches!(e, DiskError::Qcow2Async));
 }
+
+/// Iterations of the in-tree mutation run (`XENIA_QCOW2_FUZZ_ITERS` and
+/// `XENIA_QCOW2_FUZZ_SEED` override it and the mutation seed for longer campaigns).
+const DEFAULT_ITERATIONS: u32 = 1500;
+
+#[test]
+fn mutated_qemu_images_never_panic() {
+    let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+    let iterations = env("XENIA_QCOW2_FUZZ_ITERS").map_or(DEFAULT_ITERATIONS, |n| n as u32);
+    // A bounded in-tree run of the fuzz entry point over images qemu-img made (plain, with a
+    // backing file, with data and zero clusters) with a few bytes overwritten each time.
+    // On tmpfs when there is one: the entry point's flushes then cost no disk syncs.
+    let shm = Path::new("/dev/shm");
+    let dir = if shm.is_dir() {
+        let p = shm.join(format!("xenia-qcow2-fuzz-{}", std::process::id()));
+        std::fs::create_dir_all(&p).unwrap();
+        Dir(p)
+    } else {
+        Dir::new("fuzz")
+    };
+    let seeds_dir = Dir::new("fuzz-seeds");
+    raw_base(&seeds_dir.path("base.raw"), 65536);
+    let plain = seeds_dir.path("plain.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "cluster_size=4096",
+        s(&plain),
+        "1M",
+    ]);
+    qemu_io(&plain, "write -P 0x33 0 12k");
+    qemu_io(&plain, "write -z 64k 8k");
+    let ov = seeds_dir.path("ov.qcow2");
+    overlay(&ov, "base.raw", "raw");
+    qemu_io(&ov, "write -P 0x44 4k 4k");
+    let seeds: Vec<Vec<u8>> = [plain, ov]
+        .iter()
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
+    let mut x: u64 = env("XENIA_QCOW2_FUZZ_SEED").unwrap_or(0x1234_5678_9abc_def1) | 1;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for i in 0..iterations {
+        let seed = &seeds[i as usize % seeds.len()];
+        let mut data = vec![next() as u8];
+        data.extend_from_slice(seed);
+        // Mostly the metadata: header, L1, refcount table and the first L2 / refblocks.
+        let span = (data.len() - 1).min(6 * 4096 + 65536 * 3);
+        for _ in 0..(1 + next() % 6) {
+            let at = 1 + (next() as usize) % span;
+            data[at] = next() as u8;
+        }
+        if i % 50 == 0 {
+            data.truncate(1 + (next() as usize) % (data.len() - 1));
+        }
+        fuzz::open_and_exercise(&data, &dir.0);
+    }
+}

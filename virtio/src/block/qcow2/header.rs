@@ -55,6 +55,10 @@ pub enum HeaderError {
     Corrupt,
     #[error("image is dirty (lazy refcounts, not closed cleanly); repair it with `qemu-img check -r all`")]
     Dirty,
+    #[error(
+        "image has {0} internal snapshots; xenia writes only images without any (use overlays)"
+    )]
+    InternalSnapshots(u32),
     #[error("external data files are not supported")]
     ExternalDataFile,
     #[error(
@@ -167,6 +171,11 @@ pub fn parse(buf: &[u8], file_len: u64, writable: bool) -> Result<HeaderInfo, He
         return Err(HeaderError::Encrypted(crypt));
     }
 
+    // imago does not track internal snapshots: a write could change clusters they share.
+    let snapshots = be32(buf, 60);
+    if snapshots != 0 && writable {
+        return Err(HeaderError::InternalSnapshots(snapshots));
+    }
     let mut header_len = V2_HEADER_LEN;
     if version == 3 {
         if buf.len() < V3_HEADER_MIN {
@@ -401,6 +410,10 @@ mod tests {
         let mut b = v3(1 << 20);
         b[72..80].copy_from_slice(&(1u64 << 40).to_be_bytes());
         assert!(matches!(e(&b), HeaderError::IncompatibleFeatures(_)));
+        let mut b = v3(1 << 20);
+        b[60..64].copy_from_slice(&2u32.to_be_bytes());
+        assert_eq!(e(&b), HeaderError::InternalSnapshots(2));
+        assert!(parse(&b, LEN, false).is_ok(), "read-only is fine");
         let mut b = v3(1 << 20);
         b[32..36].copy_from_slice(&1u32.to_be_bytes());
         assert!(matches!(e(&b), HeaderError::Encrypted(1)));

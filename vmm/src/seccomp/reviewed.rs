@@ -14,7 +14,9 @@ pub(super) const VMM: &[&str] = &[
     "futex",
     "getpid",
     "io_uring_enter",
+    "io_uring_register",
     "ioctl",
+    "lseek",
     "madvise",
     "mmap",
     "mprotect",
@@ -100,7 +102,6 @@ pub(super) const IO: &[&str] = &[
     "ftruncate",
     "futex",
     "io_uring_enter",
-    "lseek",
     "madvise",
     "mmap",
     "mprotect",
@@ -119,5 +120,12 @@ pub(super) const IO: &[&str] = &[
 ];
 
 /// Calls whose every rule checks arguments (in every filter that allows them).
-pub(super) const ARG_CHECKED: &[&str] =
-    &["fcntl", "ioctl", "madvise", "mmap", "mprotect", "tgkill"];
+pub(super) const ARG_CHECKED: &[&str] = &[
+    "fcntl",
+    "io_uring_register",
+    "ioctl",
+    "madvise",
+    "mmap",
+    "mprotect",
+    "tgkill",
+];

@@ -256,6 +256,10 @@ fn chain_policy_refuses_escapes_loops_length_and_unrecorded_formats() {
     overlay(&ov, s(&outside.path("host.raw")), "raw");
     let e = Qcow2Disk::validate(&ov, false).unwrap_err();
     assert!(matches!(e, Qcow2Error::OutsideRoot { .. }), "{e}");
+    // An absolute name inside the image's (absolute) directory is fine.
+    let ov = dir.path("abs-in.qcow2");
+    overlay(&ov, s(&dir.path("base.raw")), "raw");
+    assert_eq!(Qcow2Disk::open(&ov, true).unwrap().chain_len(), 2);
     // A symlink inside the tree that points out of it.
     std::os::unix::fs::symlink(outside.path("host.raw"), dir.path("link.raw")).unwrap();
     let ov = dir.path("sym.qcow2");

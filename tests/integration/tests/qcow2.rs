@@ -97,9 +97,12 @@ fn flushed_overlay_writes_survive_kill_9_and_qemu_reads_them() {
 #[test]
 fn a_raw_image_holding_a_qcow2_header_stays_raw() {
     // The header names a host file as backing file and claims 64 MiB: read as raw, the guest
-    // sees a 1 MiB disk whose bytes are exactly the file's, across boots.
+    // sees a 1 MiB disk whose bytes are exactly the file's, across boots, and never the
+    // "secret" backing file's data (pattern seed 8 at sectors 500..516).
     let dir = TempDir::new();
-    let secret = dir.write("secret.raw", vec![0x5au8; 1 << 20]);
+    let mut secret_bytes = vec![0u8; 1 << 20];
+    secret_bytes[500 * 512..516 * 512].copy_from_slice(&pattern(8, 500, 16));
+    let secret = dir.write("secret.raw", secret_bytes);
     let q = qcow2_overlay(
         dir.path(),
         "hdr.qcow2",
@@ -112,9 +115,9 @@ fn a_raw_image_holding_a_qcow2_header_stays_raw() {
     let img = dir.write("disk.img", &bytes);
     for round in 0..2 {
         let cmds = if round == 0 {
-            "blk-info,blk-write:1000:16:9,blk-flush"
+            "blk-info,blk-read:500:16:8,blk-write:1000:16:9,blk-flush"
         } else {
-            "blk-info,blk-read:1000:16:9"
+            "blk-info,blk-read:500:16:8,blk-read:1000:16:9"
         };
         let d = drive("data", &img, json!({"cache_type": "Writeback"}));
         let x = run_probe(&probe_config(cmds, vec![d]), &[]);
@@ -124,7 +127,15 @@ fn a_raw_image_holding_a_qcow2_header_stays_raw() {
             Some("2048"),
             "round {round}: {info}"
         );
-        ok_line(&x, if round == 0 { "blk-write" } else { "blk-read" });
+        // The secret does not show through: sector 500 of the raw file is zeroes.
+        let peek = result_line(&x, "blk-read");
+        assert!(peek.contains("FAIL mismatch"), "round {round}: {peek}");
+        if round == 0 {
+            ok_line(&x, "blk-write");
+        } else {
+            let reads = x.lines_with("PROBE blk-read");
+            assert!(reads.len() == 2 && reads[1].contains(" ok "), "{reads:?}");
+        }
     }
     let now = std::fs::read(&img).unwrap();
     assert!(

@@ -224,6 +224,29 @@ mod tests {
     }
 
     #[test]
+    fn image_format_is_an_extension_shown_only_when_not_raw() {
+        let d = drive("a", false);
+        let v = serde_json::to_value(&d).unwrap();
+        assert!(v.get("image_format").is_none(), "{v}");
+        let q: DriveConfig = serde_json::from_str(
+            r#"{"drive_id":"q","path_on_host":"/q","is_root_device":false,"image_format":"Qcow2"}"#,
+        )
+        .unwrap();
+        assert_eq!(q.image_format, ImageFormat::Qcow2);
+        assert!(q.validate().is_ok());
+        assert_eq!(serde_json::to_value(&q).unwrap()["image_format"], "Qcow2");
+        let e = serde_json::from_str::<DriveConfig>(
+            r#"{"drive_id":"q","is_root_device":false,"image_format":"Vmdk"}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("unknown variant `Vmdk`"), "{e}");
+        let mut q = q;
+        q.io_engine = IoEngine::Async;
+        let e = q.validate().unwrap_err().to_string();
+        assert!(e.contains("io_engine") && e.contains("Qcow2"), "{e}");
+    }
+
+    #[test]
     fn enums_use_firecrackers_names() {
         let d: DriveConfig = serde_json::from_str(
             r#"{"drive_id":"r","path_on_host":"/r","is_root_device":false,

@@ -191,12 +191,16 @@ impl Block {
     /// `PATCH /drives/{id}` with `path_on_host`: swaps the backing file, then tells the guest
     /// to re-read the capacity (config interrupt). In-flight async operations finish first.
     pub fn update_disk(&mut self, path: &Path) -> Result<(), BlockError> {
-        let engine = match self.engine {
-            Some(_) => IoEngine::Async,
-            None => IoEngine::Sync,
-        };
+        // Same format as before; the engine argument only gates qcow2, whose drives never
+        // have a ring, so Sync is right for both formats.
         let format = self.disk.format();
-        let disk = Disk::open(path, format, engine, self.disk.is_read_only(), &self.id)?;
+        let disk = Disk::open(
+            path,
+            format,
+            IoEngine::Sync,
+            self.disk.is_read_only(),
+            &self.id,
+        )?;
         self.drain_async();
         if let Some(engine) = self.engine.as_mut() {
             // The ring's fixed-file slot takes its own reference: update it before the old

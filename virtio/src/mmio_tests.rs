@@ -9,7 +9,7 @@ use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::tempfile::TempFile;
 
 use super::*;
-use crate::block::{Block, BlockConfig, CacheType, IoEngine};
+use crate::block::{Block, BlockConfig, CacheType, ImageFormat, IoEngine};
 use crate::device::{ActivateError, VirtioDevice};
 use crate::io_thread::{IoSubscriber, IoThread};
 use crate::test_utils::{guest_memory, wait_readable};
@@ -291,6 +291,7 @@ fn block_served_on_io_thread_end_to_end() {
             is_read_only: false,
             cache_type: CacheType::Writeback,
             io_engine: IoEngine::Sync,
+            image_format: ImageFormat::Raw,
             rate_limiter: None,
         })
         .unwrap(),

@@ -411,7 +411,7 @@ impl RunningVm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{BootSourceConfig, CacheType, DriveConfig, IoEngine};
+    use crate::config::{BootSourceConfig, CacheType, DriveConfig, ImageFormat, IoEngine};
 
     fn drive(id: &str, root: bool, partuuid: Option<&str>) -> DriveConfig {
         DriveConfig {
@@ -422,6 +422,7 @@ mod tests {
             is_read_only: Some(!root),
             cache_type: CacheType::Unsafe,
             io_engine: IoEngine::Sync,
+            image_format: ImageFormat::Raw,
             rate_limiter: None,
             socket: None,
         }

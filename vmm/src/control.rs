@@ -206,6 +206,9 @@ impl ControlLoop {
     /// Metrics are flushed one last time on the way out.
     pub fn run(&mut self) -> ExitCode {
         let code = self.run_loop();
+        if let Some(vm) = self.vmm.vm() {
+            crate::device_manager::block::write_back_drives(&vm.drives);
+        }
         self.vmm.flush_metrics_if_configured();
         code
     }

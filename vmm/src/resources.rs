@@ -7,11 +7,12 @@
 
 use std::fs::{File, FileType, OpenOptions};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::Path;
 
 use crate::config::{
-    BootSourceConfig, ConfigError, DriveConfig, DriveUpdate, LoggerConfig, MachineConfig,
-    MachineConfigUpdate, MetricsConfig, NetworkInterfaceConfig, NetworkInterfaceUpdate,
-    SerialConfig, VmConfig,
+    BootSourceConfig, ConfigError, DriveConfig, DriveUpdate, ImageFormat, LoggerConfig,
+    MachineConfig, MachineConfigUpdate, MetricsConfig, NetworkInterfaceConfig,
+    NetworkInterfaceUpdate, SerialConfig, VmConfig,
 };
 use crate::device_manager::net::{check_tap, NetDeviceError};
 
@@ -31,6 +32,11 @@ pub enum ResourceError {
     NotAFile { field: String, path: String },
     #[error(transparent)]
     Net(#[from] NetDeviceError),
+    #[error("{field}: {source}")]
+    Qcow2 {
+        field: String,
+        source: virtio::block::qcow2::Qcow2Error,
+    },
 }
 
 /// Opens `path` for reading (and writing when `write`), and checks what it is.
@@ -146,6 +152,12 @@ impl VmResources {
         if let Some(path) = &drive.path_on_host {
             let field = format!("drives[{}].path_on_host", drive.drive_id);
             check_file(&field, path, !drive.read_only(), true)?;
+            if drive.image_format == ImageFormat::Qcow2 {
+                // Headers, limits and the whole backing chain, so a bad image is a 400 now
+                // rather than a failed InstanceStart.
+                virtio::block::qcow2::Qcow2Disk::validate(Path::new(path), drive.read_only())
+                    .map_err(|source| ResourceError::Qcow2 { field, source })?;
+            }
         }
         self.update(|c| upsert(&mut c.drives, drive, |a, b| a.drive_id == b.drive_id))
     }

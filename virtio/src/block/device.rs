@@ -9,13 +9,14 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::file::{DiskError, DiskFile};
+use super::disk::Disk;
+use super::file::DiskError;
 use super::io_uring::{AsyncEngine, AsyncError, EngineOps, Finished};
 use super::metrics::BlockMetrics;
 use super::request::{
     self, Request, RequestKind, DEVICE_ID_LEN, MAX_DISCARD_SECTORS, MAX_SEGMENTS, SEG_MAX,
 };
-use super::{BlockConfig, CacheType, IoEngine};
+use super::{BlockConfig, CacheType, ImageFormat, IoEngine};
 use crate::device::{
     read_config_space, ActivateContext, ActivateError, InterruptType, VirtioDevice, VirtioInterrupt,
 };
@@ -57,7 +58,7 @@ pub(super) struct ActiveState {
 /// `dyn VirtioDevice`) and the `io` thread (as an event subscriber).
 pub struct Block {
     pub(super) id: String,
-    pub(super) disk: DiskFile,
+    pub(super) disk: Disk,
     pub(super) engine: Option<AsyncEngine>,
     avail_features: u64,
     acked_features: u64,
@@ -92,7 +93,13 @@ impl std::fmt::Debug for Block {
 
 impl Block {
     pub fn new(cfg: &BlockConfig) -> Result<Self, BlockError> {
-        let disk = DiskFile::open(&cfg.path_on_host, cfg.is_read_only, &cfg.drive_id)?;
+        let disk = Disk::open(
+            &cfg.path_on_host,
+            cfg.image_format,
+            cfg.io_engine,
+            cfg.is_read_only,
+            &cfg.drive_id,
+        )?;
         let mut avail_features = (1u64 << VIRTIO_F_VERSION_1)
             | (1u64 << VIRTIO_RING_F_EVENT_IDX)
             | (1u64 << VIRTIO_BLK_F_SEG_MAX);
@@ -109,8 +116,9 @@ impl Block {
         let engine = match (cfg.io_engine, cfg.cache_type) {
             (IoEngine::Async, _) => Some(AsyncEngine::new(entries, fd, EngineOps::ReadWriteFlush)?),
             // Flushes go to a ring so a long fdatasync does not stall the io thread; without
-            // io_uring they run inline, as reads and writes do.
-            (IoEngine::Sync, CacheType::Writeback) => {
+            // io_uring they run inline, as reads and writes do. A qcow2 flush writes imago's
+            // cached metadata back between two fdatasyncs: it always runs inline.
+            (IoEngine::Sync, CacheType::Writeback) if cfg.image_format == ImageFormat::Raw => {
                 match AsyncEngine::new(entries, fd, EngineOps::FlushOnly) {
                     Ok(e) => Some(e),
                     Err(e) => {
@@ -122,7 +130,7 @@ impl Block {
                     }
                 }
             }
-            (IoEngine::Sync, CacheType::Unsafe) => None,
+            (IoEngine::Sync, _) => None,
         };
         let rate_limiter = RateLimiter::new(&cfg.rate_limiter.unwrap_or_default())?;
         let mut dev = Block {
@@ -183,7 +191,16 @@ impl Block {
     /// `PATCH /drives/{id}` with `path_on_host`: swaps the backing file, then tells the guest
     /// to re-read the capacity (config interrupt). In-flight async operations finish first.
     pub fn update_disk(&mut self, path: &Path) -> Result<(), BlockError> {
-        let disk = DiskFile::open(path, self.disk.is_read_only(), &self.id)?;
+        // Same format as before; the engine argument only gates qcow2, whose drives never
+        // have a ring, so Sync is right for both formats.
+        let format = self.disk.format();
+        let disk = Disk::open(
+            path,
+            format,
+            IoEngine::Sync,
+            self.disk.is_read_only(),
+            &self.id,
+        )?;
         self.drain_async();
         if let Some(engine) = self.engine.as_mut() {
             // The ring's fixed-file slot takes its own reference: update it before the old
@@ -200,6 +217,11 @@ impl Block {
                 .map_err(BlockError::Interrupt)?;
         }
         Ok(())
+    }
+
+    /// Writes cached image metadata (qcow2) back before the process exits.
+    pub fn write_back(&mut self) -> Result<(), BlockError> {
+        Ok(self.disk.write_back()?)
     }
 
     /// `PATCH /drives/{id}` with `rate_limiter`: `None` buckets keep their current state.

@@ -30,6 +30,10 @@ pub enum DiskError {
     Io { offset: u64, source: std::io::Error },
     #[error("guest memory access at {addr:#x} failed: {reason}")]
     GuestMemory { addr: u64, reason: String },
+    #[error(transparent)]
+    Qcow2(#[from] super::qcow2::Qcow2Error),
+    #[error("qcow2 images need io_engine Sync (the Async engine serves raw images only)")]
+    Qcow2Async,
 }
 
 /// A raw image file opened for the device.

@@ -4,12 +4,15 @@
 //! - `event_handler.rs`: what runs on the `io` thread.
 //! - `request.rs`: descriptor-chain parsing and validation.
 //! - `file.rs`: the image and the synchronous backend; `io_uring.rs`: the async engine.
+//! - `disk.rs`: raw or qcow2, as the drive's `image_format` says; `qcow2/`: overlays.
 
 mod device;
+pub mod disk;
 mod event_handler;
 pub mod file;
 pub mod io_uring;
 pub mod metrics;
+pub mod qcow2;
 pub mod request;
 
 #[cfg(test)]
@@ -46,6 +49,16 @@ pub enum IoEngine {
     Async,
 }
 
+/// How the image file is interpreted: set by the drive's configuration, never probed from the
+/// file's contents (a guest could write any header into a raw disk).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum ImageFormat {
+    #[default]
+    Raw,
+    /// qcow2 v2/v3 with an optional backing chain (Sync engine only).
+    Qcow2,
+}
+
 /// Everything needed to build a block device (the VMM converts its drive config to this).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlockConfig {
@@ -55,5 +68,6 @@ pub struct BlockConfig {
     pub is_read_only: bool,
     pub cache_type: CacheType,
     pub io_engine: IoEngine,
+    pub image_format: ImageFormat,
     pub rate_limiter: Option<RateLimiterConfig>,
 }

@@ -36,6 +36,7 @@ pub(super) fn config(path: &std::path::Path) -> BlockConfig {
         is_read_only: false,
         cache_type: CacheType::Writeback,
         io_engine: IoEngine::Sync,
+        image_format: ImageFormat::Raw,
         rate_limiter: None,
     }
 }

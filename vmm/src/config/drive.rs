@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use super::rate_limiter::validate_limiter;
 use super::{validate_id, validate_path, ConfigError, RateLimiterConfig, MAX_DRIVES};
 
-pub use virtio::block::{CacheType, IoEngine};
+pub use virtio::block::{CacheType, ImageFormat, IoEngine};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -23,11 +23,19 @@ pub struct DriveConfig {
     pub cache_type: CacheType,
     #[serde(default)]
     pub io_engine: IoEngine,
+    /// xenia extension: `Raw` (default, omitted from `GET /vm/config`) or `Qcow2`. Never
+    /// probed from the file.
+    #[serde(default, skip_serializing_if = "is_raw")]
+    pub image_format: ImageFormat,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limiter: Option<RateLimiterConfig>,
     /// vhost-user backend socket: accepted by the schema, refused by validation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub socket: Option<String>,
+}
+
+fn is_raw(f: &ImageFormat) -> bool {
+    *f == ImageFormat::Raw
 }
 
 impl DriveConfig {
@@ -61,6 +69,12 @@ impl DriveConfig {
         }
         if let Some(r) = &self.rate_limiter {
             validate_limiter(r, &field("rate_limiter"))?;
+        }
+        if self.image_format == ImageFormat::Qcow2 && self.io_engine == IoEngine::Async {
+            return Err(ConfigError::invalid(
+                field("io_engine"),
+                "image_format Qcow2 needs io_engine Sync (the Async engine serves raw images only)",
+            ));
         }
         Ok(())
     }
@@ -159,6 +173,7 @@ mod tests {
             is_read_only: None,
             cache_type: CacheType::Unsafe,
             io_engine: IoEngine::Sync,
+            image_format: ImageFormat::Raw,
             rate_limiter: None,
             socket: None,
         }
@@ -206,6 +221,29 @@ mod tests {
         assert_eq!(drive("b", false).root_arg(1), None);
         assert_eq!(disk_letters(25), "z");
         assert_eq!(disk_letters(26), "aa");
+    }
+
+    #[test]
+    fn image_format_is_an_extension_shown_only_when_not_raw() {
+        let d = drive("a", false);
+        let v = serde_json::to_value(&d).unwrap();
+        assert!(v.get("image_format").is_none(), "{v}");
+        let q: DriveConfig = serde_json::from_str(
+            r#"{"drive_id":"q","path_on_host":"/q","is_root_device":false,"image_format":"Qcow2"}"#,
+        )
+        .unwrap();
+        assert_eq!(q.image_format, ImageFormat::Qcow2);
+        assert!(q.validate().is_ok());
+        assert_eq!(serde_json::to_value(&q).unwrap()["image_format"], "Qcow2");
+        let e = serde_json::from_str::<DriveConfig>(
+            r#"{"drive_id":"q","is_root_device":false,"image_format":"Vmdk"}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("unknown variant `Vmdk`"), "{e}");
+        let mut q = q;
+        q.io_engine = IoEngine::Async;
+        let e = q.validate().unwrap_err().to_string();
+        assert!(e.contains("io_engine") && e.contains("Qcow2"), "{e}");
     }
 
     #[test]

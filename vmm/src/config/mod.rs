@@ -18,7 +18,7 @@ mod serial;
 use serde::{Deserialize, Serialize};
 
 pub use boot_source::BootSourceConfig;
-pub use drive::{CacheType, DriveConfig, DriveUpdate, IoEngine};
+pub use drive::{CacheType, DriveConfig, DriveUpdate, ImageFormat, IoEngine};
 pub use logger::{LogLevel, LoggerConfig};
 pub use machine_config::{HugePages, MachineConfig, MachineConfigUpdate, MAX_VCPUS};
 pub use metrics::MetricsConfig;

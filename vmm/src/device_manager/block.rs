@@ -123,6 +123,7 @@ pub fn attach_drives(
             is_read_only: d.read_only(),
             cache_type: d.cache_type,
             io_engine: d.io_engine,
+            image_format: d.image_format,
             rate_limiter: d.rate_limiter,
         };
         let block = Block::new(&config).map_err(|source| DriveError::Device {
@@ -193,6 +194,19 @@ pub fn update_drive(devices: &[BlockDevice], update: &DriveUpdate) -> Result<(),
     Ok(())
 }
 
+/// On the way out: cached qcow2 metadata goes to the image files, so writes the guest
+/// completed stay readable after a clean exit (as on raw images, through the page cache).
+pub fn write_back_drives(devices: &[BlockDevice]) {
+    for d in devices {
+        if let Err(e) = d.lock().write_back() {
+            log::error!(
+                "drive `{}`: cannot write back image metadata: {e}",
+                d.drive_id
+            );
+        }
+    }
+}
+
 /// Adds each drive's counters to `metrics` as `block_<drive_id>`.
 pub fn register_drive_metrics(devices: &[BlockDevice], metrics: &Metrics) {
     for d in devices {
@@ -207,7 +221,7 @@ pub fn register_drive_metrics(devices: &[BlockDevice], metrics: &Metrics) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{CacheType, IoEngine, RateLimiterConfig, TokenBucketConfig};
+    use crate::config::{CacheType, ImageFormat, IoEngine, RateLimiterConfig, TokenBucketConfig};
     use crate::device_manager::mmio::MmioSlot;
     use crate::vstate::memory::create_guest_memory;
     use virtio::MmioTransport;
@@ -241,6 +255,7 @@ mod tests {
             is_read_only: false,
             cache_type: CacheType::Unsafe,
             io_engine: IoEngine::Sync,
+            image_format: ImageFormat::Raw,
             rate_limiter: None,
         })
         .unwrap();

@@ -112,3 +112,68 @@ pub fn drive_metrics(path: &Path, id: &str) -> Value {
     assert!(line[&key].is_object(), "no `{key}` in {line}");
     line[&key].clone()
 }
+
+/// Runs `qemu-img` (Debian's qemu-utils, installed by tools/setup) and returns its stdout;
+/// a failure fails the test with qemu-img's message.
+pub fn qemu_img(args: &[&str]) -> String {
+    let out = std::process::Command::new("qemu-img")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("qemu-img missing ({e}): run tools/setup"));
+    assert!(
+        out.status.success(),
+        "qemu-img {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `qemu-img create -f qcow2 -b BACKING -F FMT dir/NAME [SIZE]`; `backing` is recorded as
+/// given (relative names resolve against the overlay's directory).
+pub fn qcow2_overlay(
+    dir: &Path,
+    name: &str,
+    backing: &str,
+    fmt: &str,
+    size: Option<&str>,
+) -> PathBuf {
+    let path = dir.join(name);
+    let p = path.to_string_lossy().into_owned();
+    let mut args = vec!["create", "-q", "-f", "qcow2", "-b", backing, "-F", fmt, &p];
+    if let Some(s) = size {
+        args.push(s);
+    }
+    qemu_img(&args);
+    path
+}
+
+/// `qemu-img check` reports no errors and no leaks.
+pub fn assert_qcow2_clean(path: &Path) {
+    let out = std::process::Command::new("qemu-img")
+        .args(["check", &path.to_string_lossy()])
+        .output()
+        .unwrap_or_else(|e| panic!("qemu-img missing ({e}): run tools/setup"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("No errors were found"),
+        "qemu-img check {}: {text}{}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The virtual disk of a qcow2 chain as raw bytes, read by qemu-img (an outside reader).
+pub fn qcow2_contents(image: &Path, scratch: &Path) -> Vec<u8> {
+    let out = scratch.join("qemu-convert.raw");
+    qemu_img(&[
+        "convert",
+        "-O",
+        "raw",
+        &image.to_string_lossy(),
+        &out.to_string_lossy(),
+    ]);
+    let bytes = std::fs::read(&out).expect("read converted image");
+    let _ = std::fs::remove_file(&out);
+    bytes
+}

@@ -1,9 +1,9 @@
-//! `blk-bench:<seqread|seqwrite|randread>:<req_bytes>:<inflight>:<total_mib>`.
+//! `blk-bench:<seqread|seqwrite|randread|randwrite>:<req_bytes>:<inflight>:<total_mib>`.
 //!
 //! Every slot is prepared once (descriptors, buffer, header type); the loop
 //! only rewrites a header's sector and pushes the head, and notifies once per
 //! batch of completions (not at all while the device says NO_NOTIFY). Data
-//! written by `seqwrite` is whatever the buffers hold (not the pattern).
+//! written by `seqwrite` and `randwrite` is whatever the buffers hold (not the pattern).
 
 use super::blk::{Blk, SECTOR, S_OK, T_IN, T_OUT};
 use super::{dma, fields, VirtioError};
@@ -22,6 +22,7 @@ enum Mode {
     SeqRead,
     SeqWrite,
     RandRead,
+    RandWrite,
 }
 
 impl Mode {
@@ -30,7 +31,12 @@ impl Mode {
             Mode::SeqRead => "seqread",
             Mode::SeqWrite => "seqwrite",
             Mode::RandRead => "randread",
+            Mode::RandWrite => "randwrite",
         }
+    }
+
+    fn writes(self) -> bool {
+        matches!(self, Mode::SeqWrite | Mode::RandWrite)
     }
 }
 
@@ -46,7 +52,7 @@ struct Sectors {
 impl Sectors {
     fn next(&mut self) -> u64 {
         match self.mode {
-            Mode::RandRead => {
+            Mode::RandRead | Mode::RandWrite => {
                 // xorshift64
                 self.rng ^= self.rng << 13;
                 self.rng ^= self.rng >> 7;
@@ -71,12 +77,13 @@ pub fn run(b: &mut Blk, index: usize, arg: Option<&[u8]>) -> Result<(), VirtioEr
         b"seqread" => Some(Mode::SeqRead),
         b"seqwrite" => Some(Mode::SeqWrite),
         b"randread" => Some(Mode::RandRead),
+        b"randwrite" => Some(Mode::RandWrite),
         _ => None,
     };
     let (Some(mode), Some(req), Some(inflight), Some(mib), 4) =
         (mode, parse_u64(f[1]), parse_u64(f[2]), parse_u64(f[3]), n)
     else {
-        sprintln!("PROBE blk-bench FAIL bad-argument want=seqread|seqwrite|randread:REQ_BYTES:INFLIGHT:TOTAL_MIB");
+        sprintln!("PROBE blk-bench FAIL bad-argument want=seqread|seqwrite|randread|randwrite:REQ_BYTES:INFLIGHT:TOTAL_MIB");
         return Ok(());
     };
     let per = req / SECTOR;
@@ -96,7 +103,7 @@ pub fn run(b: &mut Blk, index: usize, arg: Option<&[u8]>) -> Result<(), VirtioEr
         );
         return Ok(());
     }
-    if mode == Mode::SeqWrite && b.read_only() {
+    if mode.writes() && b.read_only() {
         sprintln!("PROBE blk-bench FAIL read-only dev={}", index);
         return Ok(());
     }
@@ -108,7 +115,7 @@ pub fn run(b: &mut Blk, index: usize, arg: Option<&[u8]>) -> Result<(), VirtioEr
     let total = total_bytes.div_ceil(req).max(1);
     let inflight = inflight.min(total) as u16;
     let bufs = dma::alloc(inflight as u64 * req, 4096).ok_or(VirtioError::NoMemory)?;
-    let kind = if mode == Mode::SeqWrite { T_OUT } else { T_IN };
+    let kind = if mode.writes() { T_OUT } else { T_IN };
     let mut sectors = Sectors {
         mode,
         next: 0,
@@ -118,7 +125,7 @@ pub fn run(b: &mut Blk, index: usize, arg: Option<&[u8]>) -> Result<(), VirtioEr
     };
     for k in 0..inflight {
         let buf = bufs + k as u64 * req;
-        b.prepare(k, kind, 0, Some((buf, req as u32, mode != Mode::SeqWrite)));
+        b.prepare(k, kind, 0, Some((buf, req as u32, !mode.writes())));
     }
     let khz = freq.khz.max(1);
     let stall_ticks = STALL_US * khz / 1000;

@@ -91,6 +91,21 @@ pub struct SerialMetrics {
     pub dropped_bytes: Counter,
 }
 
+/// Requests that used a deprecated field or path (Firecracker's names).
+#[derive(Debug, Default, Serialize)]
+pub struct DeprecatedApiMetrics {
+    pub deprecated_http_api_calls: Counter,
+}
+
+/// How long the process took to get ready to serve, measured from the start times a launcher
+/// passes (`--start-time-us`, `--start-time-cpu-us`, `--parent-cpu-time-us`); written under
+/// `api_server` with Firecracker's names. 0 until known.
+#[derive(Debug, Default)]
+pub struct StartupMetrics {
+    pub process_startup_time_us: AtomicU64,
+    pub process_startup_time_cpu_us: AtomicU64,
+}
+
 type DeviceSource = Box<dyn Fn() -> Value + Send + Sync>;
 
 /// Every metric of one VMM process.
@@ -98,6 +113,8 @@ type DeviceSource = Box<dyn Fn() -> Value + Send + Sync>;
 pub struct Metrics {
     pub vcpu: VcpuMetrics,
     pub serial: SerialMetrics,
+    pub deprecated_api: DeprecatedApiMetrics,
+    pub startup: StartupMetrics,
     api: Mutex<BTreeMap<String, RouteStats>>,
     devices: Mutex<Vec<(String, DeviceSource)>>,
 }
@@ -137,10 +154,24 @@ impl Metrics {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
-        let api = self.api.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let routes = self.api.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        // Route keys look like "GET /": they cannot collide with the two startup keys.
+        let mut api = json!(routes);
+        if let Value::Object(map) = &mut api {
+            let startup = &self.startup;
+            map.insert(
+                "process_startup_time_us".into(),
+                json!(startup.process_startup_time_us.load(Ordering::Relaxed)),
+            );
+            map.insert(
+                "process_startup_time_cpu_us".into(),
+                json!(startup.process_startup_time_cpu_us.load(Ordering::Relaxed)),
+            );
+        }
         let mut out = json!({
             "utc_timestamp_ms": u64::try_from(now.as_millis()).unwrap_or(u64::MAX),
             "api_server": api,
+            "deprecated_api": &self.deprecated_api,
             "vcpu": &self.vcpu,
             "uart": &self.serial,
         });

@@ -19,9 +19,9 @@ pub struct DriveConfig {
     pub partuuid: Option<String>,
     #[serde(default)]
     pub is_read_only: Option<bool>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::export::null_as_default")]
     pub cache_type: CacheType,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::export::null_as_default")]
     pub io_engine: IoEngine,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limiter: Option<RateLimiterConfig>,

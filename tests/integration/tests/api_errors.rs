@@ -338,7 +338,7 @@ fn pre_boot_calls_after_boot_are_refused() {
         &api,
         "PATCH",
         "/drives/nope",
-        r#"{"drive_id": "nope"}"#,
+        r#"{"drive_id": "nope", "rate_limiter": {}}"#,
         "nope",
     );
     // PATCH /drives swaps the backing file of the running drive.

@@ -10,8 +10,9 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::arch::boot_params::{write_pvh_info, write_zero_page, BootInfo, BootParamsError};
-use crate::arch::cpuid::Topology;
+use crate::arch::cpuid::{self, CpuidError, Topology};
 use crate::arch::kernel::{load_cmdline, load_initrd, load_kernel, KernelError};
+use crate::arch::layout::arch_memory_regions;
 use crate::arch::mptable::{setup_mptable, MpTableError};
 use crate::arch::regs::{default_boot_info, write_boot_tables, EntryProtocol, RegsError};
 use crate::config::{DriveUpdate, NetworkInterfaceUpdate, VmConfig};
@@ -67,6 +68,8 @@ pub enum StartError {
     Legacy(#[from] LegacyError),
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
+    #[error(transparent)]
+    Cpuid(#[from] CpuidError),
     #[error("cannot create the vCPU exit eventfd: {0}")]
     ExitEvent(std::io::Error),
     #[error(transparent)]
@@ -185,6 +188,11 @@ pub fn build_and_boot_with(
     let serial_out = serial_output(config)?;
 
     let kvm = KvmContext::open()?;
+    let supported_cpuid = kvm.supported_cpuid()?;
+    let mem_end = arch_memory_regions(mem_size)
+        .last()
+        .map_or(0, |(start, len)| start.0 + len);
+    cpuid::check_memory_end(&supported_cpuid, mem_end)?;
     let vm = Vm::new(&kvm)?;
     let memory = create_guest_memory(mem_size, machine.huge_pages)?;
     vm.register_memory(&memory, machine.track_dirty_pages)?;
@@ -248,7 +256,6 @@ pub fn build_and_boot_with(
         None => Ok(()),
     })?;
 
-    let supported_cpuid = kvm.supported_cpuid()?;
     let topology = Topology::new(machine.vcpu_count, machine.smt);
     let mut vcpus = Vec::with_capacity(usize::from(machine.vcpu_count));
     for index in 0..machine.vcpu_count {

@@ -21,7 +21,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use super::vm::Vm;
-use crate::arch::cpuid::{self, Topology};
+use crate::arch::cpuid::{self, CpuidError, Topology};
 use crate::arch::interrupts::{setup_lapic, LapicError};
 use crate::arch::msr::{setup_msrs, MsrError};
 use crate::arch::regs::{setup_boot_vcpu, EntryProtocol, RegsError};
@@ -42,6 +42,8 @@ pub enum VcpuError {
         index: u8,
         source: kvm_ioctls::Error,
     },
+    #[error("vCPU {index}: {source}")]
+    CpuidTable { index: u8, source: CpuidError },
     #[error("vCPU {index}: {source}")]
     Msrs { index: u8, source: MsrError },
     #[error("vCPU {index}: {source}")]
@@ -179,8 +181,8 @@ impl Vcpu {
         boot: Option<(EntryProtocol, u64, u64)>,
     ) -> Result<(), VcpuError> {
         let index = self.index;
-        let mut cpuid = supported_cpuid.clone();
-        cpuid::normalize(&mut cpuid, index, topology);
+        let cpuid = cpuid::normalize(supported_cpuid, index, topology)
+            .map_err(|source| VcpuError::CpuidTable { index, source })?;
         self.fd
             .set_cpuid2(&cpuid)
             .map_err(|source| VcpuError::Cpuid { index, source })?;

@@ -201,6 +201,15 @@ fn cpuid() {
         info.cores_per_pkg,
         info.topology_source
     );
+    for t in cpuinfo::sources().into_iter().flatten() {
+        sprintln!(
+            "PROBE topology ok source={} threads_per_core={} logical_per_pkg={} apic_id={}",
+            t.source,
+            t.threads_per_core,
+            t.logical_per_pkg,
+            t.apic_id
+        );
+    }
 }
 
 /// `smp` wakes the processors of the MP table; `smp:N` instead wakes APIC

@@ -142,3 +142,72 @@ pub(super) fn check_objects(config: &Value) -> Result<(), ConfigError> {
     }
     Ok(())
 }
+
+/// Finds where serde filled a struct from an array: a place where `input` (the JSON as sent)
+/// holds an array but `parsed` (the value read from it, serialised again) holds an object.
+/// serde's derived structs accept a sequence in field order, so `"bandwidth": [100, 0, 10]`
+/// would quietly become a token bucket; Firecracker refuses that and so do we. Returns the
+/// place as a dotted path (`rate_limiter.bandwidth`, `drives[0]`).
+pub(crate) fn array_used_as_object(input: &Value, parsed: &Value) -> Option<String> {
+    fn walk(input: &Value, parsed: &Value, path: &mut String) -> bool {
+        match (input, parsed) {
+            (Value::Array(_), Value::Object(_)) => true,
+            (Value::Object(a), Value::Object(b)) => a.iter().any(|(key, value)| {
+                let Some(other) = b.get(key) else {
+                    return false;
+                };
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(key);
+                if walk(value, other, path) {
+                    return true;
+                }
+                path.truncate(len);
+                false
+            }),
+            (Value::Array(a), Value::Array(b)) => a.iter().zip(b).enumerate().any(|(i, (x, y))| {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                if walk(x, y, path) {
+                    return true;
+                }
+                path.truncate(len);
+                false
+            }),
+            _ => false,
+        }
+    }
+    let mut path = String::new();
+    walk(input, parsed, &mut path).then_some(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn arrays_standing_in_for_objects_are_found_by_path() {
+        let parsed = json!({"a": {"b": {"c": 1}}, "l": [{"x": 1}, {"x": 2}]});
+        assert_eq!(array_used_as_object(&parsed, &parsed), None);
+        let input = json!({"a": {"b": [1]}, "l": [{"x": 1}, {"x": 2}]});
+        assert_eq!(
+            array_used_as_object(&input, &parsed).as_deref(),
+            Some("a.b")
+        );
+        let input = json!({"a": {"b": {"c": 1}}, "l": [{"x": 1}, [2]]});
+        assert_eq!(
+            array_used_as_object(&input, &parsed).as_deref(),
+            Some("l[1]")
+        );
+        assert_eq!(
+            array_used_as_object(&json!([1]), &json!({"x": 1})).as_deref(),
+            Some("")
+        );
+        // Keys only one side has (skipped when serialising, or defaults) are not compared.
+        let input = json!({"only_in_input": [1]});
+        assert_eq!(array_used_as_object(&input, &json!({"other": {}})), None);
+    }
+}

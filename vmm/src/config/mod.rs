@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 pub use boot_source::BootSourceConfig;
 pub use drive::{CacheType, DriveConfig, DriveUpdate, IoEngine};
+pub(crate) use export::array_used_as_object;
 pub use logger::{LogLevel, LoggerConfig};
 pub use machine_config::{HugePages, MachineConfig, MachineConfigUpdate, MAX_VCPUS};
 pub use metrics::MetricsConfig;
@@ -166,7 +167,14 @@ impl VmConfig {
             serde_json::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
         export::check_objects(&value)?;
         let config: VmConfig =
-            serde_json::from_value(value).map_err(|e| ConfigError::Parse(e.to_string()))?;
+            serde_json::from_value(value.clone()).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let written =
+            serde_json::to_value(&config).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        if let Some(path) = export::array_used_as_object(&value, &written) {
+            return Err(ConfigError::Parse(format!(
+                "`{path}` must be a JSON object, not an array"
+            )));
+        }
         config.validate()?;
         Ok(config)
     }
@@ -377,6 +385,11 @@ mod tests {
             (
                 r#"{"drives": {"drive_id": "d"}}"#,
                 "`drives` must be a list",
+            ),
+            (
+                r#"{"drives": [{"drive_id": "d", "path_on_host": "/d", "is_root_device": false,
+                    "rate_limiter": {"bandwidth": [100, 0, 10]}}]}"#,
+                "`drives[0].rate_limiter.bandwidth` must be a JSON object",
             ),
         ] {
             let e = VmConfig::from_json(text).unwrap_err().to_string();

@@ -2,7 +2,7 @@
 
 use api_socket::{Method, Request, Response};
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{VmState, VmmAction};
 use crate::config::ConfigError;
@@ -123,6 +123,8 @@ pub enum RouteError {
     /// serde would fill a struct from an array in field order; Firecracker refuses that.
     #[error("The request body must be a JSON object, not {0}.")]
     NotAnObject(&'static str),
+    #[error("`{0}` must be a JSON object, not an array.")]
+    ArrayForObject(String),
     /// serde's message, passed through as Firecracker does.
     #[error("{0}")]
     Json(String),
@@ -141,13 +143,13 @@ impl From<RouteError> for Response {
 }
 
 /// The body of `PUT /actions`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ActionBody {
     action_type: ActionType,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 enum ActionType {
     InstanceStart,
     SendCtrlAltDel,
@@ -155,7 +157,7 @@ enum ActionType {
 }
 
 /// The body of `PATCH /vm`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct VmStateBody {
     state: VmState,
@@ -293,7 +295,7 @@ struct JsonBody<'a> {
 }
 
 impl JsonBody<'_> {
-    fn parse<T: DeserializeOwned>(&self) -> Result<T, RouteError> {
+    fn parse<T: DeserializeOwned + Serialize>(&self) -> Result<T, RouteError> {
         let Some(first) = self.body.iter().find(|b| !b.is_ascii_whitespace()) else {
             if self.method == Method::Patch {
                 return Err(RouteError::EmptyPatch);
@@ -317,7 +319,19 @@ impl JsonBody<'_> {
         if let Some(kind) = kind {
             return Err(RouteError::NotAnObject(kind));
         }
-        serde_json::from_slice(self.body).map_err(|e| RouteError::Json(e.to_string()))
+        let value: T =
+            serde_json::from_slice(self.body).map_err(|e| RouteError::Json(e.to_string()))?;
+        // Nested objects too: `"rate_limiter": {"bandwidth": [100, 0, 10]}` must not become
+        // a token bucket. Both steps succeed for anything serde accepted above.
+        if let (Ok(input), Ok(written)) = (
+            serde_json::from_slice::<serde_json::Value>(self.body),
+            serde_json::to_value(&value),
+        ) {
+            if let Some(path) = crate::config::array_used_as_object(&input, &written) {
+                return Err(RouteError::ArrayForObject(path));
+            }
+        }
+        Ok(value)
     }
 }
 

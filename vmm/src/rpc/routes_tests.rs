@@ -470,6 +470,25 @@ fn bodies_that_are_not_objects_are_refused() {
         e.to_string(),
         "The request body must be a JSON object, not an array."
     );
+    // Nested objects too.
+    assert_eq!(
+        err(
+            Method::Put,
+            "/drives/rootfs",
+            r#"{"drive_id": "rootfs", "path_on_host": "/r", "is_root_device": true,
+                "rate_limiter": {"bandwidth": [100, 0, 10]}}"#
+        ),
+        RouteError::ArrayForObject("rate_limiter.bandwidth".into())
+    );
+    assert_eq!(
+        err(
+            Method::Patch,
+            "/network-interfaces/eth0",
+            r#"{"iface_id": "eth0", "rx_rate_limiter": [null, null]}"#
+        )
+        .to_string(),
+        "`rx_rate_limiter` must be a JSON object, not an array."
+    );
     // Not JSON at all is still serde's syntax error.
     assert!(matches!(
         err(Method::Put, "/logger", "x"),

@@ -149,3 +149,31 @@ fn flush_metrics_without_metrics_is_204_before_and_after_boot() {
     x.signal(libc::SIGTERM);
     assert_eq!(x.wait_exit(BOOT_TIMEOUT).unwrap().code(), Some(0));
 }
+
+#[test]
+fn half_a_request_is_answered_400_and_closed_at_the_deadline() {
+    use std::io::Read;
+    use std::time::{Duration, Instant};
+
+    let (_x, api) = Xenia::with_api(&[]);
+    let mut slow = api.connect().unwrap();
+    let started = Instant::now();
+    slow.write_all(b"PUT /machine-config HTTP/1.1\r\nContent-Length: 40\r\n\r\n{\"vcpu")
+        .unwrap();
+    // Meanwhile everyone else is served.
+    api.expect("GET", "/", "", 200);
+    // The server closes the slow connection by itself (the read returns at the close).
+    let mut answer = Vec::new();
+    slow.read_to_end(&mut answer).unwrap();
+    let waited = started.elapsed();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 400 "), "{text}");
+    assert!(
+        text.contains("Request not received in full within 10000 ms."),
+        "{text}"
+    );
+    assert!(
+        (Duration::from_secs(10)..Duration::from_secs(25)).contains(&waited),
+        "closed after {waited:?}"
+    );
+}

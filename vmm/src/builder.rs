@@ -5,6 +5,7 @@ use std::sync::mpsc::{channel, Receiver};
 use std::time::Instant;
 
 use devices::legacy::SerialOut;
+use devices::EventFdTrigger;
 use virtio::{IoThread, IoThreadError, IoThreadHandle};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -17,6 +18,9 @@ use crate::arch::mptable::{setup_mptable, MpTableError};
 use crate::arch::regs::{default_boot_info, write_boot_tables, EntryProtocol, RegsError};
 use crate::config::{DriveUpdate, NetworkInterfaceUpdate, VmConfig};
 use crate::console::ConsoleWriter;
+use crate::device_manager::acpi::{
+    attach_acpi, register_acpi_metrics, AcpiDeviceError, AcpiDevices,
+};
 use crate::device_manager::block::{
     attach_drives, check_drives, drive_cmdline_args, register_drive_metrics, update_drive,
     BlockDevice, DriveError,
@@ -70,6 +74,8 @@ pub enum StartError {
     Vcpu(#[from] VcpuError),
     #[error(transparent)]
     Cpuid(#[from] CpuidError),
+    #[error(transparent)]
+    Acpi(#[from] AcpiDeviceError),
     #[error("cannot create the vCPU exit eventfd: {0}")]
     ExitEvent(std::io::Error),
     #[error(transparent)]
@@ -114,6 +120,8 @@ pub struct RunningVm {
     /// Guest RAM; must outlive `vm` (KVM maps it).
     pub memory: GuestMemoryMmap,
     pub legacy: LegacyDevices,
+    /// The ACPI sleep registers and the VM generation ID.
+    pub acpi: AcpiDevices,
     pub vcpus: Vec<VcpuHandle>,
     /// Why each vCPU stopped; `vcpu_exit_evt` is signalled on each report.
     pub vcpu_exits: Receiver<(u8, VcpuExitReason)>,
@@ -149,16 +157,19 @@ fn serial_output(config: &VmConfig) -> Result<SerialOut, StartError> {
 }
 
 /// The kernel command line: the configured (or default) arguments, then what the devices
-/// need (`virtio_mmio.device=` per virtio device, in `device_slots` order with the drives
-/// first, and `root=` for the root drive).
+/// need: `root=` for the root drive and, for a guest told to ignore ACPI (`acpi=off`), one
+/// `virtio_mmio.device=` per virtio device in `device_slots` order (drives first). With ACPI
+/// the DSDT describes the devices; listing them twice would make Linux probe each twice.
 pub fn kernel_cmdline(config: &VmConfig, device_slots: &[MmioSlot]) -> String {
     let base = config
         .boot_source
         .as_ref()
         .and_then(|b| b.boot_args.as_deref())
         .unwrap_or(DEFAULT_BOOT_ARGS);
+    let acpi_off = base.split_whitespace().any(|w| w == "acpi=off");
+    let slots = if acpi_off { device_slots } else { &[] };
     let mut line = base.trim().to_owned();
-    for arg in drive_cmdline_args(&config.drives, device_slots) {
+    for arg in drive_cmdline_args(&config.drives, slots) {
         if !line.is_empty() {
             line.push(' ');
         }
@@ -218,6 +229,27 @@ pub fn build_and_boot_with(
         io.add_subscriber(n.subscriber());
     }
 
+    let slots: Vec<MmioSlot> = drives
+        .iter()
+        .map(|d| d.mmio.slot)
+        .chain(nets.iter().map(|n| n.mmio.slot))
+        .collect();
+    let poweroff = EventFdTrigger::new(
+        legacy
+            .reset_evt
+            .try_clone()
+            .map_err(StartError::ExitEvent)?,
+    );
+    let acpi = attach_acpi(
+        &vm,
+        &mut buses,
+        &memory,
+        poweroff,
+        machine.vcpu_count,
+        slots.iter().map(MmioSlot::acpi_info).collect(),
+    )?;
+    register_acpi_metrics(&acpi, metrics::global());
+
     let kernel = load_kernel(&memory, &boot_source.kernel_image_path)?;
     log::info!(
         "kernel `{}` loaded: {:?} entry at {:#x}",
@@ -225,11 +257,6 @@ pub fn build_and_boot_with(
         kernel.protocol,
         kernel.entry
     );
-    let slots: Vec<MmioSlot> = drives
-        .iter()
-        .map(|d| d.mmio.slot)
-        .chain(nets.iter().map(|n| n.mmio.slot))
-        .collect();
     let args = kernel_cmdline(config, &slots);
     log::debug!("kernel command line: {args}");
     let cmdline_len = load_cmdline(&memory, &args)?;
@@ -242,6 +269,7 @@ pub fn build_and_boot_with(
         cmdline_len,
         initrd,
         setup_header: kernel.setup_header,
+        rsdp: Some(acpi.rsdp),
     };
     match kernel.protocol {
         EntryProtocol::Linux64 => write_zero_page(&memory, &info)?,
@@ -295,6 +323,7 @@ pub fn build_and_boot_with(
         vm,
         memory,
         legacy,
+        acpi,
         vcpus: handles,
         vcpu_exits,
         vcpu_exit_evt,
@@ -402,9 +431,16 @@ mod tests {
                 drive("data", false, None),
             ],
         );
+        // ACPI describes the devices: only root= is added.
         assert_eq!(
             kernel_cmdline(&c, &slots(3)),
-            "console=ttyS0 reboot=k virtio_mmio.device=4K@0xd0000000:5 \
+            "console=ttyS0 reboot=k root=/dev/vdb rw"
+        );
+        let mut off = c.clone();
+        off.boot_source.as_mut().unwrap().boot_args = Some("console=ttyS0 acpi=off".into());
+        assert_eq!(
+            kernel_cmdline(&off, &slots(3)),
+            "console=ttyS0 acpi=off virtio_mmio.device=4K@0xd0000000:5 \
              virtio_mmio.device=4K@0xd0001000:6 virtio_mmio.device=4K@0xd0002000:7 \
              root=/dev/vdb rw"
         );
@@ -415,10 +451,7 @@ mod tests {
         let c = config(None, vec![drive("rootfs", true, Some("0eaa91a0-01"))]);
         assert_eq!(
             kernel_cmdline(&c, &slots(1)),
-            format!(
-                "{DEFAULT_BOOT_ARGS} virtio_mmio.device=4K@0xd0000000:5 \
-                 root=PARTUUID=0eaa91a0-01 rw"
-            )
+            format!("{DEFAULT_BOOT_ARGS} root=PARTUUID=0eaa91a0-01 rw")
         );
         let none = config(Some("console=ttyS0"), Vec::new());
         assert_eq!(kernel_cmdline(&none, &[]), "console=ttyS0");

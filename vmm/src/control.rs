@@ -236,7 +236,7 @@ impl ControlLoop {
         match token {
             Token::Reset => {
                 let _ = self.vmm.vm()?.legacy.reset_evt.read();
-                log::info!("the guest reset the machine through the i8042; exiting");
+                log::info!("the guest reset (i8042) or powered off (ACPI) the machine; exiting");
                 Some(ExitCode::Ok)
             }
             Token::VcpuExit => {

@@ -28,6 +28,9 @@ pub fn run(cmd: Command<'_>) {
             sprintln!("PROBE timer ok");
         }
         b"cpuid" => cpuid(),
+        b"acpi" => crate::acpi_cmds::acpi(),
+        b"acpi-poweroff" => crate::acpi_cmds::poweroff(),
+        b"acpi-garbage" => crate::acpi_cmds::garbage(),
         b"smp" => smp(cmd.arg),
         b"tick" => tick(cmd.arg),
         b"idle" => {

@@ -73,7 +73,6 @@ pub(crate) fn parse_request(buf: &[u8], limits: &Limits) -> Parsed {
     }
 
     let mut content_length: Option<usize> = None;
-    let mut conn_close = false;
     let mut expect_continue = false;
     let mut header_list = Vec::with_capacity(req.headers.len());
     for h in req.headers.iter() {
@@ -97,21 +96,16 @@ pub(crate) fn parse_request(buf: &[u8], limits: &Limits) -> Parsed {
                     "Transfer-Encoding is not supported; send the body with Content-Length.",
                 )
             }
-            "connection" => {
-                conn_close |= value
-                    .split(',')
-                    .any(|token| token.trim().eq_ignore_ascii_case("close"));
-            }
             "expect" => expect_continue = value.eq_ignore_ascii_case("100-continue"),
             _ => {}
         }
         header_list.push((name, value.to_string()));
     }
-    // Firecracker keeps every connection open, HTTP/1.0 included, and clients rely on it
-    // (they send their next request on the same socket without asking for keep-alive).
-    // An explicit `Connection: close` is still honoured: HTTP requires it, and a client that
-    // asked for the close cannot be sending anything after this request.
-    let keep_alive = !conn_close;
+    // Firecracker keeps every connection open, whatever the HTTP version or the
+    // `Connection` header says, and answers `Connection: keep-alive`; clients rely on it
+    // (an HTTP/1.0 client sends its next request on the same socket without asking for
+    // keep-alive). Match it: only the client closes, or an error that breaks the framing.
+    let keep_alive = true;
 
     let body_len = content_length.unwrap_or(0);
     if body_len > limits.max_payload {
@@ -276,16 +270,17 @@ mod tests {
     }
 
     #[test]
-    fn connection_close_and_http10() {
-        let (_, _, ka) = complete(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n");
-        assert!(!ka);
-        let (_, _, ka) = complete(b"GET / HTTP/1.0\r\nConnection: close\r\n\r\n");
-        assert!(!ka);
-        // HTTP/1.0 without a Connection header stays open, as with Firecracker.
-        let (_, _, ka) = complete(b"GET / HTTP/1.0\r\n\r\n");
-        assert!(ka);
-        let (_, _, ka) = complete(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n");
-        assert!(ka);
+    fn every_framed_request_keeps_the_connection_as_firecracker_does() {
+        for req in [
+            &b"GET / HTTP/1.1\r\n\r\n"[..],
+            b"GET / HTTP/1.0\r\n\r\n",
+            b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n",
+            b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+            b"GET / HTTP/1.0\r\nConnection: close\r\n\r\n",
+        ] {
+            let (_, _, ka) = complete(req);
+            assert!(ka, "{}", String::from_utf8_lossy(req));
+        }
     }
 
     #[test]

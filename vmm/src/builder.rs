@@ -1,6 +1,5 @@
 //! The one place that turns a configuration into a running VM.
 
-use std::fs::OpenOptions;
 use std::sync::mpsc::{channel, Receiver};
 use std::time::Instant;
 
@@ -32,6 +31,7 @@ use crate::device_manager::net::{
 };
 use crate::device_manager::DeviceBuses;
 use crate::metrics;
+use crate::sink::open_nonblocking;
 use crate::vstate::kvm::{KvmContext, KvmError};
 use crate::vstate::memory::{create_guest_memory, MemoryError};
 use crate::vstate::vcpu::{
@@ -113,11 +113,15 @@ pub struct BuildOptions {
 }
 
 /// A running VM and everything the VMM thread needs to drive it.
+///
+/// Dropping it stops and joins every vCPU first, then the `io` thread, and only then
+/// releases devices, memory and the VM: no thread can touch guest memory or a device after
+/// it is gone. (Guest memory is also held by `vm` and by each vCPU, see [`Vm`].)
 #[derive(Debug)]
 pub struct RunningVm {
     pub kvm: KvmContext,
     pub vm: Vm,
-    /// Guest RAM; must outlive `vm` (KVM maps it).
+    /// Guest RAM (a handle on the mappings `vm` registered with KVM).
     pub memory: GuestMemoryMmap,
     pub legacy: LegacyDevices,
     /// The ACPI sleep registers and the VM generation ID.
@@ -142,14 +146,13 @@ fn serial_output(config: &VmConfig) -> Result<SerialOut, StartError> {
         .and_then(|s| s.serial_out_path.as_ref())
     {
         Some(path) => {
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|source| StartError::SerialOut {
+            // Non-blocking: a FIFO nobody reads must not stop the vCPU writing to the UART.
+            let file = open_nonblocking(std::path::Path::new(path)).map_err(|source| {
+                StartError::SerialOut {
                     path: path.clone(),
                     source,
-                })?;
+                }
+            })?;
             Ok(Box::new(ConsoleWriter::new(file, limit)))
         }
         None => Ok(Box::new(ConsoleWriter::new(std::io::stdout(), limit))),
@@ -204,7 +207,7 @@ pub fn build_and_boot_with(
         .last()
         .map_or(0, |(start, len)| start.0 + len);
     cpuid::check_memory_end(&supported_cpuid, mem_end)?;
-    let vm = Vm::new(&kvm)?;
+    let mut vm = Vm::new(&kvm)?;
     let memory = create_guest_memory(mem_size, machine.huge_pages)?;
     vm.register_memory(&memory, machine.track_dirty_pages)?;
 
@@ -306,6 +309,8 @@ pub fn build_and_boot_with(
         exit_tx,
         vcpu_exit_evt.try_clone().map_err(StartError::ExitEvent)?,
     );
+    // If a vCPU cannot start, the handles of those already running are dropped inside
+    // `collect`, which stops and joins them before anything else of this build is released.
     let handles = vcpus
         .into_iter()
         .map(|v| v.start(sink.try_clone()?))
@@ -333,8 +338,23 @@ pub fn build_and_boot_with(
     })
 }
 
-/// How long the VMM waits for a vCPU to acknowledge a pause or resume.
+/// How long the VMM waits for the vCPUs to acknowledge a pause or resume.
 const VCPU_RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Drop for RunningVm {
+    fn drop(&mut self) {
+        // Every vCPU is told first so that they stop in parallel; dropping a handle joins it.
+        for vcpu in &self.vcpus {
+            vcpu.request_stop();
+        }
+        self.vcpus.clear();
+        if let Some(io) = self.io_thread.take() {
+            if let Err(e) = io.stop() {
+                log::error!("io thread ended with: {e}");
+            }
+        }
+    }
+}
 
 impl RunningVm {
     /// Injects Ctrl-Alt-Del through the i8042 (the API's `SendCtrlAltDel` action).
@@ -347,11 +367,16 @@ impl RunningVm {
     }
 
     fn broadcast(&self, event: VcpuEvent, expected: VcpuResponse) -> Result<(), VcpuError> {
-        for vcpu in &self.vcpus {
-            vcpu.send_event(event)?;
-        }
-        for vcpu in &self.vcpus {
-            let got = vcpu.response(VCPU_RESPONSE_TIMEOUT)?;
+        let requests = self
+            .vcpus
+            .iter()
+            .map(|vcpu| vcpu.send_event(event))
+            .collect::<Result<Vec<_>, _>>()?;
+        // One deadline for all: the vCPUs answer in parallel.
+        let deadline = Instant::now() + VCPU_RESPONSE_TIMEOUT;
+        for (vcpu, request) in self.vcpus.iter().zip(requests) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let got = vcpu.response(request, left)?;
             if got != expected {
                 return Err(VcpuError::NoResponse(vcpu.index()));
             }

@@ -12,4 +12,5 @@ pub mod metrics;
 pub mod resources;
 pub mod rpc;
 pub mod seccomp;
+pub mod sink;
 pub mod vstate;

@@ -13,10 +13,12 @@ pub mod mac_filter;
 pub mod metrics;
 mod rx;
 pub mod tap;
-mod tx;
+pub mod tx;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_hardening;
 
 #[cfg(test)]
 pub(crate) mod test_utils;

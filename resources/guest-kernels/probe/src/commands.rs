@@ -33,6 +33,7 @@ pub fn run(cmd: Command<'_>) {
         b"acpi-garbage" => crate::acpi_cmds::garbage(),
         b"smp" => smp(cmd.arg),
         b"tick" => tick(cmd.arg),
+        b"print" => print(cmd.arg),
         b"idle" => {
             sprintln!("PROBE idle ok halting");
             cpu::halt_forever();
@@ -322,4 +323,34 @@ fn kbd() {
         got[2]
     );
     crate::reset();
+}
+
+/// `print:N`: N console lines back to back (0 = forever), each
+/// `PROBE print-line n=<i> ` padded with `x` to 100 bytes with its CRLF, as
+/// fast as the UART takes them: a guest flooding its console.
+fn print(arg: Option<&[u8]>) {
+    let Some(lines) = arg.and_then(parse_u64) else {
+        sprintln!("PROBE print FAIL bad-argument");
+        return;
+    };
+    const PAD: &str =
+        "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
+    let mut n = 0u64;
+    while lines == 0 || n < lines {
+        // "PROBE print-line n=" is 19 bytes, CRLF 2: pad the number's field to 100.
+        let digits = decimal_digits(n);
+        let pad = 100usize.saturating_sub(19 + digits + 1 + 2).min(PAD.len());
+        sprintln!("PROBE print-line n={} {}", n, &PAD[..pad]);
+        n += 1;
+    }
+    sprintln!("PROBE print ok lines={} bytes={}", n, n.saturating_mul(100));
+}
+
+fn decimal_digits(mut n: u64) -> usize {
+    let mut digits = 1;
+    while n >= 10 {
+        n /= 10;
+        digits += 1;
+    }
+    digits
 }

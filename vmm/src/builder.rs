@@ -10,6 +10,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::arch::boot_params::{write_pvh_info, write_zero_page, BootInfo, BootParamsError};
+use crate::arch::cpu_template::{self, TemplateError};
 use crate::arch::cpuid::{self, CpuidError, Topology};
 use crate::arch::kernel::{load_cmdline, load_initrd, load_kernel, KernelError};
 use crate::arch::layout::arch_memory_regions;
@@ -74,6 +75,8 @@ pub enum StartError {
     Vcpu(#[from] VcpuError),
     #[error(transparent)]
     Cpuid(#[from] CpuidError),
+    #[error(transparent)]
+    CpuTemplate(#[from] TemplateError),
     #[error(transparent)]
     Acpi(#[from] AcpiDeviceError),
     #[error("cannot create the vCPU exit eventfd: {0}")]
@@ -203,6 +206,20 @@ pub fn build_and_boot_with(
 
     let kvm = KvmContext::open()?;
     let supported_cpuid = kvm.supported_cpuid()?;
+    // The CPU template (static or custom) narrows what KVM offers before each vCPU's
+    // normalisation; checked here again for a config file, which nothing checked before.
+    let template = cpu_template::resolve(
+        machine.cpu_template.as_deref(),
+        config.cpu_config.as_ref(),
+        cpu_template::host_vendor(&supported_cpuid),
+    )?;
+    let supported_cpuid = match &template {
+        Some(t) => {
+            t.check_host(&supported_cpuid)?;
+            t.apply(&supported_cpuid)?
+        }
+        None => supported_cpuid,
+    };
     let mem_end = arch_memory_regions(mem_size)
         .last()
         .map_or(0, |(start, len)| start.0 + len);

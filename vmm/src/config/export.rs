@@ -56,6 +56,19 @@ pub(super) fn null_as_empty<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
 }
 
+/// Reads an optional section: `null` and an empty list (what Firecracker's export holds for
+/// an unset section) become `None`.
+pub(super) fn typed_unless_empty<'de, D: Deserializer<'de>, T: serde::de::DeserializeOwned>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    match unless_empty(d)? {
+        None => Ok(None),
+        Some(v) => serde_json::from_value(v)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+    }
+}
+
 /// Reads a section xenia does not implement: `null` and an empty list ask for nothing and
 /// become `None`; anything else is kept so that validation can refuse it by name.
 pub(super) fn unless_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {

@@ -18,6 +18,8 @@ mod serial;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::arch::x86_64::cpu_template::CustomCpuTemplate;
+
 pub use boot_source::BootSourceConfig;
 pub use drive::{CacheType, DriveConfig, DriveUpdate, ImageFormat, IoEngine};
 pub(crate) use export::array_used_as_object;
@@ -139,12 +141,13 @@ pub struct VmConfig {
         deserialize_with = "export::unless_empty"
     )]
     pub mmds_config: Option<serde_json::Value>,
+    /// A custom CPU template (Firecracker's `PUT /cpu-config` body).
     #[serde(
         rename = "cpu-config",
         default,
-        deserialize_with = "export::unless_empty"
+        deserialize_with = "export::typed_unless_empty"
     )]
-    pub cpu_config: Option<serde_json::Value>,
+    pub cpu_config: Option<CustomCpuTemplate>,
     /// A list in Firecracker's schema: written as `[]`.
     #[serde(
         default,
@@ -186,7 +189,6 @@ impl VmConfig {
             ("vsock", self.vsock.is_some()),
             ("entropy", self.entropy.is_some()),
             ("mmds-config", self.mmds_config.is_some()),
-            ("cpu-config", self.cpu_config.is_some()),
             ("pmem", self.pmem.is_some()),
             ("memory-hotplug", self.memory_hotplug.is_some()),
         ];
@@ -198,6 +200,21 @@ impl VmConfig {
         }
         if let Some(m) = &self.machine_config {
             m.validate()?;
+        }
+        if let Some(t) = &self.cpu_config {
+            t.validate()
+                .map_err(|e| ConfigError::invalid("cpu-config", e.to_string()))?;
+            let static_template = self
+                .machine_config
+                .as_ref()
+                .and_then(|m| m.cpu_template.as_deref())
+                .filter(|t| *t != "None");
+            if static_template.is_some() {
+                return Err(ConfigError::invalid(
+                    "cpu-config",
+                    "machine-config.cpu_template and cpu-config cannot both be set",
+                ));
+            }
         }
         if let Some(l) = &self.logger {
             l.validate()?;

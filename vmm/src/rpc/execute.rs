@@ -200,6 +200,13 @@ impl Vmm {
                     .map_err(|e| failed(&e))?;
                 Ok(VmmData::Empty)
             }
+            A::PutCpuConfig(template) => {
+                self.pre_boot()?;
+                self.resources
+                    .set_cpu_config(template)
+                    .map_err(|e| failed(&e))?;
+                Ok(VmmData::Empty)
+            }
             A::PatchMachineConfig(update) => {
                 self.pre_boot()?;
                 self.resources

@@ -24,8 +24,9 @@ pub use routes::{
 use serde::{Deserialize, Serialize};
 
 use crate::config::{
-    BootSourceConfig, DriveConfig, DriveUpdate, LoggerConfig, MachineConfig, MachineConfigUpdate,
-    MetricsConfig, NetworkInterfaceConfig, NetworkInterfaceUpdate, SerialConfig,
+    BootSourceConfig, CustomCpuTemplate, DriveConfig, DriveUpdate, LoggerConfig, MachineConfig,
+    MachineConfigUpdate, MetricsConfig, NetworkInterfaceConfig, NetworkInterfaceUpdate,
+    SerialConfig,
 };
 
 /// The state `PATCH /vm` asks for.
@@ -50,6 +51,8 @@ pub enum VmmAction {
     PutBootSource(BootSourceConfig),
     /// `PUT /machine-config`
     PutMachineConfig(MachineConfig),
+    /// `PUT /cpu-config`: a custom CPU template.
+    PutCpuConfig(CustomCpuTemplate),
     /// `PATCH /machine-config`: applied over the current configuration by the VMM.
     PatchMachineConfig(MachineConfigUpdate),
     /// `PUT /actions` with `InstanceStart`

@@ -13,6 +13,7 @@ pub const ROUTES: &[(Method, &str)] = &[
     (Method::Get, "/"),
     (Method::Put, "/actions"),
     (Method::Put, "/boot-source"),
+    (Method::Put, "/cpu-config"),
     (Method::Put, "/drives/{drive_id}"),
     (Method::Patch, "/drives/{drive_id}"),
     (Method::Put, "/logger"),
@@ -30,14 +31,7 @@ pub const ROUTES: &[(Method, &str)] = &[
 
 /// Firecracker paths (first segment) xenia recognises but does not implement yet.
 pub const UNSUPPORTED_ROUTES: &[&str] = &[
-    "balloon",
-    "cpu-config",
-    "entropy",
-    "hotplug",
-    "mmds",
-    "pmem",
-    "snapshot",
-    "vsock",
+    "balloon", "entropy", "hotplug", "mmds", "pmem", "snapshot", "vsock",
 ];
 
 /// A request the router accepted.
@@ -197,6 +191,13 @@ fn route(method: Method, path: &str, body: &[u8]) -> Result<ParsedRequest, Route
             let config: crate::config::BootSourceConfig = json("boot-source").parse()?;
             config.validate()?;
             A::PutBootSource(config)
+        }
+        (Put, "cpu-config") => {
+            let template: crate::config::CustomCpuTemplate = json("cpu-config").parse()?;
+            template
+                .validate()
+                .map_err(|e| RouteError::Json(e.to_string()))?;
+            A::PutCpuConfig(template)
         }
         (Get, "machine-config") => A::GetMachineConfig,
         (Put, "machine-config") => {

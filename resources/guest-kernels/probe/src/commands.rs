@@ -28,6 +28,7 @@ pub fn run(cmd: Command<'_>) {
             sprintln!("PROBE timer ok");
         }
         b"cpuid" => cpuid(),
+        b"cpuid-leaf" => cpuid_leaf(cmd.arg),
         b"acpi" => crate::acpi_cmds::acpi(),
         b"acpi-poweroff" => crate::acpi_cmds::poweroff(),
         b"acpi-garbage" => crate::acpi_cmds::garbage(),
@@ -214,6 +215,35 @@ fn cpuid() {
             t.apic_id
         );
     }
+}
+
+/// `cpuid-leaf:LEAF[:SUBLEAF]` prints the four registers the guest sees for one leaf
+/// (decimal or 0x-hex numbers), so tests can check what a CPU template changed.
+fn cpuid_leaf(arg: Option<&[u8]>) {
+    let arg = arg.unwrap_or(&[]);
+    let (leaf, sub) = match arg.iter().position(|&b| b == b':') {
+        Some(i) => (&arg[..i], Some(&arg[i + 1..])),
+        None => (arg, None),
+    };
+    let leaf = parse_u64(leaf).and_then(|v| u32::try_from(v).ok());
+    let sub = match sub {
+        Some(s) => parse_u64(s).and_then(|v| u32::try_from(v).ok()),
+        None => Some(0),
+    };
+    let (Some(leaf), Some(sub)) = (leaf, sub) else {
+        sprintln!("PROBE cpuid-leaf FAIL bad-argument {}", as_text(arg));
+        return;
+    };
+    let r = cpu::cpuid(leaf, sub);
+    sprintln!(
+        "PROBE cpuid-leaf ok leaf={:#x} subleaf={:#x} eax={:#x} ebx={:#x} ecx={:#x} edx={:#x}",
+        leaf,
+        sub,
+        r.eax,
+        r.ebx,
+        r.ecx,
+        r.edx
+    );
 }
 
 /// `smp` wakes the processors of the MP table; `smp:N` instead wakes APIC

@@ -213,11 +213,11 @@ pub(crate) fn start_io_thread(
     })?)
 }
 
+/// Started vCPU threads with the channel and eventfd through which they report exits.
+pub(crate) type StartedVcpus = (Vec<VcpuHandle>, Receiver<(u8, VcpuExitReason)>, EventFd);
+
 /// Starts every vCPU thread (paused with `paused`), with the exit channel the VMM watches.
-pub(crate) fn start_vcpus(
-    vcpus: Vec<Vcpu>,
-    paused: bool,
-) -> Result<(Vec<VcpuHandle>, Receiver<(u8, VcpuExitReason)>, EventFd), StartError> {
+pub(crate) fn start_vcpus(vcpus: Vec<Vcpu>, paused: bool) -> Result<StartedVcpus, StartError> {
     register_kick_signal_handler()?;
     let vcpu_exit_evt = EventFd::new(EFD_NONBLOCK).map_err(StartError::ExitEvent)?;
     let (exit_tx, vcpu_exits) = channel();

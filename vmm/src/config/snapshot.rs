@@ -199,8 +199,9 @@ mod tests {
 
     #[test]
     fn deprecated_diff_alias_and_bad_overrides() {
-        let c = load(r#"{"snapshot_path": "s", "mem_file_path": "m", "enable_diff_snapshots": true}"#)
-            .unwrap();
+        let c =
+            load(r#"{"snapshot_path": "s", "mem_file_path": "m", "enable_diff_snapshots": true}"#)
+                .unwrap();
         assert!(c.dirty_tracking() && c.uses_deprecated_fields());
         assert!(load(
             r#"{"snapshot_path": "s", "mem_file_path": "m",
@@ -209,8 +210,10 @@ mod tests {
         )
         .unwrap_err()
         .contains("twice"));
-        assert!(load(r#"{"snapshot_path": "s", "mem_file_path": "m", "vsock_override": {"uds_path": "x"}}"#)
-            .unwrap_err()
-            .contains("vsock_override"));
+        assert!(load(
+            r#"{"snapshot_path": "s", "mem_file_path": "m", "vsock_override": {"uds_path": "x"}}"#
+        )
+        .unwrap_err()
+        .contains("vsock_override"));
     }
 }

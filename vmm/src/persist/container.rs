@@ -44,7 +44,9 @@ pub enum DecodeError {
     Version { got: u32 },
     #[error("the state file was made for the {got} architecture; this xenia runs x86_64")]
     Arch { got: String },
-    #[error("the state file's payload claims {got} bytes, more than the {MAX_STATE_BYTES} allowed")]
+    #[error(
+        "the state file's payload claims {got} bytes, more than the {MAX_STATE_BYTES} allowed"
+    )]
     TooLarge { got: u64 },
     #[error("the state file is truncated or has trailing data: payload of {expected} bytes announced, {got} present")]
     Length { expected: u64, got: u64 },

@@ -114,7 +114,10 @@ mod tests {
         };
         assert!(saved.check_layout(&[slot(5)]).is_ok());
         let e = saved.check_layout(&[slot(6)]).unwrap_err();
-        assert!(e.contains("rootfs") && e.contains("IRQ 5") && e.contains("IRQ 6"), "{e}");
+        assert!(
+            e.contains("rootfs") && e.contains("IRQ 5") && e.contains("IRQ 6"),
+            "{e}"
+        );
         assert!(saved.check_layout(&[]).is_err());
     }
 

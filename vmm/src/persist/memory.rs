@@ -91,7 +91,8 @@ fn host_range(mem: &GuestMemoryMmap, r: &RegionState) -> Result<(*mut u8, usize)
     let host = region
         .get_host_address(MemoryRegionAddress(0))
         .map_err(|_| MemoryFileError::HostAddress(r.guest_addr))?;
-    let len = usize::try_from(region.len()).map_err(|_| MemoryFileError::HostAddress(r.guest_addr))?;
+    let len =
+        usize::try_from(region.len()).map_err(|_| MemoryFileError::HostAddress(r.guest_addr))?;
     Ok((host, len))
 }
 
@@ -145,7 +146,11 @@ fn mark_file_data(file: &File, offset: u64, len: u64, bits: &mut [u64]) -> std::
         }
         // SAFETY: as above.
         let hole = unsafe { libc::lseek(fd, data as libc::off_t, libc::SEEK_HOLE) };
-        let hole = if hole < 0 { end } else { (hole as u64).min(end) };
+        let hole = if hole < 0 {
+            end
+        } else {
+            (hole as u64).min(end)
+        };
         let first = (data - offset) / PAGE_SIZE;
         let last = (hole - offset).div_ceil(PAGE_SIZE);
         for p in first..last {
@@ -230,11 +235,12 @@ fn write_pages(
 }
 
 fn finish(out: &File, path: &str, file_len: u64) -> Result<(), MemoryFileError> {
-    out.set_len(file_len).map_err(|source| MemoryFileError::Io {
-        path: path.to_owned(),
-        what: "cannot set its length",
-        source,
-    })?;
+    out.set_len(file_len)
+        .map_err(|source| MemoryFileError::Io {
+            path: path.to_owned(),
+            what: "cannot set its length",
+            source,
+        })?;
     out.sync_all().map_err(|source| MemoryFileError::Io {
         path: path.to_owned(),
         what: "fsync failed",
@@ -252,11 +258,12 @@ pub fn write_full(
     let out = create_file(path)?;
     let file_len: u64 = regions.iter().map(|r| r.size).sum();
     // The length first: the file is sparse from the start and writes fill it in.
-    out.set_len(file_len).map_err(|source| MemoryFileError::Io {
-        path: path.to_owned(),
-        what: "cannot set its length",
-        source,
-    })?;
+    out.set_len(file_len)
+        .map_err(|source| MemoryFileError::Io {
+            path: path.to_owned(),
+            what: "cannot set its length",
+            source,
+        })?;
     let pagemap = File::open("/proc/self/pagemap").map_err(MemoryFileError::Pagemap)?;
     let mut written = 0;
     for r in &regions {
@@ -291,11 +298,12 @@ pub fn write_diff(
     let regions = region_states(mem);
     let out = create_file(path)?;
     let file_len: u64 = regions.iter().map(|r| r.size).sum();
-    out.set_len(file_len).map_err(|source| MemoryFileError::Io {
-        path: path.to_owned(),
-        what: "cannot set its length",
-        source,
-    })?;
+    out.set_len(file_len)
+        .map_err(|source| MemoryFileError::Io {
+            path: path.to_owned(),
+            what: "cannot set its length",
+            source,
+        })?;
     let mut written = 0;
     for (r, bits) in regions.iter().zip(dirty) {
         let (host, len) = host_range(mem, r)?;
@@ -426,7 +434,11 @@ mod tests {
         let meta = std::fs::metadata(&path).unwrap();
         assert_eq!(meta.len(), 64 << 20);
         // Allocated blocks: the 16 pages, not 64 MiB (some slack for file-system metadata).
-        assert!(meta.blocks() * 512 <= 64 * PAGE_SIZE, "{} blocks", meta.blocks());
+        assert!(
+            meta.blocks() * 512 <= 64 * PAGE_SIZE,
+            "{} blocks",
+            meta.blocks()
+        );
 
         let file = Arc::new(open_memory_file(&path, 64 << 20).unwrap());
         let back = map_memory_file(file.clone(), &path, &region_states(&mem)).unwrap();
@@ -480,7 +492,11 @@ mod tests {
         write_diff(&mem, &diff, &[dirty]).unwrap();
         let full = temp("full-now.mem");
         write_full(&mem, &full, None).unwrap();
-        let b = OpenOptions::new().read(true).write(true).open(&base).unwrap();
+        let b = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&base)
+            .unwrap();
         let mut d = File::open(&diff).unwrap();
         assert_eq!(merge_diff(&b, &mut d).unwrap(), 2 * PAGE_SIZE);
         assert_eq!(std::fs::read(&base).unwrap(), std::fs::read(&full).unwrap());

@@ -184,8 +184,8 @@ pub(crate) mod tests {
                 "machine-config": {"vcpu_count": 1, "mem_size_mib": 64}}"#,
         )
         .unwrap();
-        let vcpu: VcpuState = postcard::from_bytes(&postcard::to_stdvec(&zero_vcpu()).unwrap())
-            .unwrap();
+        let vcpu: VcpuState =
+            postcard::from_bytes(&postcard::to_stdvec(&zero_vcpu()).unwrap()).unwrap();
         Snapshot {
             xenia_version: "test".into(),
             created_unix_ms: 1,

@@ -14,8 +14,8 @@ use super::container::{HEADER_LEN, MAX_STATE_BYTES};
 use super::memory::{map_memory_file, open_memory_file, MemoryFileError, MemorySource};
 use super::{decode, DecodeError, Snapshot, ValidateError};
 use crate::builder::{
-    create_devices, device_slots, start_io_thread, start_vcpus, BootHooks, BuildOptions,
-    Devices, RunningVm, StartError,
+    create_devices, device_slots, start_io_thread, start_vcpus, BootHooks, BuildOptions, Devices,
+    RunningVm, StartError,
 };
 use crate::config::{HugePages, VmConfig};
 use crate::vstate::kvm::KvmContext;

@@ -7,11 +7,11 @@ use crate::builder::{build_and_boot_with, BootHooks, BuildOptions, RunningVm, Th
 use crate::config::{
     LoggerConfig, MemBackendType, MetricsConfig, SnapshotCreateConfig, SnapshotLoadConfig, VmConfig,
 };
+use crate::logger::{self, LoggerSettings};
+use crate::metrics::{self, MetricsSink};
 use crate::persist::create::create_snapshot;
 use crate::persist::restore::{load_snapshot, LoadOptions, MemoryBackend};
 use crate::persist::SnapshotType;
-use crate::logger::{self, LoggerSettings};
-use crate::metrics::{self, MetricsSink};
 use crate::resources::VmResources;
 
 use super::response::{ActionError, InstanceInfo, InstanceState, VersionInfo, VmmData};
@@ -218,8 +218,9 @@ impl Vmm {
         config.logger = process_only.logger;
         config.metrics = process_only.metrics;
         if params.resume_vm {
-            vm.resume()
-                .map_err(|e| ActionError::Internal(format!("cannot resume the restored VM: {e}")))?;
+            vm.resume().map_err(|e| {
+                ActionError::Internal(format!("cannot resume the restored VM: {e}"))
+            })?;
         }
         metrics::global()
             .latencies_us

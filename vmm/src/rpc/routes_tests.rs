@@ -450,7 +450,8 @@ fn snapshot_routes() {
         r#"{"snapshot_path": "/s", "mem_file_path": "/m", "version": "1.0.0"}"#,
     );
     assert!(msg.contains("unknown field `version`"), "{msg}");
-    let load = r#"{"snapshot_path": "/s", "mem_backend": {"backend_type": "File", "backend_path": "/m"}}"#;
+    let load =
+        r#"{"snapshot_path": "/s", "mem_backend": {"backend_type": "File", "backend_path": "/m"}}"#;
     let parsed = route(Method::Put, "/snapshot/load", load.as_bytes()).unwrap();
     assert!(!parsed.deprecated);
     assert!(matches!(parsed.action, VmmAction::LoadSnapshot(_)));

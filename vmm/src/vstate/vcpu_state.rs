@@ -216,10 +216,7 @@ pub fn save_vcpu(
         words.extend_from_slice(area.as_slice());
         words
     } else {
-        fd.get_xsave()
-            .map_err(e("KVM_GET_XSAVE"))?
-            .region
-            .to_vec()
+        fd.get_xsave().map_err(e("KVM_GET_XSAVE"))?.region.to_vec()
     };
     let xcrs = fd.get_xcrs().map_err(e("KVM_GET_XCRS"))?;
     let debug_regs = fd.get_debug_regs().map_err(e("KVM_GET_DEBUGREGS"))?;
@@ -262,7 +259,10 @@ impl VcpuState {
             )));
         }
         if self.msrs.len() > MAX_MSRS {
-            return Err(invalid(format!("{} MSRs (at most {MAX_MSRS})", self.msrs.len())));
+            return Err(invalid(format!(
+                "{} MSRs (at most {MAX_MSRS})",
+                self.msrs.len()
+            )));
         }
         if self.xsave.len() < XSAVE_REGION_WORDS || self.xsave.len() > MAX_XSAVE_WORDS {
             return Err(invalid(format!(
@@ -277,7 +277,9 @@ impl VcpuState {
             .position(|m| m.index == MSR_IA32_TSC_DEADLINE);
         if let (Some(t), Some(d)) = (tsc_pos, deadline_pos) {
             if d < t {
-                return Err(invalid("IA32_TSC_DEADLINE is listed before IA32_TSC".into()));
+                return Err(invalid(
+                    "IA32_TSC_DEADLINE is listed before IA32_TSC".into(),
+                ));
             }
         }
         if self.tsc_khz == Some(0) {
@@ -298,10 +300,9 @@ impl VcpuState {
         self.msrs
             .iter()
             .map(|m| match (m.index, tsc) {
-                (MSR_IA32_TSC_DEADLINE, Some(tsc)) if m.data == 0 => kvm_msr_entry {
-                    data: tsc,
-                    ..*m
-                },
+                (MSR_IA32_TSC_DEADLINE, Some(tsc)) if m.data == 0 => {
+                    kvm_msr_entry { data: tsc, ..*m }
+                }
                 _ => *m,
             })
             .collect()
@@ -400,8 +401,8 @@ fn set_msrs_checked(
             ..Default::default()
         }])
         .map_err(fam)?;
-        let same = fd.get_msrs(&mut probe).ok() == Some(1)
-            && probe.as_slice()[0].data == refused.data;
+        let same =
+            fd.get_msrs(&mut probe).ok() == Some(1) && probe.as_slice()[0].data == refused.data;
         if !same {
             return Err(VcpuStateError::MsrRefused {
                 index,
@@ -439,13 +440,12 @@ fn restore_xsave(
         return unsafe { fd.set_xsave(&x) }.map_err(kvm_err(index, "KVM_SET_XSAVE"));
     }
     let total = words.len().max(host_words).max(region_bytes / 4);
-    let mut area = Xsave::new(total - XSAVE_REGION_WORDS).map_err(|source| {
-        VcpuStateError::Fam {
+    let mut area =
+        Xsave::new(total - XSAVE_REGION_WORDS).map_err(|source| VcpuStateError::Fam {
             index,
             what: "xsave",
             source,
-        }
-    })?;
+        })?;
     let (head, tail) = words.split_at(XSAVE_REGION_WORDS.min(words.len()));
     // SAFETY: writing plain words into the region the wrapper owns.
     unsafe { area.as_mut_fam_struct() }.xsave.region[..head.len()].copy_from_slice(head);

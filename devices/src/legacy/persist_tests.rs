@@ -20,6 +20,9 @@ impl Write for SharedSink {
     }
 }
 
+/// A mutation of a good state and the error it must produce.
+type Case<S> = (Box<dyn Fn(&mut S)>, LegacyStateError);
+
 const RBR: u64 = 0;
 const IER: u64 = 1;
 const LCR: u64 = 3;
@@ -86,7 +89,7 @@ fn serial_state_survives_serde() {
 fn every_invalid_serial_field_is_refused_and_named() {
     let (src, _, _) = busy_console();
     let good = src.save_state();
-    let cases: Vec<(Box<dyn Fn(&mut SerialConsoleState)>, LegacyStateError)> = vec![
+    let cases: Vec<Case<SerialConsoleState>> = vec![
         (
             Box::new(|s| s.uart.in_buffer = vec![0; 65]),
             LegacyStateError::SerialFifo { len: 65 },
@@ -165,7 +168,7 @@ fn i8042_round_trip_keeps_output_and_pending_command() {
 fn every_invalid_i8042_field_is_refused_and_named() {
     let (src, _) = i8042();
     let good = src.save_state();
-    let cases: Vec<(Box<dyn Fn(&mut I8042State)>, LegacyStateError)> = vec![
+    let cases: Vec<Case<I8042State>> = vec![
         (
             Box::new(|s| s.status |= 0x80),
             LegacyStateError::I8042Status(good.status | 0x80),

@@ -14,6 +14,8 @@ pub mod persist;
 pub mod rate_limiter;
 
 #[cfg(test)]
+mod persist_tests;
+#[cfg(test)]
 pub(crate) mod test_utils;
 
 pub use device::{

@@ -16,6 +16,8 @@ pub mod rate_limiter;
 #[cfg(test)]
 mod persist_tests;
 #[cfg(test)]
+pub(crate) mod test_rings;
+#[cfg(test)]
 pub(crate) mod test_utils;
 
 pub use device::{

@@ -6,8 +6,6 @@ use std::sync::{Arc, Mutex};
 
 use devices::BusDevice;
 use virtio_bindings::bindings::virtio_blk::*;
-use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::tempfile::TempFile;
 
@@ -16,6 +14,7 @@ use crate::device::VirtioDevice;
 use crate::features::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::mmio::status::*;
 use crate::persist::*;
+use crate::test_rings::{bring_up, RawRing};
 use crate::test_utils::guest_memory;
 use crate::{GuestMemoryMmap, MmioTransport, MmioTransportState, TransportStateError};
 
@@ -45,84 +44,25 @@ fn block(path: &std::path::Path) -> Arc<Mutex<Block>> {
     ))
 }
 
-fn wr(t: &mut MmioTransport, off: u64, v: u32) {
-    t.write(off, &v.to_le_bytes());
+/// Queue 0 of the block device: 16 entries from guest address 0.
+fn ring() -> RawRing {
+    RawRing::at(0, QSIZE)
 }
 
-/// Drives the transport like a driver: features (all offered), queue 0 at the mock's rings,
-/// DRIVER_OK.
-fn bring_up(t: &mut MmioTransport, vq: &MockSplitQueue<GuestMemoryMmap>, features: u64) {
-    wr(t, 0x70, ACKNOWLEDGE);
-    wr(t, 0x70, ACKNOWLEDGE | DRIVER);
-    wr(t, 0x24, 0);
-    wr(t, 0x20, features as u32);
-    wr(t, 0x24, 1);
-    wr(t, 0x20, (features >> 32) as u32);
-    wr(t, 0x70, ACKNOWLEDGE | DRIVER | FEATURES_OK);
-    wr(t, 0x30, 0);
-    wr(t, 0x38, u32::from(QSIZE));
-    for (off, addr) in [
-        (0x80, vq.desc_table_addr().0),
-        (0x90, vq.avail_addr().0),
-        (0xa0, vq.used_addr().0),
-    ] {
-        wr(t, off, addr as u32);
-        wr(t, off + 4, (addr >> 32) as u32);
-    }
-    wr(t, 0x44, 1);
-    wr(t, 0x70, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
-}
-
-/// Ring addresses of queue 0 (desc table, avail ring, used ring).
-#[derive(Clone, Copy)]
-struct Rings(u64, u64, u64);
-
-impl Rings {
-    fn of(vq: &MockSplitQueue<GuestMemoryMmap>) -> Self {
-        Rings(vq.desc_table_addr().0, vq.avail_addr().0, vq.used_addr().0)
-    }
-
-    fn from_state(t: &MmioTransportState) -> Self {
-        let q = &t.queues[0];
-        Rings(q.desc_table, q.avail_ring, q.used_ring)
-    }
-
-    fn used_idx(&self, mem: &GuestMemoryMmap) -> u16 {
-        mem.read_obj(GuestAddress(self.2 + 2)).unwrap()
-    }
-
-    fn used_id(&self, mem: &GuestMemoryMmap, slot: u64) -> u32 {
-        mem.read_obj(GuestAddress(self.2 + 4 + 8 * slot)).unwrap()
-    }
-
-    /// Posts a write of `data` at `sector` as the driver would, with descriptors 3n..3n+2,
-    /// straight into guest memory (the ring already holds earlier requests).
-    fn post_write(&self, mem: &GuestMemoryMmap, n: u16, sector: u64, data: &[u8]) {
-        let k = u64::from(n);
-        let (hdr, buf, status) = (HDR + k * 0x100, DATA + k * 0x1000, STATUS + k);
-        mem.write_obj(VIRTIO_BLK_T_OUT, GuestAddress(hdr)).unwrap();
-        mem.write_obj(0u32, GuestAddress(hdr + 4)).unwrap();
-        mem.write_obj(sector, GuestAddress(hdr + 8)).unwrap();
-        mem.write_slice(data, GuestAddress(buf)).unwrap();
-        mem.write_obj(0xffu8, GuestAddress(status)).unwrap();
-        let first = n * 3;
-        let descs = [
-            (hdr, 16u32, 1u16, first + 1),
-            (buf, data.len() as u32, 1, first + 2),
-            (status, 1, 2, 0),
-        ];
-        for (i, (addr, len, flags, next)) in descs.into_iter().enumerate() {
-            let d = RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next));
-            let at = self.0 + 16 * (u64::from(first) + i as u64);
-            mem.write_obj(d, GuestAddress(at)).unwrap();
-        }
-        let idx: u16 = mem.read_obj(GuestAddress(self.1 + 2)).unwrap();
-        let slot = u64::from(idx % QSIZE);
-        mem.write_obj(first, GuestAddress(self.1 + 4 + 2 * slot))
-            .unwrap();
-        mem.write_obj(idx.wrapping_add(1), GuestAddress(self.1 + 2))
-            .unwrap();
-    }
+/// Posts a write of `data` at `sector` with descriptors 3n..3n+2.
+fn post_write(mem: &GuestMemoryMmap, n: u16, sector: u64, data: &[u8]) {
+    let k = u64::from(n);
+    let (hdr, buf, status) = (HDR + k * 0x100, DATA + k * 0x1000, STATUS + k);
+    mem.write_obj(VIRTIO_BLK_T_OUT, GuestAddress(hdr)).unwrap();
+    mem.write_obj(0u32, GuestAddress(hdr + 4)).unwrap();
+    mem.write_obj(sector, GuestAddress(hdr + 8)).unwrap();
+    mem.write_slice(data, GuestAddress(buf)).unwrap();
+    mem.write_obj(0xffu8, GuestAddress(status)).unwrap();
+    ring().add_chain(
+        mem,
+        n * 3,
+        &[(hdr, 16, 0), (buf, data.len() as u32, 0), (status, 1, 2)],
+    );
 }
 
 fn on_disk(path: &std::path::Path, sector: u64, len: usize) -> Vec<u8> {
@@ -146,15 +86,13 @@ fn saved() -> Saved {
     let file = disk();
     let dev = block(file.as_path());
     let mut t = MmioTransport::new(mem.clone(), dev.clone()).unwrap();
-    let vq = MockSplitQueue::create(&mem, GuestAddress(0), QSIZE);
     let features = dev.lock().unwrap().avail_features();
     assert_ne!(features & (1 << VIRTIO_RING_F_EVENT_IDX), 0);
-    bring_up(&mut t, &vq, features);
+    bring_up(&mut t, features, &[ring()]);
     assert!(dev.lock().unwrap().is_activated());
-    let rings = Rings::of(&vq);
-    rings.post_write(&mem, 0, 1, &[0xa5; 512]);
+    post_write(&mem, 0, 1, &[0xa5; 512]);
     dev.lock().unwrap().process_queue();
-    assert_eq!(rings.used_idx(&mem), 1);
+    assert_eq!(ring().used_idx(&mem), 1);
     let (transport, block) = {
         let mut d = dev.lock().unwrap();
         d.quiesce();
@@ -209,13 +147,12 @@ fn restored_block_device_serves_the_next_request_from_the_saved_ring_position() 
 
     // The guest posts the next request on the same ring; the restored device takes it from
     // entry 1, writes the image and fills used entry 1.
-    let rings = Rings::from_state(&s.transport);
-    rings.post_write(&s.mem, 1, 5, &[0x3c; 1024]);
+    post_write(&s.mem, 1, 5, &[0x3c; 1024]);
     assert_eq!(t.kick().unwrap(), 1);
     assert_eq!(t.queue_evts()[0].read().unwrap(), 1);
     dev.lock().unwrap().process_queue();
-    assert_eq!(rings.used_idx(&s.mem), 2);
-    assert_eq!(rings.used_id(&s.mem, 1), 3);
+    assert_eq!(ring().used_idx(&s.mem), 2);
+    assert_eq!(ring().used_elem(&s.mem, 1), (3, 1));
     assert_eq!(
         s.mem.read_obj::<u8>(GuestAddress(STATUS + 1)).unwrap(),
         VIRTIO_BLK_S_OK as u8
@@ -230,8 +167,9 @@ fn a_device_the_driver_never_started_restores_idle() {
     let file = disk();
     let dev = block(file.as_path());
     let mut t = MmioTransport::new(mem.clone(), dev.clone()).unwrap();
-    wr(&mut t, 0x70, ACKNOWLEDGE);
-    wr(&mut t, 0x70, ACKNOWLEDGE | DRIVER);
+    for status in [ACKNOWLEDGE, ACKNOWLEDGE | DRIVER] {
+        t.write(0x70, &status.to_le_bytes());
+    }
     let s = Saved {
         mem,
         file,
@@ -603,4 +541,46 @@ fn restore_queue_names_each_bad_field() {
     wrapped.next_avail = 2;
     wrapped.next_used = 0xfffc;
     assert!(restore_queue(0, &wrapped, 16, true, &mem).is_ok());
+}
+
+#[test]
+fn quiesce_completes_async_requests_before_the_queue_is_saved() {
+    let mem = guest_memory();
+    let file = disk();
+    let dev = Arc::new(Mutex::new(
+        Block::new(&BlockConfig {
+            drive_id: "rootfs".into(),
+            path_on_host: file.as_path().to_path_buf(),
+            is_read_only: false,
+            cache_type: CacheType::Writeback,
+            io_engine: IoEngine::Async,
+            rate_limiter: None,
+        })
+        .unwrap(),
+    ));
+    let mut t = MmioTransport::new(mem.clone(), dev.clone()).unwrap();
+    let features = dev.lock().unwrap().avail_features();
+    bring_up(&mut t, features, &[ring()]);
+    for n in 0..4 {
+        post_write(&mem, n, u64::from(n) * 8, &[0x40 + n as u8; 4096]);
+    }
+    let mut d = dev.lock().unwrap();
+    d.process_queue();
+    // Submitted to io_uring; completions are only reaped by the io loop (not running here).
+    assert_eq!(ring().used_idx(&mem), 0);
+    d.quiesce();
+    let state = d.save_state();
+    assert_eq!(ring().used_idx(&mem), 4);
+    let q = state.virtio.queues[0];
+    assert_eq!((q.next_avail, q.next_used), (4, 4));
+    for n in 0..4u64 {
+        assert_eq!(
+            mem.read_obj::<u8>(GuestAddress(STATUS + n)).unwrap(),
+            VIRTIO_BLK_S_OK as u8
+        );
+        assert_eq!(
+            on_disk(file.as_path(), n * 8, 4096),
+            vec![0x40 + n as u8; 4096]
+        );
+    }
 }

@@ -128,3 +128,7 @@ impl VirtioPersist for Net {
         &state.virtio
     }
 }
+
+#[cfg(test)]
+#[path = "persist_tests.rs"]
+mod tests;

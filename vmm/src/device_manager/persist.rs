@@ -12,6 +12,11 @@
 //! and re-activates each device the guest had started with its saved queues (the `io` thread
 //! picks the queues up through the device's control EventFd, as after a guest activation).
 //! On resume, [`DeviceSet::kick_all_queues`].
+//!
+//! Seccomp: saving and kicking use only what the VMM thread's filter already allows (futex,
+//! eventfd writes, `io_uring_enter` to drain async requests). Restoring duplicates EventFds
+//! and sets tap offloads (`TUNSETOFFLOAD`) like the builder does, so it runs where the builder
+//! runs, before the VMM thread's own filter is installed.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 

@@ -10,8 +10,13 @@ pub mod device;
 pub mod io_thread;
 pub mod mmio;
 pub mod net;
+pub mod persist;
 pub mod rate_limiter;
 
+#[cfg(test)]
+mod persist_tests;
+#[cfg(test)]
+pub(crate) mod test_rings;
 #[cfg(test)]
 pub(crate) mod test_utils;
 
@@ -19,7 +24,11 @@ pub use device::{
     ActivateContext, ActivateError, InterruptType, IrqTrigger, VirtioDevice, VirtioInterrupt,
 };
 pub use io_thread::{IoSubscriber, IoThread, IoThreadError, IoThreadHandle};
+pub use mmio::persist::{MmioTransportState, QueueRegsState, TransportStateError};
 pub use mmio::{MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
+pub use persist::{
+    QueueState, QueueStateError, VirtioDeviceState, VirtioPersist, VirtioStateError,
+};
 
 /// The guest memory type every device works with.
 pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;

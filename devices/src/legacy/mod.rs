@@ -2,6 +2,7 @@
 
 mod boot_timer;
 mod i8042;
+pub mod persist;
 mod serial;
 
 pub use boot_timer::{BootTimer, BOOT_TIMER_PORT, BOOT_TIMER_READY};

@@ -4,12 +4,14 @@
 //! - `event_handler.rs`: what runs on the `io` thread.
 //! - `request.rs`: descriptor-chain parsing and validation.
 //! - `file.rs`: the image and the synchronous backend; `io_uring.rs`: the async engine.
+//! - `persist.rs`: snapshot state.
 
 mod device;
 mod event_handler;
 pub mod file;
 pub mod io_uring;
 pub mod metrics;
+mod persist;
 pub mod request;
 
 #[cfg(test)]
@@ -21,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 pub use device::{Block, BlockError, BLOCK_QUEUE_SIZE};
 pub use metrics::{BlockMetrics, BlockMetricsSnapshot};
+pub use persist::{BlockState, BlockStateError};
 
 use crate::rate_limiter::RateLimiterConfig;
 

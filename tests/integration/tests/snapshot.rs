@@ -8,7 +8,7 @@ use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
 use snapshot_common::*;
-use xenia_integration_tests::{Xenia, BOOT_TIMEOUT};
+use xenia_integration_tests::{xenia_binary, Xenia, BOOT_TIMEOUT};
 
 #[test]
 fn a_full_snapshot_restores_in_a_new_process_and_carries_on() {
@@ -75,6 +75,33 @@ fn a_restored_vm_starts_paused_unless_resume_vm() {
     let files = SnapshotFiles::new();
     pause_and_create(&mut x, &api, &files, "Full");
     drop(x);
+
+    // The CLI describes the state file after checking it, and names the format version.
+    let out = std::process::Command::new(xenia_binary())
+        .arg("--describe-snapshot")
+        .arg(&files.state)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let desc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(desc["mem_size_mib"], 64, "{desc}");
+    assert_eq!(desc["snapshot_type"], "Full");
+    let out = std::process::Command::new(xenia_binary())
+        .arg("--snapshot-version")
+        .output()
+        .unwrap();
+    let version = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert_eq!(desc["format_version"].to_string(), version);
+    let out = std::process::Command::new(xenia_binary())
+        .arg("--describe-snapshot")
+        .arg(&files.mem)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
 
     let (mut y, api2) = Xenia::with_api(&[]);
     api2.expect("PUT", "/snapshot/load", &files.load_body(false), 204);

@@ -88,6 +88,15 @@ pub enum LoadError {
 
 /// Reads and decodes a state file, bounded by [`MAX_STATE_BYTES`].
 pub fn read_state_file(path: &str) -> Result<Snapshot, LoadError> {
+    let bytes = read_state_bytes(path)?;
+    decode(&bytes).map_err(|source| LoadError::Decode {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Reads a state file's bytes, refusing one larger than any valid state file.
+pub fn read_state_bytes(path: &str) -> Result<Vec<u8>, LoadError> {
     let err = |what| {
         move |source| LoadError::StateFile {
             path: path.to_owned(),
@@ -110,10 +119,7 @@ pub fn read_state_file(path: &str) -> Result<Snapshot, LoadError> {
     file.take(max + 1)
         .read_to_end(&mut bytes)
         .map_err(err("read failed"))?;
-    decode(&bytes).map_err(|source| LoadError::Decode {
-        path: path.to_owned(),
-        source,
-    })
+    Ok(bytes)
 }
 
 /// Applies `network_overrides` to the configuration the devices will be built from.

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use devices::legacy::SerialOut;
+use virtio::GuestMemoryMmap;
 use virtio::{IoThread, IoThreadError, IoThreadHandle};
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::arch::boot_params::{write_pvh_info, write_zero_page, BootInfo, BootParamsError};

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use devices::legacy::{SerialConsole, I8042};
 use devices::{BusDevice, EventFdTrigger};
 use virtio::block::{Block, BlockConfig};
+use virtio::GuestMemoryMmap;
 use virtio::VirtioDevice;
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::*;

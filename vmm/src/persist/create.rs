@@ -63,17 +63,25 @@ fn saved_config(config: &VmConfig) -> VmConfig {
     }
 }
 
-/// KVM's dirty bitmap per memory slot since the last call (which resets it).
+/// The pages written since the last call (which starts a new interval), per memory slot:
+/// KVM's dirty log (what the guest wrote) OR-ed with the memory's own bitmap (what xenia's
+/// threads wrote: used rings, request status, block reads, rx frames), one bit per page.
 fn dirty_bitmaps(vm: &RunningVm) -> Result<Vec<Vec<u64>>, CreateError> {
     vm.memory
         .iter()
         .enumerate()
         .map(|(slot, region)| {
             let slot = slot as u32;
-            vm.vm
+            let mut bits = vm
+                .vm
                 .fd()
                 .get_dirty_log(slot, region.len() as usize)
-                .map_err(|source| CreateError::DirtyLog { slot, source })
+                .map_err(|source| CreateError::DirtyLog { slot, source })?;
+            let vmm = std::ops::Deref::deref(region).bitmap().get_and_reset();
+            for (k, v) in bits.iter_mut().zip(vmm) {
+                *k |= v;
+            }
+            Ok(bits)
         })
         .collect()
 }
@@ -102,6 +110,7 @@ pub fn create_snapshot(
     let config_json = serde_json::to_string(&saved_config(config))
         .map_err(|e| CreateError::Encode(e.to_string()))?;
 
+    let mut diff_runs = Vec::new();
     let memory = match snapshot_type {
         SnapshotType::Full => {
             if vm.track_dirty_pages {
@@ -112,7 +121,9 @@ pub fn create_snapshot(
         }
         SnapshotType::Diff => {
             let dirty = dirty_bitmaps(vm)?;
-            write_diff(&vm.memory, mem_file_path, &dirty)?
+            let (stats, runs) = write_diff(&vm.memory, mem_file_path, &dirty)?;
+            diff_runs = runs;
+            stats
         }
     };
 
@@ -130,6 +141,7 @@ pub fn create_snapshot(
         vm: vm_state,
         vcpus,
         devices,
+        diff_runs,
     };
     let bytes = encode(&snapshot).map_err(CreateError::Encode)?;
     let state_err = |what| {

@@ -8,15 +8,16 @@
 //! left as holes, so a guest that touched 50 MiB of 1 GiB costs ~50 MiB of disk and write.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
+use virtio::{GuestMemoryMmap, GuestRegionMmap};
+use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::mmap::NewBitmap;
 use vm_memory::{
-    FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
-    GuestRegionMmap, MemoryRegionAddress,
+    FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress,
 };
 
 use super::{RegionState, PAGE_SIZE};
@@ -184,6 +185,7 @@ fn create_file(path: &str) -> Result<File, MemoryFileError> {
 
 /// Writes the pages of `[host, host+len)` selected by `bits` at `file_offset` in `out`,
 /// coalescing runs; with `skip_zero`, pages that read as zero stay holes.
+#[allow(clippy::too_many_arguments)]
 fn write_pages(
     out: &File,
     path: &str,
@@ -192,6 +194,7 @@ fn write_pages(
     file_offset: u64,
     bits: &[u64],
     skip_zero: bool,
+    runs: &mut Vec<(u64, u64)>,
 ) -> Result<u64, MemoryFileError> {
     let page = PAGE_SIZE as usize;
     let pages = len / page;
@@ -200,7 +203,11 @@ fn write_pages(
     let memory = unsafe { std::slice::from_raw_parts(host, len) };
     let mut written = 0u64;
     let mut run_start: Option<usize> = None;
-    let flush = |start: usize, end: usize, written: &mut u64| -> Result<(), MemoryFileError> {
+    let mut flush = |start: usize, end: usize, written: &mut u64| -> Result<(), MemoryFileError> {
+        runs.push((
+            file_offset + (start * page) as u64,
+            ((end - start) * page) as u64,
+        ));
         let mut at = start * page;
         let stop = end * page;
         while at < stop {
@@ -278,7 +285,8 @@ pub fn write_full(
                 }
             })?;
         }
-        written += write_pages(&out, path, host, len, r.file_offset, &bits, true)?;
+        let mut runs = Vec::new();
+        written += write_pages(&out, path, host, len, r.file_offset, &bits, true, &mut runs)?;
     }
     finish(&out, path, file_len)?;
     Ok(WriteStats {
@@ -289,12 +297,14 @@ pub fn write_full(
 
 /// Writes a Diff memory file: only the pages set in `dirty` (one bitmap per region, one bit
 /// per page), at their usual offsets, holes elsewhere; fsynced. Dirty pages are written even
-/// when they are zero: a hole in a diff means "unchanged".
+/// when they are zero. Returns the (file offset, length) runs written: the state file keeps
+/// them, since a file system may allocate more than was written (whole blocks), so holes
+/// alone cannot tell a merge which pages the diff holds.
 pub fn write_diff(
     mem: &GuestMemoryMmap,
     path: &str,
     dirty: &[Vec<u64>],
-) -> Result<WriteStats, MemoryFileError> {
+) -> Result<(WriteStats, Vec<(u64, u64)>), MemoryFileError> {
     let regions = region_states(mem);
     let out = create_file(path)?;
     let file_len: u64 = regions.iter().map(|r| r.size).sum();
@@ -305,6 +315,7 @@ pub fn write_diff(
             source,
         })?;
     let mut written = 0;
+    let mut runs = Vec::new();
     for (r, bits) in regions.iter().zip(dirty) {
         let (host, len) = host_range(mem, r)?;
         if bits.len() * 64 < len / PAGE_SIZE as usize {
@@ -313,13 +324,16 @@ pub fn write_diff(
                 reason: "dirty bitmap shorter than its region".into(),
             });
         }
-        written += write_pages(&out, path, host, len, r.file_offset, bits, false)?;
+        written += write_pages(&out, path, host, len, r.file_offset, bits, false, &mut runs)?;
     }
     finish(&out, path, file_len)?;
-    Ok(WriteStats {
-        bytes_written: written,
-        file_len,
-    })
+    Ok((
+        WriteStats {
+            bytes_written: written,
+            file_len,
+        },
+        runs,
+    ))
 }
 
 /// Opens the memory file for a restore and checks it covers `want` bytes.
@@ -363,7 +377,7 @@ pub fn map_memory_file(
     let mut out = Vec::with_capacity(regions.len());
     for r in regions {
         let len = usize::try_from(r.size).map_err(|_| map_err("region too large".into()))?;
-        let mapping = MmapRegionBuilder::new(len)
+        let mapping = MmapRegionBuilder::new_with_bitmap(len, AtomicBitmap::with_len(len))
             .with_file_offset(FileOffset::from_arc(file.clone(), r.file_offset))
             .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
             .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
@@ -377,28 +391,37 @@ pub fn map_memory_file(
     GuestMemoryMmap::from_regions(out).map_err(|e| map_err(e.to_string()))
 }
 
-/// Copies every data extent of `diff` (SEEK_DATA) onto `base` at the same offset: a Diff
-/// memory file merged onto the Full (or merged) file it was taken after. Returns the bytes
-/// copied.
-pub fn merge_diff(base: &File, diff: &mut File) -> std::io::Result<u64> {
-    let len = diff.metadata()?.len();
+/// Copies the `runs` (file offset, length) of a Diff memory file onto `base` at the same
+/// offsets: the diff merged onto the Full (or already merged) file it was taken after. Both
+/// files must cover `len` bytes. Returns the bytes copied; `base` is fsynced.
+pub fn merge_diff(base: &File, diff: &File, runs: &[(u64, u64)], len: u64) -> std::io::Result<u64> {
+    let invalid = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
     if base.metadata()?.len() < len {
-        base.set_len(len)?;
+        return Err(invalid(format!(
+            "the base memory file is shorter than {len} bytes"
+        )));
     }
-    let mut bits = vec![0u64; (len.div_ceil(PAGE_SIZE) as usize).div_ceil(64)];
-    mark_file_data(diff, 0, len, &mut bits)?;
+    if diff.metadata()?.len() < len {
+        return Err(invalid(format!(
+            "the diff memory file is shorter than {len} bytes"
+        )));
+    }
+    let mut buf = vec![0u8; MAX_WRITE];
     let mut copied = 0;
-    let mut buf = vec![0u8; PAGE_SIZE as usize];
-    for p in 0..len.div_ceil(PAGE_SIZE) {
-        if bits[(p / 64) as usize] & (1 << (p % 64)) == 0 {
-            continue;
+    for &(offset, run) in runs {
+        if offset.checked_add(run).is_none_or(|end| end > len) {
+            return Err(invalid(format!(
+                "diff run {offset:#x}+{run:#x} lies outside the {len}-byte memory"
+            )));
         }
-        let at = p * PAGE_SIZE;
-        let n = (len - at).min(PAGE_SIZE) as usize;
-        diff.seek(SeekFrom::Start(at))?;
-        diff.read_exact(&mut buf[..n])?;
-        base.write_all_at(&buf[..n], at)?;
-        copied += n as u64;
+        let mut at = offset;
+        while at < offset + run {
+            let n = (offset + run - at).min(MAX_WRITE as u64) as usize;
+            diff.read_exact_at(&mut buf[..n], at)?;
+            base.write_all_at(&buf[..n], at)?;
+            at += n as u64;
+            copied += n as u64;
+        }
     }
     base.sync_all()?;
     Ok(copied)
@@ -489,7 +512,8 @@ mod tests {
         let mut dirty = vec![0u64; (8 << 20) / 4096 / 64];
         dirty[0] = (1 << 1) | (1 << 5);
         let diff = temp("diff.mem");
-        write_diff(&mem, &diff, &[dirty]).unwrap();
+        let (_, runs) = write_diff(&mem, &diff, &[dirty]).unwrap();
+        assert_eq!(runs, vec![(0x1000, 0x1000), (0x5000, 0x1000)]);
         let full = temp("full-now.mem");
         write_full(&mem, &full, None).unwrap();
         let b = OpenOptions::new()
@@ -497,8 +521,9 @@ mod tests {
             .write(true)
             .open(&base)
             .unwrap();
-        let mut d = File::open(&diff).unwrap();
-        assert_eq!(merge_diff(&b, &mut d).unwrap(), 2 * PAGE_SIZE);
+        let d = File::open(&diff).unwrap();
+        assert_eq!(merge_diff(&b, &d, &runs, 8 << 20).unwrap(), 2 * PAGE_SIZE);
+        assert!(merge_diff(&b, &d, &[(8 << 20, 4096)], 8 << 20).is_err());
         assert_eq!(std::fs::read(&base).unwrap(), std::fs::read(&full).unwrap());
         for p in [base, diff, full] {
             let _ = std::fs::remove_file(p);

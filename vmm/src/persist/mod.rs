@@ -63,6 +63,9 @@ pub struct Snapshot {
     pub vm: VmState,
     pub vcpus: Vec<VcpuState>,
     pub devices: DeviceStates,
+    /// Diff only: the (memory-file offset, length) runs the memory file holds; the rest is
+    /// unchanged since the previous snapshot.
+    pub diff_runs: Vec<(u64, u64)>,
 }
 
 /// Why a decoded snapshot cannot be used.
@@ -135,6 +138,19 @@ impl Snapshot {
             v.validate(i as u8)
                 .map_err(|e| ValidateError::Vcpu(e.to_string()))?;
         }
+        let len = self.memory_len();
+        for &(offset, run) in &self.diff_runs {
+            if self.snapshot_type != SnapshotType::Diff
+                || offset % PAGE_SIZE != 0
+                || run % PAGE_SIZE != 0
+                || offset.checked_add(run).is_none_or(|end| end > len)
+            {
+                return Err(ValidateError::Layout {
+                    mib,
+                    reason: format!("diff run {offset:#x}+{run:#x} is invalid"),
+                });
+            }
+        }
         self.vm
             .validate()
             .map_err(|e| ValidateError::Vm(e.to_string()))?;
@@ -161,6 +177,7 @@ pub fn describe(bytes: &[u8]) -> Result<serde_json::Value, String> {
         "vcpu_count": machine.vcpu_count,
         "mem_size_mib": machine.mem_size_mib,
         "memory_file_bytes": snap.memory_len(),
+        "diff_bytes": snap.diff_runs.iter().map(|r| r.1).sum::<u64>(),
         "regions": snap.regions.iter().map(|r| serde_json::json!({
             "guest_addr": r.guest_addr, "size": r.size, "file_offset": r.file_offset
         })).collect::<Vec<_>>(),
@@ -209,6 +226,7 @@ pub(crate) mod tests {
             },
             vcpus: vec![vcpu],
             devices: sample_devices(),
+            diff_runs: Vec::new(),
         }
     }
 

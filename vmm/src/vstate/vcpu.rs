@@ -507,7 +507,8 @@ mod tests {
     use std::path::Path;
     use std::sync::mpsc::Receiver;
 
-    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+    use virtio::GuestMemoryMmap;
+    use vm_memory::{Bytes, GuestAddress};
 
     use super::*;
     use crate::arch::regs::write_boot_tables;

@@ -131,6 +131,12 @@ pub struct RunningVm {
     /// KVM logs dirty pages (machine-config.track_dirty_pages or the load's
     /// track_dirty_pages): Diff snapshots are possible.
     pub track_dirty_pages: bool,
+    /// Uffd backend: the connection to the page-fault handler (kept open for the life of the
+    /// VM, as Firecracker does) and xenia's copy of the userfaultfd.
+    pub uffd: Option<(
+        std::os::unix::net::UnixStream,
+        crate::persist::uffd::UffdHandle,
+    )>,
 }
 
 /// The devices of a VM, created from its configuration; the same for a cold boot and a
@@ -359,6 +365,7 @@ pub fn build_and_boot_with(
         persist,
         memory_source: None,
         track_dirty_pages: machine.track_dirty_pages,
+        uffd: None,
     })
 }
 

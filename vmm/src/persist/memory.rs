@@ -78,11 +78,13 @@ pub fn region_states(mem: &GuestMemoryMmap) -> Vec<RegionState> {
         .collect()
 }
 
-/// A restored VM's memory file: pages with data in it are guest memory even when this
-/// process has not touched them.
+/// Where a restored VM's memory comes from, for the pages this process has not touched yet.
 #[derive(Debug, Clone)]
-pub struct MemorySource {
-    pub file: Arc<File>,
+pub enum MemorySource {
+    /// The memory file it maps: pages with data in it are guest memory.
+    File(Arc<File>),
+    /// A Uffd page-fault handler: any page may hold data; reading one faults it in.
+    Uffd,
 }
 
 fn host_range(mem: &GuestMemoryMmap, r: &RegionState) -> Result<(*mut u8, usize), MemoryFileError> {
@@ -276,14 +278,19 @@ pub fn write_full(
     for r in &regions {
         let (host, len) = host_range(mem, r)?;
         let mut bits = resident_pages(&pagemap, host as usize, len)?;
-        if let Some(src) = source {
-            mark_file_data(&src.file, r.file_offset, r.size, &mut bits).map_err(|source| {
-                MemoryFileError::Io {
-                    path: "(the restored memory file)".into(),
-                    what: "SEEK_DATA failed",
-                    source,
-                }
-            })?;
+        match source {
+            Some(MemorySource::File(file)) => {
+                mark_file_data(file, r.file_offset, r.size, &mut bits).map_err(|source| {
+                    MemoryFileError::Io {
+                        path: "(the restored memory file)".into(),
+                        what: "SEEK_DATA failed",
+                        source,
+                    }
+                })?
+            }
+            // Every page: those not faulted in yet are read through the handler.
+            Some(MemorySource::Uffd) => bits.fill(u64::MAX),
+            None => {}
         }
         let mut runs = Vec::new();
         written += write_pages(&out, path, host, len, r.file_offset, &bits, true, &mut runs)?;
@@ -477,7 +484,7 @@ mod tests {
         // A Full snapshot of the restored VM keeps the pages it never touched (they are only
         // in the source file) and the one it wrote.
         let path2 = temp("full2.mem");
-        let src = MemorySource { file };
+        let src = MemorySource::File(file);
         write_full(&back, &path2, Some(&src)).unwrap();
         let f2 = Arc::new(open_memory_file(&path2, 64 << 20).unwrap());
         let m2 = map_memory_file(f2, &path2, &region_states(&mem)).unwrap();

@@ -14,6 +14,7 @@ pub mod create;
 pub mod devices;
 pub mod memory;
 pub mod restore;
+pub mod uffd;
 
 use serde::{Deserialize, Serialize};
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use super::container::{HEADER_LEN, MAX_STATE_BYTES};
 use super::memory::{map_memory_file, open_memory_file, MemoryFileError, MemorySource};
+use super::uffd::{hand_over, UffdError};
 use super::{decode, DecodeError, Snapshot, ValidateError};
 use crate::builder::{
     create_devices, start_io_thread, start_vcpus, BootHooks, BuildOptions, Devices, RunningVm,
@@ -20,6 +21,7 @@ use crate::builder::{
 use crate::config::{HugePages, VmConfig};
 use crate::device_manager::persist::{DevicePersistError, DeviceSet};
 use crate::vstate::kvm::KvmContext;
+use crate::vstate::memory::create_guest_memory;
 use crate::vstate::vcpu::{Vcpu, VcpuError, VcpuResponse};
 use crate::vstate::vcpu_state::VcpuPersistContext;
 use crate::vstate::vm::Vm;
@@ -72,8 +74,10 @@ pub enum LoadError {
          memory backend cannot map a regular file with them: load through a Uffd backend"
     )]
     HugePagesNeedUffd,
-    #[error("mem_backend: the Uffd backend is not available in this build")]
-    UffdUnavailable,
+    #[error("mem_backend (Uffd): {0}")]
+    Uffd(#[from] UffdError),
+    #[error("cannot map guest memory for the Uffd backend: {0}")]
+    UffdMemory(#[from] crate::vstate::memory::MemoryError),
     #[error(transparent)]
     Memory(#[from] MemoryFileError),
     #[error("cannot rebuild the VM: {0}")]
@@ -153,15 +157,27 @@ pub fn load_snapshot(
     apply_overrides(&mut config, &options.network_overrides)?;
     let machine = config.machine_config.clone().unwrap_or_default();
 
-    let mem_path = match &options.backend {
-        MemoryBackend::File(p) => p,
-        MemoryBackend::Uffd(_) => return Err(LoadError::UffdUnavailable),
+    // Uffd: anonymous memory (2 MiB hugetlb pages when the VM had them) whose faults the
+    // handler serves; File: the memory file mapped MAP_PRIVATE.
+    let (memory, source, uffd) = match &options.backend {
+        MemoryBackend::File(mem_path) => {
+            if machine.huge_pages == HugePages::Hugetlbfs2M {
+                return Err(LoadError::HugePagesNeedUffd);
+            }
+            let file = Arc::new(open_memory_file(mem_path, snapshot.memory_len())?);
+            let memory = map_memory_file(file.clone(), mem_path, &snapshot.regions)?;
+            (memory, MemorySource::File(file), None)
+        }
+        MemoryBackend::Uffd(socket) => {
+            let memory = create_guest_memory(snapshot.memory_len(), machine.huge_pages)?;
+            let page_size = match machine.huge_pages {
+                HugePages::Hugetlbfs2M => 2 << 20,
+                _ => super::PAGE_SIZE,
+            };
+            let handed = hand_over(socket, &memory, &snapshot.regions, page_size)?;
+            (memory, MemorySource::Uffd, Some(handed))
+        }
     };
-    if machine.huge_pages == HugePages::Hugetlbfs2M {
-        return Err(LoadError::HugePagesNeedUffd);
-    }
-    let file = Arc::new(open_memory_file(mem_path, snapshot.memory_len())?);
-    let memory = map_memory_file(file.clone(), mem_path, &snapshot.regions)?;
 
     let kvm = KvmContext::open().map_err(StartError::from)?;
     let vm = Vm::new(&kvm).map_err(StartError::from)?;
@@ -212,7 +228,8 @@ pub fn load_snapshot(
             nets,
             io_thread: Some(io_thread),
             persist,
-            memory_source: Some(MemorySource { file }),
+            memory_source: Some(source),
+            uffd,
             track_dirty_pages: options.track_dirty_pages,
         },
         config,

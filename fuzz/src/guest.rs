@@ -18,7 +18,7 @@
 //! inside guest memory and still span two mappings, and a third one after a hole.
 
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::{Address, Bytes, GuestAddress};
 
 use crate::input::Input;
 
@@ -89,6 +89,9 @@ impl<'a> Scenario<'a> {
                 }
             }
         }
+        // The device only writes `used.idx` (from its own next used index); starting it in
+        // step lets `check_completions` count what the device added.
+        let _ = mem.write_obj(self.next_used, GuestAddress(USED_RING + 2));
         mem
     }
 
@@ -106,6 +109,68 @@ impl<'a> Scenario<'a> {
         q.set_next_used(self.next_used);
         q.set_ready(true);
         q
+    }
+
+    /// Checks what the device wrote to the used ring: it completed only chains the driver
+    /// made available (heads from slots `next_avail..avail.idx`), each at most as often as
+    /// it was offered. Checked only when the device cannot have overwritten the rings with
+    /// data: no device-writable or indirect descriptor in the table touches a ring.
+    pub fn check_completions(&self, mem: &Mem) {
+        let size = u64::from(self.size);
+        let avail_end = AVAIL_RING + 6 + 2 * size;
+        let used_end = USED_RING + 6 + 8 * size;
+        for i in 0..size {
+            let at = GuestAddress(DESC_TABLE + 16 * i);
+            let (Ok(addr), Ok(len), Ok(flags)) = (
+                mem.read_obj::<u64>(at),
+                mem.read_obj::<u32>(at.unchecked_add(8)),
+                mem.read_obj::<u16>(at.unchecked_add(12)),
+            ) else {
+                return;
+            };
+            let end = addr.saturating_add(u64::from(len));
+            let touches = |start: u64, stop: u64| addr < stop && end > start;
+            if flags & F_INDIRECT != 0
+                || (flags & F_WRITE != 0
+                    && (touches(AVAIL_RING, avail_end)
+                        || touches(USED_RING, used_end)
+                        || touches(DESC_TABLE, DESC_TABLE + 16 * size)))
+            {
+                return;
+            }
+        }
+        let read_u16 = |a: u64| mem.read_obj::<u16>(GuestAddress(a)).unwrap_or(0);
+        let avail_idx = read_u16(AVAIL_RING + 2);
+        let offered = avail_idx.wrapping_sub(self.next_avail);
+        if offered > self.size {
+            // The device must refuse such a ring; nothing it completes can be matched.
+            return;
+        }
+        let mut heads: Vec<u16> = (0..offered)
+            .map(|k| {
+                let slot = u64::from(self.next_avail.wrapping_add(k)) % size;
+                read_u16(AVAIL_RING + 4 + 2 * slot)
+            })
+            .collect();
+        let used = read_u16(USED_RING + 2).wrapping_sub(self.next_used);
+        assert!(
+            used <= offered,
+            "the device completed {used} chains but only {offered} were available"
+        );
+        for k in 0..used {
+            let slot = u64::from(self.next_used.wrapping_add(k)) % size;
+            let id = mem
+                .read_obj::<u32>(GuestAddress(USED_RING + 4 + 8 * slot))
+                .unwrap_or(u32::MAX);
+            match heads.iter().position(|&h| u32::from(h) == id) {
+                Some(i) => {
+                    heads.swap_remove(i);
+                }
+                None => panic!(
+                    "used entry {k} names chain {id}, which was not available (or completed twice)"
+                ),
+            }
+        }
     }
 
     /// An empty ready queue at other addresses (e.g. a receive queue the target leaves
@@ -229,6 +294,20 @@ mod tests {
         let mut got = [0u8; 5];
         mem.read_slice(&mut got, GuestAddress(DATA)).unwrap();
         assert_eq!(&got, b"hello");
+    }
+
+    #[test]
+    #[should_panic(expected = "not available")]
+    fn a_completion_of_a_chain_never_offered_is_caught() {
+        let mut b = ScenarioBuilder::new(2, 0);
+        b.chain(&[(DATA, 16, false)]);
+        let input = b.build();
+        let s = Scenario::parse(&input);
+        let mem = s.memory();
+        // As if the device said chain 3 completed; only chain 0 was offered.
+        mem.write_obj(1u16, GuestAddress(USED_RING + 2)).unwrap();
+        mem.write_obj(3u32, GuestAddress(USED_RING + 4)).unwrap();
+        s.check_completions(&mem);
     }
 
     #[test]

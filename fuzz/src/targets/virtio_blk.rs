@@ -95,6 +95,7 @@ fn serve(data: &[u8]) -> crate::guest::Mem {
         &mut drives.writable
     };
     drive.session(&mem, features, vec![scenario.queue()]);
+    scenario.check_completions(&mem);
     mem
 }
 

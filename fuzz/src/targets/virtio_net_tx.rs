@@ -113,6 +113,7 @@ fn serve(data: &[u8]) -> virtio::net::NetMetricsSnapshot {
     };
     let queues = vec![Scenario::idle_queue(RX_QUEUE), scenario.queue()];
     dev.session(&mem, features, queues);
+    scenario.check_completions(&mem);
     let metrics = dev.device().metrics();
     metrics.snapshot()
 }

@@ -61,6 +61,11 @@ impl<D: VirtioDevice + MutEventSubscriber + 'static> DeviceLoop<D> {
         DeviceLoop { dev, manager }
     }
 
+    /// The device as the transport shares it.
+    pub fn shared(&self) -> Arc<Mutex<D>> {
+        self.dev.clone()
+    }
+
     pub fn device(&self) -> MutexGuard<'_, D> {
         match self.dev.lock() {
             Ok(d) => d,

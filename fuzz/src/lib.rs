@@ -56,6 +56,11 @@ pub const TARGETS: &[Target] = &[
         seeds: targets::virtio_blk::seeds,
     },
     Target {
+        name: "virtio_mmio",
+        run: targets::virtio_mmio::run,
+        seeds: targets::virtio_mmio::seeds,
+    },
+    Target {
         name: "virtio_net_tx",
         run: targets::virtio_net_tx::run,
         seeds: targets::virtio_net_tx::seeds,

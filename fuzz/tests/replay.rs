@@ -65,6 +65,11 @@ fn virtio_blk() {
 }
 
 #[test]
+fn virtio_mmio() {
+    replay("virtio_mmio");
+}
+
+#[test]
 fn virtio_net_tx() {
     replay("virtio_net_tx");
 }

@@ -7,4 +7,5 @@
 pub mod config;
 pub mod http_api;
 pub mod virtio_blk;
+pub mod virtio_mmio;
 pub mod virtio_net_tx;

@@ -5,7 +5,9 @@
 //!
 //! Input: the [`Scenario`](crate::guest::Scenario) layout. Flags byte: bit 0 acks
 //! EVENT_IDX, bit 1 FLUSH, bit 2 DISCARD, bit 3 WRITE_ZEROES, bit 4 INDIRECT_DESC; bit 5
-//! serves the request with the read-only drive instead of the writable one.
+//! serves the queue with the read-only drive instead of the writable one; bit 6 (when bit 5
+//! is clear) with a writable drive on the io_uring engine. The device drains io_uring on
+//! reset, so every request has completed when the session ends.
 
 use std::sync::{Mutex, OnceLock};
 
@@ -30,13 +32,15 @@ const FLAG_FEATURES: [(u8, u32); 5] = [
     (16, VIRTIO_RING_F_INDIRECT_DESC),
 ];
 const FLAG_READ_ONLY: u8 = 32;
+const FLAG_ASYNC: u8 = 64;
 
 struct Drives {
     writable: DeviceLoop<Block>,
     read_only: DeviceLoop<Block>,
+    io_uring: DeviceLoop<Block>,
 }
 
-fn drive(read_only: bool) -> DeviceLoop<Block> {
+fn drive(read_only: bool, io_engine: IoEngine) -> DeviceLoop<Block> {
     let file = match TempFile::new_with_prefix(std::env::temp_dir().join("xenia-fuzz-disk")) {
         Ok(f) => f,
         Err(e) => panic!("cannot create a disk image: {e}"),
@@ -45,11 +49,11 @@ fn drive(read_only: bool) -> DeviceLoop<Block> {
         panic!("cannot size the disk image: {e}");
     }
     let cfg = BlockConfig {
-        drive_id: if read_only { "ro" } else { "rw" }.into(),
+        drive_id: format!("{}-{io_engine:?}", if read_only { "ro" } else { "rw" }),
         path_on_host: file.as_path().to_path_buf(),
         is_read_only: read_only,
         cache_type: CacheType::Writeback,
-        io_engine: IoEngine::Sync,
+        io_engine,
         rate_limiter: None,
     };
     let dev = match Block::new(&cfg) {
@@ -65,8 +69,9 @@ fn drives() -> &'static Mutex<Drives> {
     static DRIVES: OnceLock<Mutex<Drives>> = OnceLock::new();
     DRIVES.get_or_init(|| {
         Mutex::new(Drives {
-            writable: drive(false),
-            read_only: drive(true),
+            writable: drive(false, IoEngine::Sync),
+            read_only: drive(true, IoEngine::Sync),
+            io_uring: drive(false, IoEngine::Async),
         })
     })
 }
@@ -91,6 +96,8 @@ fn serve(data: &[u8]) -> crate::guest::Mem {
     };
     let drive = if scenario.flags & FLAG_READ_ONLY != 0 {
         &mut drives.read_only
+    } else if scenario.flags & FLAG_ASYNC != 0 {
+        &mut drives.io_uring
     } else {
         &mut drives.writable
     };

@@ -1,10 +1,17 @@
 //! Executing actions on the VMM thread: the [`Vmm`] state (resources before boot, the running
 //! VM after it, the metrics sink, the logger settings) and what each [`VmmAction`] does to it.
 
+use std::time::Instant;
+
 use crate::builder::{build_and_boot_with, BootHooks, BuildOptions, RunningVm, ThreadStartHook};
-use crate::config::{LoggerConfig, MetricsConfig};
+use crate::config::{
+    LoggerConfig, MemBackendType, MetricsConfig, SnapshotCreateConfig, SnapshotLoadConfig, VmConfig,
+};
 use crate::logger::{self, LoggerSettings};
 use crate::metrics::{self, MetricsSink};
+use crate::persist::create::create_snapshot;
+use crate::persist::restore::{load_snapshot, LoadOptions, MemoryBackend};
+use crate::persist::SnapshotType;
 use crate::resources::VmResources;
 
 use super::response::{ActionError, InstanceInfo, InstanceState, VersionInfo, VmmData};
@@ -110,18 +117,16 @@ impl Vmm {
         Ok(())
     }
 
-    /// Builds and boots the VM from the gathered resources. On failure nothing is left
-    /// running and the resources are unchanged, so the caller may fix them and try again.
-    pub fn start(&mut self) -> Result<(), VmmError> {
-        self.resources.check_startable()?;
-        let hooks = self
-            .boot_hooks
+    /// The boot hooks for one start or restore.
+    fn hooks(&self) -> BootHooks {
+        self.boot_hooks
             .as_ref()
             .map(|make| make())
-            .unwrap_or_default();
-        let vm = build_and_boot_with(self.resources.config(), self.build_options, hooks)?;
-        log::info!("the microVM is running");
-        self.vm = Some(vm);
+            .unwrap_or_default()
+    }
+
+    /// Runs the after-start hook (the VMM thread's seccomp filter) once.
+    fn after_start(&mut self) -> Result<(), VmmError> {
         if let Some(hook) = self.after_start.take() {
             if let Err(e) = hook() {
                 self.fatal = Some(e.clone());
@@ -129,6 +134,121 @@ impl Vmm {
             }
         }
         Ok(())
+    }
+
+    /// `PUT /snapshot/create`: the VM must be paused.
+    fn create_snapshot(&mut self, params: &SnapshotCreateConfig) -> Result<(), ActionError> {
+        let vm = self.running_vm()?;
+        if !self.paused {
+            return Err(ActionError::Failed(
+                "Cannot create a snapshot of a running microVM: pause it first \
+                 (PATCH /vm {\"state\": \"Paused\"})."
+                    .into(),
+            ));
+        }
+        let start = Instant::now();
+        let stats = create_snapshot(
+            vm,
+            self.resources.config(),
+            &params.snapshot_path,
+            &params.mem_file_path,
+            params.snapshot_type,
+        )
+        .map_err(|e| ActionError::Failed(format!("Cannot create the snapshot: {e}")))?;
+        let latency = &metrics::global().latencies_us;
+        match params.snapshot_type {
+            SnapshotType::Full => latency.full_create_snapshot.set_duration(start.elapsed()),
+            SnapshotType::Diff => latency.diff_create_snapshot.set_duration(start.elapsed()),
+        }
+        log::info!(
+            "{:?} snapshot written in {} us: state {} bytes, memory {} of {} bytes",
+            params.snapshot_type,
+            start.elapsed().as_micros(),
+            stats.state_bytes,
+            stats.memory.bytes_written,
+            stats.memory.file_len
+        );
+        Ok(())
+    }
+
+    /// `PUT /snapshot/load`: only on a process where nothing but the logger and metrics was
+    /// configured. On failure nothing is kept: the VMM stays "Not started".
+    fn load_snapshot(&mut self, params: &SnapshotLoadConfig) -> Result<(), ActionError> {
+        self.pre_boot()?;
+        let process_only = VmConfig {
+            logger: self.resources.config().logger.clone(),
+            metrics: self.resources.config().metrics.clone(),
+            ..VmConfig::default()
+        };
+        if self.resources.config() != &process_only {
+            return Err(ActionError::Failed(
+                "Loading a snapshot is only allowed on a fresh microVM: resources other than \
+                 the logger and metrics were already configured."
+                    .into(),
+            ));
+        }
+        let backend = match (&params.mem_backend, &params.mem_file_path) {
+            (Some(b), _) if b.backend_type == MemBackendType::Uffd => {
+                MemoryBackend::Uffd(b.backend_path.clone())
+            }
+            (Some(b), _) => MemoryBackend::File(b.backend_path.clone()),
+            (None, Some(p)) => MemoryBackend::File(p.clone()),
+            (None, None) => {
+                return Err(ActionError::Failed(
+                    "mem_backend: exactly one of mem_backend and mem_file_path must be given"
+                        .into(),
+                ))
+            }
+        };
+        let options = LoadOptions {
+            snapshot_path: params.snapshot_path.clone(),
+            backend,
+            track_dirty_pages: params.dirty_tracking(),
+            network_overrides: params
+                .network_overrides
+                .iter()
+                .map(|o| (o.iface_id.clone(), o.host_dev_name.clone()))
+                .collect(),
+            clock_realtime: params.clock_realtime,
+        };
+        let start = Instant::now();
+        let hooks = self.hooks();
+        let (vm, mut config) = load_snapshot(&options, self.build_options, hooks)
+            .map_err(|e| ActionError::Failed(format!("Cannot load the snapshot: {e}")))?;
+        config.logger = process_only.logger;
+        config.metrics = process_only.metrics;
+        if params.resume_vm {
+            vm.resume().map_err(|e| {
+                ActionError::Internal(format!("cannot resume the restored VM: {e}"))
+            })?;
+        }
+        metrics::global()
+            .latencies_us
+            .load_snapshot
+            .set_duration(start.elapsed());
+        self.resources = VmResources::from_config(config);
+        self.vm = Some(vm);
+        self.paused = !params.resume_vm;
+        log::info!(
+            "snapshot `{}` loaded in {} us; the microVM is {}",
+            params.snapshot_path,
+            start.elapsed().as_micros(),
+            if self.paused { "paused" } else { "running" }
+        );
+        self.after_start()
+            .map_err(|e| ActionError::Internal(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Builds and boots the VM from the gathered resources. On failure nothing is left
+    /// running and the resources are unchanged, so the caller may fix them and try again.
+    pub fn start(&mut self) -> Result<(), VmmError> {
+        self.resources.check_startable()?;
+        let hooks = self.hooks();
+        let vm = build_and_boot_with(self.resources.config(), self.build_options, hooks)?;
+        log::info!("the microVM is running");
+        self.vm = Some(vm);
+        self.after_start()
     }
 
     /// Writes a metrics line if metrics are configured (the periodic timer and exit).
@@ -242,11 +362,17 @@ impl Vmm {
             }
             A::PatchVmState(state) => {
                 let vm = self.running_vm()?;
+                let start = Instant::now();
                 match state {
                     VmState::Paused => vm.pause(),
                     VmState::Resumed => vm.resume(),
                 }
                 .map_err(|e| ActionError::Internal(e.to_string()))?;
+                let latency = &metrics::global().latencies_us;
+                match state {
+                    VmState::Paused => latency.pause_vm.set_duration(start.elapsed()),
+                    VmState::Resumed => latency.resume_vm.set_duration(start.elapsed()),
+                }
                 self.paused = state == VmState::Paused;
                 log::info!(
                     "the microVM is {}",
@@ -265,6 +391,14 @@ impl Vmm {
                     .update_drive(&update)
                     .map_err(|e| failed(&e))?;
                 self.resources.record_drive_update(&update);
+                Ok(VmmData::Empty)
+            }
+            A::CreateSnapshot(params) => {
+                self.create_snapshot(&params)?;
+                Ok(VmmData::Empty)
+            }
+            A::LoadSnapshot(params) => {
+                self.load_snapshot(&params)?;
                 Ok(VmmData::Empty)
             }
             A::PatchNetworkInterface(update) => {

@@ -23,6 +23,8 @@ pub const ROUTES: &[(Method, &str)] = &[
     (Method::Put, "/network-interfaces/{iface_id}"),
     (Method::Patch, "/network-interfaces/{iface_id}"),
     (Method::Put, "/serial"),
+    (Method::Put, "/snapshot/create"),
+    (Method::Put, "/snapshot/load"),
     (Method::Get, "/version"),
     (Method::Patch, "/vm"),
     (Method::Get, "/vm/config"),
@@ -36,7 +38,6 @@ pub const UNSUPPORTED_ROUTES: &[&str] = &[
     "hotplug",
     "mmds",
     "pmem",
-    "snapshot",
     "vsock",
 ];
 
@@ -190,6 +191,20 @@ fn route(method: Method, path: &str, body: &[u8]) -> Result<ParsedRequest, Route
             check_id(id, &update.iface_id)?;
             update.validate()?;
             A::PatchNetworkInterface(update)
+        }
+        (Put, "snapshot") if second == Some("create") => {
+            let config: crate::config::SnapshotCreateConfig = json("snapshot").parse()?;
+            config.validate()?;
+            A::CreateSnapshot(config)
+        }
+        (Put, "snapshot") if second == Some("load") => {
+            let config: crate::config::SnapshotLoadConfig = json("snapshot").parse()?;
+            config.validate()?;
+            let deprecated = config.uses_deprecated_fields();
+            return Ok(ParsedRequest {
+                action: A::LoadSnapshot(Box::new(config)),
+                deprecated,
+            });
         }
         (_, feature) if UNSUPPORTED_ROUTES.contains(&feature) => {
             return Err(RouteError::Unsupported {

@@ -9,6 +9,7 @@
 use std::cell::Cell;
 use std::os::unix::thread::JoinHandleExt;
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
+use super::vcpu_state::{restore_vcpu, save_vcpu, VcpuPersistContext, VcpuState, VcpuStateError};
 use super::vm::Vm;
 use crate::arch::cpuid::{self, Topology};
 use crate::arch::interrupts::{setup_lapic, LapicError};
@@ -58,6 +60,8 @@ pub enum VcpuError {
     NoResponse(u8),
     #[error("cannot clone the vCPU exit eventfd: {0}")]
     ExitEvent(std::io::Error),
+    #[error(transparent)]
+    State(#[from] VcpuStateError),
 }
 
 /// Why a vCPU stopped running the guest.
@@ -81,6 +85,8 @@ pub enum VcpuEvent {
     Pause,
     Resume,
     Stop,
+    /// Report the vCPU's state (on the handle's state channel); sent while paused.
+    SaveState,
 }
 
 /// Answers from a vCPU thread.
@@ -150,7 +156,11 @@ pub struct Vcpu {
     fd: VcpuFd,
     pio: Bus,
     mmio: Bus,
+    /// What saving the state needs (host XSAVE size, MSR list); none: saving is refused.
+    persist: Option<Arc<VcpuPersistContext>>,
 }
+
+type StateResult = Result<VcpuState, VcpuStateError>;
 
 impl Vcpu {
     pub fn new(vm: &Vm, index: u8, pio: Bus, mmio: Bus) -> Result<Self, VcpuError> {
@@ -163,7 +173,26 @@ impl Vcpu {
             fd,
             pio,
             mmio,
+            persist: None,
         })
+    }
+
+    /// Lets this vCPU save its state on request ([`VcpuEvent::SaveState`]).
+    pub fn set_persist_context(&mut self, ctx: Arc<VcpuPersistContext>) {
+        self.persist = Some(ctx);
+    }
+
+    /// Writes a saved state into this vCPU before it first runs (snapshot restore).
+    pub fn restore(&self, state: &VcpuState, ctx: &VcpuPersistContext) -> Result<(), VcpuError> {
+        if state.index != self.index {
+            return Err(VcpuStateError::Invalid {
+                index: self.index,
+                reason: format!("state of vCPU {} given", state.index),
+            }
+            .into());
+        }
+        restore_vcpu(&self.fd, state, ctx)?;
+        Ok(())
     }
 
     pub fn index(&self) -> u8 {
@@ -199,25 +228,55 @@ impl Vcpu {
 
     /// Starts the `vcpu N` thread.
     pub fn start(self, exits: VcpuExitSink) -> Result<VcpuHandle, VcpuError> {
+        self.start_with(exits, false)
+    }
+
+    /// Starts the `vcpu N` thread; with `paused` it waits for a Resume before its first
+    /// KVM_RUN and answers [`VcpuResponse::Paused`] first (a restored VM starts paused).
+    pub fn start_with(self, exits: VcpuExitSink, paused: bool) -> Result<VcpuHandle, VcpuError> {
         let index = self.index;
         let (event_tx, event_rx) = channel();
         let (response_tx, response_rx) = channel();
+        let (state_tx, state_rx) = channel();
+        if paused {
+            // Queued before the thread runs: it enters the paused loop before KVM_RUN.
+            let _ = event_tx.send(VcpuEvent::Pause);
+        }
         let thread = std::thread::Builder::new()
             .name(format!("vcpu {index}"))
-            .spawn(move || self.run(event_rx, response_tx, exits))
+            .spawn(move || self.run(event_rx, response_tx, state_tx, exits))
             .map_err(|source| VcpuError::Spawn { index, source })?;
         Ok(VcpuHandle {
             index,
             events: event_tx,
             responses: response_rx,
+            states: state_rx,
             thread,
         })
+    }
+
+    /// Saves this vCPU's state from its own thread, outside KVM_RUN.
+    fn save(&mut self) -> StateResult {
+        let Some(ctx) = self.persist.clone() else {
+            return Err(VcpuStateError::Invalid {
+                index: self.index,
+                reason: "this vCPU was started without snapshot support".into(),
+            });
+        };
+        // A KVM_RUN with immediate_exit set completes an I/O exit handled last (KVM writes
+        // an IN's data to RAX and moves RIP only on the next entry) without entering the
+        // guest, so the saved registers are those after the instruction.
+        self.fd.set_kvm_immediate_exit(1);
+        let _ = self.fd.run();
+        self.fd.set_kvm_immediate_exit(0);
+        save_vcpu(&self.fd, self.index, &ctx)
     }
 
     fn run(
         mut self,
         events: Receiver<VcpuEvent>,
         responses: Sender<VcpuResponse>,
+        states: Sender<StateResult>,
         exits: VcpuExitSink,
     ) {
         // The filter goes on before the first KVM_RUN, i.e. before any guest input.
@@ -226,7 +285,7 @@ impl Vcpu {
             return;
         }
         KVM_RUN_PTR.with(|p| p.set(self.fd.get_kvm_run() as *mut kvm_run));
-        let reason = self.run_loop(&events, &responses);
+        let reason = self.run_loop(&events, &responses, &states);
         KVM_RUN_PTR.with(|p| p.set(std::ptr::null_mut()));
         match &reason {
             VcpuExitReason::Crash(why) => log::error!("vCPU {}: {why}", self.index),
@@ -245,13 +304,17 @@ impl Vcpu {
         &mut self,
         events: &Receiver<VcpuEvent>,
         responses: &Sender<VcpuResponse>,
+        states: &Sender<StateResult>,
     ) -> VcpuExitReason {
         loop {
             match events.try_recv() {
                 Ok(VcpuEvent::Pause) => {
-                    if let Some(reason) = self.paused(events, responses) {
+                    if let Some(reason) = self.paused(events, responses, states) {
                         return reason;
                     }
+                }
+                Ok(VcpuEvent::SaveState) => {
+                    let _ = states.send(self.save());
                 }
                 Ok(VcpuEvent::Resume) => {
                     let _ = responses.send(VcpuResponse::Resumed);
@@ -272,10 +335,14 @@ impl Vcpu {
         &mut self,
         events: &Receiver<VcpuEvent>,
         responses: &Sender<VcpuResponse>,
+        states: &Sender<StateResult>,
     ) -> Option<VcpuExitReason> {
         let _ = responses.send(VcpuResponse::Paused);
         loop {
             match events.recv() {
+                Ok(VcpuEvent::SaveState) => {
+                    let _ = states.send(self.save());
+                }
                 Ok(VcpuEvent::Resume) => {
                     let _ = responses.send(VcpuResponse::Resumed);
                     return None;
@@ -384,6 +451,7 @@ pub struct VcpuHandle {
     index: u8,
     events: Sender<VcpuEvent>,
     responses: Receiver<VcpuResponse>,
+    states: Receiver<StateResult>,
     thread: JoinHandle<()>,
 }
 
@@ -407,6 +475,16 @@ impl VcpuHandle {
             RecvTimeoutError::Timeout => VcpuError::NoResponse(self.index),
             RecvTimeoutError::Disconnected => VcpuError::Gone(self.index),
         })
+    }
+
+    /// Asks the (paused) vCPU for its state and waits for it.
+    pub fn save_state(&self, timeout: Duration) -> Result<VcpuState, VcpuError> {
+        self.send_event(VcpuEvent::SaveState)?;
+        let state = self.states.recv_timeout(timeout).map_err(|e| match e {
+            RecvTimeoutError::Timeout => VcpuError::NoResponse(self.index),
+            RecvTimeoutError::Disconnected => VcpuError::Gone(self.index),
+        })?;
+        Ok(state?)
     }
 
     fn kick(&self) {

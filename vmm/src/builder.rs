@@ -28,7 +28,6 @@ use crate::device_manager::net::{
 };
 use crate::device_manager::DeviceBuses;
 use crate::metrics;
-use crate::persist::devices::{DeviceKind, DeviceSlot};
 use crate::persist::memory::MemorySource;
 use crate::vstate::kvm::{KvmContext, KvmError};
 use crate::vstate::memory::{create_guest_memory, MemoryError};
@@ -181,25 +180,6 @@ pub(crate) fn create_devices(
         nets,
         io,
     })
-}
-
-/// Where each virtio device sits, in attach order (drives, then interfaces).
-pub(crate) fn device_slots(drives: &[BlockDevice], nets: &[NetDevice]) -> Vec<DeviceSlot> {
-    drives
-        .iter()
-        .map(|d| DeviceSlot {
-            kind: DeviceKind::Block,
-            id: d.drive_id.clone(),
-            mmio_base: d.mmio.slot.base,
-            irq: d.mmio.slot.irq,
-        })
-        .chain(nets.iter().map(|n| DeviceSlot {
-            kind: DeviceKind::Net,
-            id: n.iface_id.clone(),
-            mmio_base: n.mmio.slot.base,
-            irq: n.mmio.slot.irq,
-        }))
-        .collect()
 }
 
 /// Starts the `io` thread with its start-up hook.

@@ -2,7 +2,6 @@
 //! the guest's memory pattern and tick counter carry on; bad input is refused by name and
 //! leaves the process usable.
 
-#[path = "snapshot_common/mod.rs"]
 mod snapshot_common;
 
 use std::os::unix::fs::MetadataExt;

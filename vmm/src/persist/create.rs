@@ -9,9 +9,8 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 use super::memory::{region_states, write_diff, write_full, MemoryFileError, WriteStats};
 use super::{encode, Snapshot, SnapshotType};
-use crate::builder::{device_slots, RunningVm};
+use crate::builder::RunningVm;
 use crate::config::VmConfig;
-use crate::persist::devices::DevicesSnapshot;
 use crate::vstate::vcpu::VcpuError;
 use crate::vstate::vm_state::{save_vm, VmStateError};
 
@@ -96,6 +95,10 @@ pub fn create_snapshot(
         .map(|v| v.save_state(SAVE_TIMEOUT))
         .collect::<Result<Vec<_>, _>>()?;
     let vm_state = save_vm(vm.vm.fd())?;
+    // Devices drained and held until memory is written, so the rings in the memory file
+    // match the saved queue positions (the `io` thread cannot move them meanwhile).
+    let quiesced = vm.devices().quiesce();
+    let devices = quiesced.save_state();
     let config_json = serde_json::to_string(&saved_config(config))
         .map_err(|e| CreateError::Encode(e.to_string()))?;
 
@@ -113,6 +116,8 @@ pub fn create_snapshot(
         }
     };
 
+    drop(quiesced);
+
     let snapshot = Snapshot {
         xenia_version: env!("CARGO_PKG_VERSION").to_owned(),
         created_unix_ms: SystemTime::now()
@@ -124,9 +129,7 @@ pub fn create_snapshot(
         regions: region_states(&vm.memory),
         vm: vm_state,
         vcpus,
-        devices: DevicesSnapshot {
-            slots: device_slots(&vm.drives, &vm.nets),
-        },
+        devices,
     };
     let bytes = encode(&snapshot).map_err(CreateError::Encode)?;
     let state_err = |what| {

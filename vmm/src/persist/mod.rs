@@ -18,10 +18,10 @@ pub mod restore;
 use serde::{Deserialize, Serialize};
 
 pub use container::{decode, encode, DecodeError};
-pub use devices::DevicesSnapshot;
 
 use crate::arch::arch_memory_regions;
 use crate::config::{VmConfig, MAX_VCPUS};
+use crate::device_manager::persist::DeviceStates;
 use crate::vstate::vcpu_state::VcpuState;
 use crate::vstate::vm_state::VmState;
 
@@ -62,7 +62,7 @@ pub struct Snapshot {
     pub regions: Vec<RegionState>,
     pub vm: VmState,
     pub vcpus: Vec<VcpuState>,
-    pub devices: DevicesSnapshot,
+    pub devices: DeviceStates,
 }
 
 /// Why a decoded snapshot cannot be used.
@@ -138,9 +138,7 @@ impl Snapshot {
         self.vm
             .validate()
             .map_err(|e| ValidateError::Vm(e.to_string()))?;
-        self.devices
-            .validate(&config)
-            .map_err(ValidateError::Devices)?;
+        devices::check_against_config(&self.devices, &config).map_err(ValidateError::Devices)?;
         Ok(config)
     }
 
@@ -167,7 +165,7 @@ pub fn describe(bytes: &[u8]) -> Result<serde_json::Value, String> {
             "guest_addr": r.guest_addr, "size": r.size, "file_offset": r.file_offset
         })).collect::<Vec<_>>(),
         "tsc_khz": snap.vcpus.first().and_then(|v| v.tsc_khz),
-        "devices": snap.devices.describe(),
+        "devices": devices::describe(&snap.devices),
         "config": serde_json::from_str::<serde_json::Value>(&snap.config_json).unwrap_or_default(),
     }))
 }
@@ -210,7 +208,27 @@ pub(crate) mod tests {
                 },
             },
             vcpus: vec![vcpu],
-            devices: DevicesSnapshot::default(),
+            devices: sample_devices(),
+        }
+    }
+
+    /// The state of a freshly built serial port and i8042, no virtio devices.
+    fn sample_devices() -> DeviceStates {
+        use ::devices::legacy::{SerialConsole, I8042};
+        use ::devices::EventFdTrigger;
+        let serial = SerialConsole::new(
+            EventFdTrigger::new_nonblocking().unwrap(),
+            Box::new(std::io::sink()),
+        );
+        let i8042 = I8042::new(
+            EventFdTrigger::new_nonblocking().unwrap(),
+            EventFdTrigger::new_nonblocking().unwrap(),
+        );
+        DeviceStates {
+            serial: serial.save_state(),
+            i8042: i8042.save_state(),
+            drives: Vec::new(),
+            nets: Vec::new(),
         }
     }
 

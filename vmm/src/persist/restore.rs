@@ -14,10 +14,11 @@ use super::container::{HEADER_LEN, MAX_STATE_BYTES};
 use super::memory::{map_memory_file, open_memory_file, MemoryFileError, MemorySource};
 use super::{decode, DecodeError, Snapshot, ValidateError};
 use crate::builder::{
-    create_devices, device_slots, start_io_thread, start_vcpus, BootHooks, BuildOptions, Devices,
-    RunningVm, StartError,
+    create_devices, start_io_thread, start_vcpus, BootHooks, BuildOptions, Devices, RunningVm,
+    StartError,
 };
 use crate::config::{HugePages, VmConfig};
+use crate::device_manager::persist::{DevicePersistError, DeviceSet};
 use crate::vstate::kvm::KvmContext;
 use crate::vstate::vcpu::{Vcpu, VcpuError, VcpuResponse};
 use crate::vstate::vcpu_state::VcpuPersistContext;
@@ -77,8 +78,8 @@ pub enum LoadError {
     Memory(#[from] MemoryFileError),
     #[error("cannot rebuild the VM: {0}")]
     Start(#[from] StartError),
-    #[error("the snapshot's device layout does not match the rebuilt devices: {0}")]
-    Layout(String),
+    #[error("cannot restore the devices: {0}")]
+    Devices(#[from] DevicePersistError),
     #[error("cannot restore the VM state: {0}")]
     Vm(#[from] VmStateError),
     #[error("cannot restore the vCPUs: {0}")]
@@ -167,10 +168,13 @@ pub fn load_snapshot(
         nets,
         io,
     } = create_devices(&config, &vm, &memory, build)?;
-    snapshot
-        .devices
-        .check_layout(&device_slots(&drives, &nets))
-        .map_err(LoadError::Layout)?;
+    // Checks the layout (ids, MMIO windows, IRQs) and every field before applying any.
+    DeviceSet {
+        legacy: &legacy,
+        drives: &drives,
+        nets: &nets,
+    }
+    .restore_state(&snapshot.devices)?;
     restore_vm(vm.fd(), &snapshot.vm, options.clock_realtime)?;
 
     let persist = Arc::new(VcpuPersistContext::new(&kvm.kvm, vm.fd()));

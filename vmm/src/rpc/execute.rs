@@ -26,6 +26,8 @@ pub struct Vmm {
     resources: VmResources,
     vm: Option<RunningVm>,
     paused: bool,
+    /// Set by a snapshot load that did not resume: the first resume kicks every queue.
+    kick_on_resume: bool,
     metrics_sink: Option<MetricsSink>,
     build_options: BuildOptions,
     logger: LoggerSettings,
@@ -74,6 +76,7 @@ impl Vmm {
             resources,
             vm: None,
             paused: false,
+            kick_on_resume: false,
             metrics_sink: None,
             build_options,
             logger,
@@ -218,10 +221,12 @@ impl Vmm {
         config.logger = process_only.logger;
         config.metrics = process_only.metrics;
         if params.resume_vm {
+            kick_queues(&vm);
             vm.resume().map_err(|e| {
                 ActionError::Internal(format!("cannot resume the restored VM: {e}"))
             })?;
         }
+        self.kick_on_resume = !params.resume_vm;
         metrics::global()
             .latencies_us
             .load_snapshot
@@ -361,8 +366,12 @@ impl Vmm {
                 Ok(VmmData::Empty)
             }
             A::PatchVmState(state) => {
+                let kick = state == VmState::Resumed && self.kick_on_resume;
                 let vm = self.running_vm()?;
                 let start = Instant::now();
+                if kick {
+                    kick_queues(vm);
+                }
                 match state {
                     VmState::Paused => vm.pause(),
                     VmState::Resumed => vm.resume(),
@@ -374,6 +383,7 @@ impl Vmm {
                     VmState::Resumed => latency.resume_vm.set_duration(start.elapsed()),
                 }
                 self.paused = state == VmState::Paused;
+                self.kick_on_resume &= !kick;
                 log::info!(
                     "the microVM is {}",
                     if self.paused { "paused" } else { "running" }
@@ -435,6 +445,16 @@ impl Vmm {
             .set_logger(config)
             .map_err(|e| ActionError::Failed(e.to_string()))?;
         Ok(())
+    }
+}
+
+/// After a restore, before the guest runs again: notify every virtio queue and re-raise
+/// pending interrupts, so a guest that suppressed notifications (EVENT_IDX) while the
+/// snapshot was taken is not left waiting for a device that waits for it.
+fn kick_queues(vm: &RunningVm) {
+    match vm.devices().kick_all_queues() {
+        Ok(n) => log::debug!("restored VM: {n} virtio queues kicked"),
+        Err(e) => log::warn!("restored VM: {e}"),
     }
 }
 

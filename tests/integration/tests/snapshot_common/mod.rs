@@ -11,8 +11,33 @@ use xenia_integration_tests::{probe, probe_args, Xenia, BOOT_TIMEOUT};
 
 /// Boots the probe (PVH) with `cmds`.
 pub fn boot(api: &ApiClient, cmds: &str, mem_mib: u32, track_dirty_pages: bool) {
-    let body = serde_json::json!({"kernel_image_path": probe().pvh, "boot_args": probe_args(cmds)});
+    boot_with(api, &probe_args(cmds), mem_mib, track_dirty_pages, &[], &[]);
+}
+
+/// Boots the probe with full boot arguments, `drives` and `nets` (config-file entries).
+pub fn boot_with(
+    api: &ApiClient,
+    boot_args: &str,
+    mem_mib: u32,
+    track_dirty_pages: bool,
+    drives: &[serde_json::Value],
+    nets: &[serde_json::Value],
+) {
+    let body = serde_json::json!({"kernel_image_path": probe().pvh, "boot_args": boot_args});
     api.expect("PUT", "/boot-source", &body.to_string(), 204);
+    for d in drives {
+        let id = d["drive_id"].as_str().unwrap_or_default();
+        api.expect("PUT", &format!("/drives/{id}"), &d.to_string(), 204);
+    }
+    for n in nets {
+        let id = n["iface_id"].as_str().unwrap_or_default();
+        api.expect(
+            "PUT",
+            &format!("/network-interfaces/{id}"),
+            &n.to_string(),
+            204,
+        );
+    }
     let machine = serde_json::json!({"vcpu_count": 1, "mem_size_mib": mem_mib,
                                      "track_dirty_pages": track_dirty_pages});
     api.expect("PUT", "/machine-config", &machine.to_string(), 204);
@@ -119,6 +144,36 @@ pub fn next_tick(x: &mut Xenia) -> Tick {
 const A: u64 = 0x9e37_79b9_7f4a_7c15;
 const B: u64 = 0xc2b2_ae3d_27d4_eb4f;
 const C: u64 = 0x5eed_5eed_0000_0000;
+
+/// CRC-64/XZ, the state file's checksum (for tests that edit a state file on purpose).
+pub fn crc64(data: &[u8]) -> u64 {
+    let mut crc = u64::MAX;
+    for &b in data {
+        crc ^= u64::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xc96c_5795_d787_0f42
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// Replaces `from` by `to` (same length) in a state file's payload and fixes its checksum.
+pub fn edit_state(bytes: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    assert_eq!(from.len(), to.len());
+    let mut out = bytes.to_vec();
+    let at = out
+        .windows(from.len())
+        .position(|w| w == from)
+        .unwrap_or_else(|| panic!("{:?} not in the state file", String::from_utf8_lossy(from)));
+    out[at..at + to.len()].copy_from_slice(to);
+    let sum = crc64(&out[32..]);
+    out[24..32].copy_from_slice(&sum.to_le_bytes());
+    out
+}
 
 /// What the probe's memtick region sums to after tick `n` (its README's definition).
 pub fn expected_sum(n: u64, pages: u64) -> u64 {

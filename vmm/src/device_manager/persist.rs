@@ -13,6 +13,17 @@
 //! picks the queues up through the device's control EventFd, as after a guest activation).
 //! On resume, [`DeviceSet::kick_all_queues`].
 //!
+//! ```ignore
+//! // Create (vCPUs paused):
+//! let quiet = vm.devices().quiesce();
+//! let devices: DeviceStates = quiet.save_state();
+//! // ... write the memory file ...
+//! drop(quiet);
+//! // Load (devices built from the saved configuration), then resume:
+//! vm.devices().restore_state(&devices)?;
+//! vm.devices().kick_all_queues()?;
+//! ```
+//!
 //! Seccomp: saving and kicking use only what the VMM thread's filter already allows (futex,
 //! eventfd writes, `io_uring_enter` to drain async requests). Restoring duplicates EventFds
 //! and sets tap offloads (`TUNSETOFFLOAD`) like the builder does, so it runs where the builder

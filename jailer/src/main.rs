@@ -107,7 +107,10 @@ fn run(argv: Vec<OsString>) -> Result<(), JailerError> {
         return Err(JailerError::NotRoot(euid));
     }
     // Nothing the launcher left open may reach the jailed process.
-    sys::close_fds_from(3).map_err(JailerError::CloseFds)?;
+    // SAFETY: nothing has been opened yet: the only objects alive are the parsed
+    // arguments and stdio's handles (0..=2), so no Rust object owns a descriptor
+    // >= 3.
+    unsafe { sys::close_fds_from(3) }.map_err(JailerError::CloseFds)?;
     let paths = JailPaths::new(&args.chroot_base, &args.exec_file_name, &args.id);
     match args.action {
         Action::Cleanup => cleanup(&args, &paths),

@@ -42,7 +42,9 @@ fn step(step: &'static str) -> impl Fn(io::Error) -> PrivilegesError {
 /// Forks; the parent records the child's pid in `pid_file` and exits 0, as
 /// Firecracker's jailer does; the child returns and carries on.
 fn fork_and_detach(pid_file: &Path) -> Result<(), PrivilegesError> {
-    match sys::fork().map_err(step("fork"))? {
+    // SAFETY: the jailer never starts a thread (it has no thread-spawning code and
+    // links no library that does), so this thread is the only one.
+    match unsafe { sys::fork() }.map_err(step("fork"))? {
         sys::Forked::Child => Ok(()),
         sys::Forked::Parent { child } => {
             std::fs::write(pid_file, format!("{child}\n")).map_err(|source| {
@@ -86,7 +88,13 @@ pub fn daemonize(
         sys::setsid().map_err(step("setsid"))?;
     }
     for fd in 0..=2 {
-        sys::dup2(dev_null.as_raw_fd(), fd).map_err(step("redirect stdio to /dev/null"))?;
+        // SAFETY: descriptors 0..=2 are only ever used through `std::io`'s stdio
+        // handles, which mean "descriptor N" and own nothing. No `File` of the
+        // jailer can hold one of them: Rust's runtime opens /dev/null on any of
+        // 0..=2 that is closed before `main`, so every file the jailer opens
+        // (the lock, `dev_null`) gets a number >= 3.
+        unsafe { sys::dup2(dev_null.as_raw_fd(), fd) }
+            .map_err(step("redirect stdio to /dev/null"))?;
     }
     Ok(())
 }

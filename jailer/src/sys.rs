@@ -1,8 +1,11 @@
-//! Every raw libc call of the jailer, each in a small safe wrapper.
+//! Every raw libc call of the jailer, each in a small wrapper.
 //!
 //! The wrappers take Rust types, pass only valid pointers (C strings that live
 //! for the call, or null where the kernel documents null as allowed) and turn
-//! `-1` into `io::Error::last_os_error()`.
+//! `-1` into `io::Error::last_os_error()`. A wrapper is safe when no argument can
+//! make it unsound; the few whose soundness depends on the state of the whole
+//! process (which descriptors Rust objects own, how many threads run) are
+//! `unsafe fn` with the caller's obligations in a `# Safety` section.
 
 use std::ffi::{CStr, CString, OsStr};
 use std::io;
@@ -111,10 +114,16 @@ pub fn setrlimit(resource: libc::__rlimit_resource_t, value: u64) -> io::Result<
 }
 
 /// Closes every file descriptor from `first` upwards.
-pub fn close_fds_from(first: u32) -> io::Result<()> {
-    // SAFETY: close_range takes plain integers; closing descriptors we do not
-    // use is the intent (no Rust object in this process owns them yet: this runs
-    // before the jailer opens anything).
+///
+/// # Safety
+///
+/// No live object may own a descriptor numbered `first` or higher (a `File`,
+/// `OwnedFd`, socket, ...): it would go on using, and finally close, a number
+/// that is free or already reused by something else. Call it before opening
+/// anything.
+pub unsafe fn close_fds_from(first: u32) -> io::Result<()> {
+    // SAFETY: close_range takes plain integers and touches no memory; that no
+    // descriptor it closes is owned is the caller's obligation (see above).
     check_long(unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0u32) })
 }
 
@@ -131,10 +140,18 @@ pub fn try_lock_exclusive(fd: RawFd) -> io::Result<()> {
     check(unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) })
 }
 
-/// `dup2(2)`.
-pub fn dup2(old: RawFd, new: RawFd) -> io::Result<()> {
-    // SAFETY: dup2 takes two integers; replacing `new` (a stdio descriptor) is
-    // the intent and no Rust object owns stdio's descriptors.
+/// `dup2(2)`: makes `new` a copy of `old`, closing what `new` was first.
+///
+/// # Safety
+///
+/// Whatever owns `new` must tolerate the descriptor changing under it: either
+/// nothing owns it, or its owner only uses it as "the process's stdin/stdout/
+/// stderr" (as `std::io::stdout` does). Replacing a descriptor that a `File`
+/// or `OwnedFd` owns would make that object read, write or close a different
+/// file than the one it opened.
+pub unsafe fn dup2(old: RawFd, new: RawFd) -> io::Result<()> {
+    // SAFETY: dup2 takes two integers and touches no memory; the ownership of
+    // `new` is the caller's obligation (see above).
     check(unsafe { libc::dup2(old, new) })
 }
 
@@ -150,10 +167,17 @@ pub enum Forked {
     Child,
 }
 
-/// `fork(2)`. The jailer is single-threaded, so the child may keep running Rust code.
-pub fn fork() -> io::Result<Forked> {
-    // SAFETY: the jailer never starts a thread, so no lock can be held by a
-    // thread that does not exist in the child.
+/// `fork(2)`.
+///
+/// # Safety
+///
+/// The calling process must have exactly one thread. The child is a copy with
+/// only the calling thread in it: a lock (the allocator's, stdout's, ...) that
+/// another thread held at the fork stays locked forever in the child, and any
+/// Rust code the child runs afterwards could deadlock or see half-updated state.
+pub unsafe fn fork() -> io::Result<Forked> {
+    // SAFETY: fork takes no arguments; the single-thread precondition that makes
+    // running Rust code in the child sound is the caller's (see above).
     let pid = unsafe { libc::fork() };
     match pid {
         -1 => Err(io::Error::last_os_error()),

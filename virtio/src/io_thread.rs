@@ -4,14 +4,12 @@
 //! calls [`IoThread::start`]. Devices listen on their own control EventFd, so activation on
 //! a vCPU thread only writes that fd; the queue fds join the loop from inside the loop.
 
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use event_manager::{
-    EventManager, EventOps, EventSet, Events, MutEventSubscriber, RemoteEndpoint, SubscriberId,
-    SubscriberOps,
+    EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberId, SubscriberOps,
 };
 use vmm_sys_util::eventfd::EventFd;
 
@@ -31,8 +29,6 @@ pub enum IoThreadError {
     StartHook(String),
     #[error("event loop failed: {0:?}")]
     Loop(event_manager::Error),
-    #[error("cannot reach the io thread: {0}")]
-    Remote(String),
     #[error("the io thread panicked")]
     Panicked,
 }
@@ -102,7 +98,6 @@ impl IoThread {
             stop_evt,
             stop,
         } = self;
-        let remote = manager.remote_endpoint();
         let join = std::thread::Builder::new()
             .name("io".into())
             .spawn(move || -> Result<(), IoThreadError> {
@@ -120,7 +115,6 @@ impl IoThread {
         Ok(IoThreadHandle {
             stop_evt,
             join: Some(join),
-            remote,
         })
     }
 }
@@ -129,7 +123,6 @@ impl IoThread {
 pub struct IoThreadHandle {
     stop_evt: EventFd,
     join: Option<JoinHandle<Result<(), IoThreadError>>>,
-    remote: RemoteEndpoint<IoSubscriber>,
 }
 
 impl std::fmt::Debug for IoThreadHandle {
@@ -139,20 +132,6 @@ impl std::fmt::Debug for IoThreadHandle {
 }
 
 impl IoThreadHandle {
-    /// Adds a device to the running loop (hot-plug); blocks until the loop took it.
-    pub fn add_subscriber(&self, subscriber: IoSubscriber) -> Result<SubscriberId, IoThreadError> {
-        self.remote
-            .call_blocking(move |ops| -> Result<SubscriberId, event_manager::Error> {
-                Ok(ops.add_subscriber(subscriber))
-            })
-            .map_err(|e| IoThreadError::Remote(format!("{e:?}")))
-    }
-
-    /// Raw fd of the stop EventFd (for diagnostics).
-    pub fn stop_fd(&self) -> i32 {
-        self.stop_evt.as_raw_fd()
-    }
-
     /// Stops the loop and waits for the thread; returns how the loop ended.
     pub fn stop(mut self) -> Result<(), IoThreadError> {
         self.stop_evt.write(1).map_err(IoThreadError::EventFd)?;

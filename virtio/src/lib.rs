@@ -7,6 +7,7 @@
 
 pub mod block;
 pub mod device;
+pub mod indirect;
 pub mod io_thread;
 pub mod mmio;
 pub mod net;
@@ -44,6 +45,8 @@ pub mod features {
     pub const VIRTIO_F_VERSION_1: u32 = 32;
     /// Used/avail event index notification suppression.
     pub const VIRTIO_RING_F_EVENT_IDX: u32 = 29;
+    /// Indirect descriptor tables. Never offered: see [`crate::indirect`].
+    pub const VIRTIO_RING_F_INDIRECT_DESC: u32 = 28;
 
     /// Whether bit `bit` is set in `features`.
     pub fn has(features: u64, bit: u32) -> bool {

@@ -334,7 +334,7 @@ impl MmioTransport {
                 match build_queue(regs, &self.mem, event_idx) {
                     Ok(q) => q,
                     Err(e) => {
-                        log::error!("virtio-mmio: queue invalid at activation: {e}");
+                        guest_warn!(self.guest_log, "queue invalid at activation: {e}");
                         self.interrupt.signal_needs_reset();
                         return;
                     }
@@ -359,7 +359,7 @@ impl MmioTransport {
         {
             Ok(v) => v,
             Err(e) => {
-                log::error!("virtio-mmio: cannot duplicate queue EventFds: {e}");
+                guest_warn!(self.guest_log, "cannot duplicate queue EventFds: {e}");
                 self.interrupt.signal_needs_reset();
                 return;
             }
@@ -371,7 +371,7 @@ impl MmioTransport {
             queue_evts,
         };
         if let Err(e) = lock(&self.device).activate(ctx) {
-            log::error!("virtio-mmio: device activation failed: {e}");
+            guest_warn!(self.guest_log, "device activation failed: {e}");
             self.interrupt.signal_needs_reset();
         }
     }

@@ -263,6 +263,20 @@ fn failed_activation_sets_needs_reset() {
     assert_eq!(rd(&mut t, 0x70), 0);
 }
 
+#[test]
+fn repeated_failed_activations_log_once_per_period() {
+    let (mut t, dev) = transport();
+    dev.lock().unwrap().fail_activate = true;
+    for _ in 0..100 {
+        negotiate(&mut t, 0);
+        setup_queue(&mut t, 0, 16, 0x10000);
+        wr(&mut t, 0x70, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
+        assert_ne!(rd(&mut t, 0x70) & DEVICE_NEEDS_RESET, 0);
+        wr(&mut t, 0x70, 0);
+    }
+    assert_eq!(t.guest_log.suppressed(), 99);
+}
+
 /// The whole path: transport on "a vCPU", block device served by the io thread, completion
 /// signalled through the irq EventFd.
 #[test]

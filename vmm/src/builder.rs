@@ -1,22 +1,26 @@
 //! The one place that turns a configuration into a running VM.
 
-use std::fs::OpenOptions;
 use std::sync::mpsc::{channel, Receiver};
 use std::sync::Arc;
 use std::time::Instant;
 
 use devices::legacy::SerialOut;
+use devices::EventFdTrigger;
 use virtio::GuestMemoryMmap;
 use virtio::{IoThread, IoThreadError, IoThreadHandle};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::arch::boot_params::{write_pvh_info, write_zero_page, BootInfo, BootParamsError};
-use crate::arch::cpuid::Topology;
+use crate::arch::cpuid::{self, CpuidError, Topology};
 use crate::arch::kernel::{load_cmdline, load_initrd, load_kernel, KernelError};
+use crate::arch::layout::arch_memory_regions;
 use crate::arch::mptable::{setup_mptable, MpTableError};
 use crate::arch::regs::{default_boot_info, write_boot_tables, EntryProtocol, RegsError};
 use crate::config::{DriveUpdate, NetworkInterfaceUpdate, VmConfig};
 use crate::console::ConsoleWriter;
+use crate::device_manager::acpi::{
+    attach_acpi, register_acpi_metrics, AcpiDeviceError, AcpiDevices,
+};
 use crate::device_manager::block::{
     attach_drives, check_drives, drive_cmdline_args, register_drive_metrics, update_drive,
     BlockDevice, DriveError,
@@ -29,6 +33,7 @@ use crate::device_manager::net::{
 use crate::device_manager::DeviceBuses;
 use crate::metrics;
 use crate::persist::memory::MemorySource;
+use crate::sink::open_nonblocking;
 use crate::vstate::kvm::{KvmContext, KvmError};
 use crate::vstate::memory::{create_guest_memory, MemoryError};
 use crate::vstate::vcpu::{
@@ -70,6 +75,10 @@ pub enum StartError {
     Legacy(#[from] LegacyError),
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
+    #[error(transparent)]
+    Cpuid(#[from] CpuidError),
+    #[error(transparent)]
+    Acpi(#[from] AcpiDeviceError),
     #[error("cannot create the vCPU exit eventfd: {0}")]
     ExitEvent(std::io::Error),
     #[error(transparent)]
@@ -107,13 +116,19 @@ pub struct BuildOptions {
 }
 
 /// A running VM and everything the VMM thread needs to drive it.
+///
+/// Dropping it stops and joins every vCPU first, then the `io` thread, and only then
+/// releases devices, memory and the VM: no thread can touch guest memory or a device after
+/// it is gone. (Guest memory is also held by `vm` and by each vCPU, see [`Vm`].)
 #[derive(Debug)]
 pub struct RunningVm {
     pub kvm: KvmContext,
     pub vm: Vm,
-    /// Guest RAM; must outlive `vm` (KVM maps it).
+    /// Guest RAM (a handle on the mappings `vm` registered with KVM).
     pub memory: GuestMemoryMmap,
     pub legacy: LegacyDevices,
+    /// The ACPI sleep registers and the VM generation ID.
+    pub acpi: AcpiDevices,
     pub vcpus: Vec<VcpuHandle>,
     /// Why each vCPU stopped; `vcpu_exit_evt` is signalled on each report.
     pub vcpu_exits: Receiver<(u8, VcpuExitReason)>,
@@ -211,10 +226,21 @@ pub(crate) fn start_vcpus(vcpus: Vec<Vcpu>, paused: bool) -> Result<StartedVcpus
         exit_tx,
         vcpu_exit_evt.try_clone().map_err(StartError::ExitEvent)?,
     );
-    let handles = vcpus
-        .into_iter()
-        .map(|v| v.start_with(sink.try_clone()?, paused))
-        .collect::<Result<Vec<_>, VcpuError>>()?;
+    // If a vCPU cannot start, the handles of those already running are dropped on the way
+    // out, which stops and joins them before anything else of this build is released.
+    let mut handles = Vec::with_capacity(vcpus.len());
+    let mut pauses = Vec::new();
+    for v in vcpus {
+        let (handle, pause) = v.start_with(sink.try_clone()?, paused)?;
+        pauses.extend(pause.map(|p| (handles.len(), p)));
+        handles.push(handle);
+    }
+    for (i, pause) in pauses {
+        let h: &VcpuHandle = &handles[i];
+        if h.response(pause, VCPU_RESPONSE_TIMEOUT)? != VcpuResponse::Paused {
+            return Err(VcpuError::NoResponse(h.index()).into());
+        }
+    }
     Ok((handles, vcpu_exits, vcpu_exit_evt))
 }
 
@@ -226,14 +252,13 @@ fn serial_output(config: &VmConfig) -> Result<SerialOut, StartError> {
         .and_then(|s| s.serial_out_path.as_ref())
     {
         Some(path) => {
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|source| StartError::SerialOut {
+            // Non-blocking: a FIFO nobody reads must not stop the vCPU writing to the UART.
+            let file = open_nonblocking(std::path::Path::new(path)).map_err(|source| {
+                StartError::SerialOut {
                     path: path.clone(),
                     source,
-                })?;
+                }
+            })?;
             Ok(Box::new(ConsoleWriter::new(file, limit)))
         }
         None => Ok(Box::new(ConsoleWriter::new(std::io::stdout(), limit))),
@@ -241,16 +266,19 @@ fn serial_output(config: &VmConfig) -> Result<SerialOut, StartError> {
 }
 
 /// The kernel command line: the configured (or default) arguments, then what the devices
-/// need (`virtio_mmio.device=` per virtio device, in `device_slots` order with the drives
-/// first, and `root=` for the root drive).
+/// need: `root=` for the root drive and, for a guest told to ignore ACPI (`acpi=off`), one
+/// `virtio_mmio.device=` per virtio device in `device_slots` order (drives first). With ACPI
+/// the DSDT describes the devices; listing them twice would make Linux probe each twice.
 pub fn kernel_cmdline(config: &VmConfig, device_slots: &[MmioSlot]) -> String {
     let base = config
         .boot_source
         .as_ref()
         .and_then(|b| b.boot_args.as_deref())
         .unwrap_or(DEFAULT_BOOT_ARGS);
+    let acpi_off = base.split_whitespace().any(|w| w == "acpi=off");
+    let slots = if acpi_off { device_slots } else { &[] };
     let mut line = base.trim().to_owned();
-    for arg in drive_cmdline_args(&config.drives, device_slots) {
+    for arg in drive_cmdline_args(&config.drives, slots) {
         if !line.is_empty() {
             line.push(' ');
         }
@@ -278,17 +306,43 @@ pub fn build_and_boot_with(
     let mem_size = machine.mem_size_bytes();
 
     let kvm = KvmContext::open()?;
-    let vm = Vm::new(&kvm)?;
+    let supported_cpuid = kvm.supported_cpuid()?;
+    let mem_end = arch_memory_regions(mem_size)
+        .last()
+        .map_or(0, |(start, len)| start.0 + len);
+    cpuid::check_memory_end(&supported_cpuid, mem_end)?;
+    let mut vm = Vm::new(&kvm)?;
     let memory = create_guest_memory(mem_size, machine.huge_pages)?;
     vm.register_memory(&memory, machine.track_dirty_pages)?;
 
     let Devices {
-        buses,
+        mut buses,
         legacy,
         drives,
         nets,
         io,
     } = create_devices(config, &vm, &memory, options)?;
+
+    let slots: Vec<MmioSlot> = drives
+        .iter()
+        .map(|d| d.mmio.slot)
+        .chain(nets.iter().map(|n| n.mmio.slot))
+        .collect();
+    let poweroff = EventFdTrigger::new(
+        legacy
+            .reset_evt
+            .try_clone()
+            .map_err(StartError::ExitEvent)?,
+    );
+    let acpi = attach_acpi(
+        &vm,
+        &mut buses,
+        &memory,
+        poweroff,
+        machine.vcpu_count,
+        slots.iter().map(MmioSlot::acpi_info).collect(),
+    )?;
+    register_acpi_metrics(&acpi, metrics::global());
 
     let kernel = load_kernel(&memory, &boot_source.kernel_image_path)?;
     log::info!(
@@ -297,11 +351,6 @@ pub fn build_and_boot_with(
         kernel.protocol,
         kernel.entry
     );
-    let slots: Vec<MmioSlot> = drives
-        .iter()
-        .map(|d| d.mmio.slot)
-        .chain(nets.iter().map(|n| n.mmio.slot))
-        .collect();
     let args = kernel_cmdline(config, &slots);
     log::debug!("kernel command line: {args}");
     let cmdline_len = load_cmdline(&memory, &args)?;
@@ -314,6 +363,7 @@ pub fn build_and_boot_with(
         cmdline_len,
         initrd,
         setup_header: kernel.setup_header,
+        rsdp: Some(acpi.rsdp),
     };
     match kernel.protocol {
         EntryProtocol::Linux64 => write_zero_page(&memory, &info)?,
@@ -324,7 +374,6 @@ pub fn build_and_boot_with(
 
     let io_thread = start_io_thread(io, hooks.io_thread)?;
 
-    let supported_cpuid = kvm.supported_cpuid()?;
     let persist = Arc::new(VcpuPersistContext::new(&kvm.kvm, vm.fd()));
     let topology = Topology::new(machine.vcpu_count, machine.smt);
     let mut vcpus = Vec::with_capacity(usize::from(machine.vcpu_count));
@@ -356,6 +405,7 @@ pub fn build_and_boot_with(
         vm,
         memory,
         legacy,
+        acpi,
         vcpus: handles,
         vcpu_exits,
         vcpu_exit_evt,
@@ -369,8 +419,23 @@ pub fn build_and_boot_with(
     })
 }
 
-/// How long the VMM waits for a vCPU to acknowledge a pause or resume.
+/// How long the VMM waits for the vCPUs to acknowledge a pause or resume.
 const VCPU_RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Drop for RunningVm {
+    fn drop(&mut self) {
+        // Every vCPU is told first so that they stop in parallel; dropping a handle joins it.
+        for vcpu in &self.vcpus {
+            vcpu.request_stop();
+        }
+        self.vcpus.clear();
+        if let Some(io) = self.io_thread.take() {
+            if let Err(e) = io.stop() {
+                log::error!("io thread ended with: {e}");
+            }
+        }
+    }
+}
 
 impl RunningVm {
     /// Injects Ctrl-Alt-Del through the i8042 (the API's `SendCtrlAltDel` action).
@@ -383,11 +448,16 @@ impl RunningVm {
     }
 
     fn broadcast(&self, event: VcpuEvent, expected: VcpuResponse) -> Result<(), VcpuError> {
-        for vcpu in &self.vcpus {
-            vcpu.send_event(event)?;
-        }
-        for vcpu in &self.vcpus {
-            let got = vcpu.response(VCPU_RESPONSE_TIMEOUT)?;
+        let requests = self
+            .vcpus
+            .iter()
+            .map(|vcpu| vcpu.send_event(event))
+            .collect::<Result<Vec<_>, _>>()?;
+        // One deadline for all: the vCPUs answer in parallel.
+        let deadline = Instant::now() + VCPU_RESPONSE_TIMEOUT;
+        for (vcpu, request) in self.vcpus.iter().zip(requests) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let got = vcpu.response(request, left)?;
             if got != expected {
                 return Err(VcpuError::NoResponse(vcpu.index()));
             }
@@ -467,9 +537,16 @@ mod tests {
                 drive("data", false, None),
             ],
         );
+        // ACPI describes the devices: only root= is added.
         assert_eq!(
             kernel_cmdline(&c, &slots(3)),
-            "console=ttyS0 reboot=k virtio_mmio.device=4K@0xd0000000:5 \
+            "console=ttyS0 reboot=k root=/dev/vdb rw"
+        );
+        let mut off = c.clone();
+        off.boot_source.as_mut().unwrap().boot_args = Some("console=ttyS0 acpi=off".into());
+        assert_eq!(
+            kernel_cmdline(&off, &slots(3)),
+            "console=ttyS0 acpi=off virtio_mmio.device=4K@0xd0000000:5 \
              virtio_mmio.device=4K@0xd0001000:6 virtio_mmio.device=4K@0xd0002000:7 \
              root=/dev/vdb rw"
         );
@@ -480,10 +557,7 @@ mod tests {
         let c = config(None, vec![drive("rootfs", true, Some("0eaa91a0-01"))]);
         assert_eq!(
             kernel_cmdline(&c, &slots(1)),
-            format!(
-                "{DEFAULT_BOOT_ARGS} virtio_mmio.device=4K@0xd0000000:5 \
-                 root=PARTUUID=0eaa91a0-01 rw"
-            )
+            format!("{DEFAULT_BOOT_ARGS} root=PARTUUID=0eaa91a0-01 rw")
         );
         let none = config(Some("console=ttyS0"), Vec::new());
         assert_eq!(kernel_cmdline(&none, &[]), "console=ttyS0");

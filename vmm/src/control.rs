@@ -252,7 +252,7 @@ impl ControlLoop {
         match token {
             Token::Reset => {
                 let _ = self.vmm.vm()?.legacy.reset_evt.read();
-                log::info!("the guest reset the machine through the i8042; exiting");
+                log::info!("the guest reset (i8042) or powered off (ACPI) the machine; exiting");
                 Some(ExitCode::Ok)
             }
             Token::VcpuExit => {
@@ -275,6 +275,8 @@ impl ControlLoop {
                      faulted in can no longer be served and a vCPU touching one would hang; \
                      stopping the VM"
                 );
+                // A vCPU blocked on a fault nobody will serve cannot be joined.
+                self.vmm.abandon_vm();
                 Some(ExitCode::GuestCrash)
             }
             Token::MetricsTimer => {

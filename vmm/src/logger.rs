@@ -2,13 +2,19 @@
 //! `<timestamp> [<id>:<thread>(:<LEVEL>)(:<file>:<line>)] <message>`, to stderr or a file.
 //!
 //! [`configure`] may be called again later (the API's `PUT /logger`) to change the settings.
+//!
+//! A log file (often a FIFO) is written without blocking: a line it cannot take now is dropped
+//! and counted in `logger.dropped_lines` (see `sink.rs`), so a stalled reader cannot stop the
+//! thread that logs. Standard error, the default, is the launcher's and is left as it is.
 
-use std::fs::OpenOptions;
+use std::fs::File;
 use std::io::Write;
+use std::path::Path;
 use std::sync::{Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::LogLevel;
+use crate::sink::{open_nonblocking, LineOutcome, LineSink};
 
 /// Instance id used when none is given.
 pub const DEFAULT_INSTANCE_ID: &str = "anonymous-instance";
@@ -51,9 +57,33 @@ impl Default for LoggerSettings {
     }
 }
 
+/// Where log lines go.
+enum Sink {
+    Stderr,
+    File(LineSink<File>),
+}
+
+impl Sink {
+    /// Writes one line (with its newline); a line a full file sink cannot take is counted.
+    fn write_line(&mut self, line: &str) {
+        // A logger has nowhere to report its own failures.
+        match self {
+            Sink::Stderr => {
+                let _ = std::io::stderr().write_all(line.as_bytes());
+            }
+            Sink::File(file) => match file.write_line(line.as_bytes()) {
+                Ok(LineOutcome::Written) => {}
+                Ok(LineOutcome::Dropped) | Err(_) => {
+                    crate::metrics::global().logger.dropped_lines.inc();
+                }
+            },
+        }
+    }
+}
+
 struct Inner {
     settings: LoggerSettings,
-    sink: Box<dyn Write + Send>,
+    sink: Sink,
 }
 
 struct Logger {
@@ -64,25 +94,21 @@ static LOGGER: OnceLock<Logger> = OnceLock::new();
 
 /// Installs the logger (first call) or changes its settings (later calls).
 pub fn configure(settings: LoggerSettings) -> Result<(), LoggerError> {
-    let sink: Box<dyn Write + Send> = match &settings.log_path {
-        Some(path) => Box::new(
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|source| LoggerError::Open {
-                    path: path.clone(),
-                    source,
-                })?,
-        ),
-        None => Box::new(std::io::stderr()),
+    let sink = match &settings.log_path {
+        Some(path) => Sink::File(LineSink::new(open_nonblocking(Path::new(path)).map_err(
+            |source| LoggerError::Open {
+                path: path.clone(),
+                source,
+            },
+        )?)),
+        None => Sink::Stderr,
     };
     let level = settings.level.to_filter();
     let mut fresh = Some(Inner { settings, sink });
     let logger = LOGGER.get_or_init(|| Logger {
         inner: Mutex::new(fresh.take().unwrap_or_else(|| Inner {
             settings: LoggerSettings::default(),
-            sink: Box::new(std::io::stderr()),
+            sink: Sink::Stderr,
         })),
     });
     match fresh {
@@ -186,21 +212,18 @@ impl log::Log for Logger {
             }
         }
         let current = std::thread::current();
-        let line = format_line(
+        let mut line = format_line(
             &inner.settings,
             current.name().unwrap_or("?"),
             record,
             SystemTime::now(),
         );
-        // A logger has nowhere to report its own failures.
-        let _ = writeln!(inner.sink, "{line}");
-        let _ = inner.sink.flush();
+        line.push('\n');
+        inner.sink.write_line(&line);
     }
 
-    fn flush(&self) {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = inner.sink.flush();
-    }
+    /// Nothing is buffered: every line goes out (or is dropped) as it is logged.
+    fn flush(&self) {}
 }
 
 #[cfg(test)]

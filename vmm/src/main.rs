@@ -177,10 +177,9 @@ fn run(start: Instant) -> ExitCode {
     if !control.stop_api(API_STOP_TIMEOUT) {
         log::warn!("the API thread did not stop in {API_STOP_TIMEOUT:?}");
     }
-    // vCPU threads may still be inside KVM_RUN: dropping the VM here would unmap guest
-    // memory under them (KVM_RUN then fails with EFAULT, and a device thread touching
-    // guest memory would fault). Process exit ends them instead.
-    std::mem::forget(control);
+    // Dropping the VM stops and joins its vCPU and io threads before it releases devices
+    // and guest memory (see `RunningVm`), so this is an orderly shutdown.
+    drop(control);
     code
 }
 

@@ -5,8 +5,7 @@
 //! closure that returns their own counters as JSON, so this module knows no device types.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::fs::File;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
@@ -16,6 +15,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::config::MetricsConfig;
+use crate::sink::{open_nonblocking, LineOutcome, LineSink};
 
 /// How often metrics are flushed without being asked.
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(60);
@@ -118,6 +118,15 @@ pub struct VcpuMetrics {
     pub failures: Counter,
 }
 
+/// What the log and metrics sinks could not take (see `sink.rs`).
+#[derive(Debug, Default, Serialize)]
+pub struct LoggerMetrics {
+    /// Log lines dropped because the log sink was full (a FIFO nobody reads).
+    pub dropped_lines: Counter,
+    /// Metrics lines dropped for the same reason.
+    pub dropped_metrics: Counter,
+}
+
 #[derive(Debug, Default, Serialize)]
 pub struct SerialMetrics {
     pub bytes_out: Counter,
@@ -133,6 +142,7 @@ pub struct Metrics {
     pub vcpu: VcpuMetrics,
     pub serial: SerialMetrics,
     pub latencies_us: LatencyMetrics,
+    pub logger: LoggerMetrics,
     api: Mutex<BTreeMap<String, RouteStats>>,
     devices: Mutex<Vec<(String, DeviceSource)>>,
 }
@@ -179,6 +189,7 @@ impl Metrics {
             "vcpu": &self.vcpu,
             "uart": &self.serial,
             "latencies_us": &self.latencies_us,
+            "logger": &self.logger,
         });
         let devices = self.devices.lock().unwrap_or_else(|e| e.into_inner());
         if let Value::Object(map) = &mut out {
@@ -190,27 +201,27 @@ impl Metrics {
     }
 }
 
-/// Where metrics lines go, with the per-line extras from the configuration.
+/// Where metrics lines go, with the per-line extras from the configuration. Never blocks: a
+/// line the destination cannot take now is dropped and counted in `logger.dropped_metrics`.
 #[derive(Debug)]
 pub struct MetricsSink {
-    file: File,
+    file: LineSink<File>,
     id: Option<String>,
     properties: Option<BTreeMap<String, String>>,
 }
 
 impl MetricsSink {
-    /// Opens the metrics destination (a regular file is appended to; a FIFO is written to).
+    /// Opens the metrics destination (a regular file is appended to; a FIFO is written to),
+    /// non-blocking (see `sink.rs`).
     pub fn open(config: &MetricsConfig, instance_id: &str) -> Result<Self, MetricsError> {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(Path::new(&config.metrics_path))
-            .map_err(|source| MetricsError::Open {
+        let file = open_nonblocking(Path::new(&config.metrics_path)).map_err(|source| {
+            MetricsError::Open {
                 path: config.metrics_path.clone(),
                 source,
-            })?;
+            }
+        })?;
         Ok(MetricsSink {
-            file,
+            file: LineSink::new(file),
             id: config
                 .emit_id
                 .unwrap_or(false)
@@ -219,7 +230,8 @@ impl MetricsSink {
         })
     }
 
-    /// Writes one line with the current values.
+    /// Writes one line with the current values (or drops and counts it when the destination
+    /// is full).
     pub fn flush(&mut self, metrics: &Metrics) -> Result<(), MetricsError> {
         let mut line = metrics.snapshot();
         if let Value::Object(map) = &mut line {
@@ -232,10 +244,16 @@ impl MetricsSink {
         }
         let mut text = line.to_string();
         text.push('\n');
-        // One write per line so that a reader of a FIFO never sees half a line.
-        self.file
-            .write_all(text.as_bytes())
-            .map_err(MetricsError::Write)
+        // Whole lines only, so that a reader of a FIFO never sees half a line.
+        match self
+            .file
+            .write_line(text.as_bytes())
+            .map_err(MetricsError::Write)?
+        {
+            LineOutcome::Written => {}
+            LineOutcome::Dropped => metrics.logger.dropped_metrics.inc(),
+        }
+        Ok(())
     }
 }
 
@@ -293,6 +311,33 @@ mod tests {
         assert_eq!(lines[1]["vcpu"]["exit_hlt"], 1);
         assert_eq!(lines[0]["id"], "vm-7");
         assert_eq!(lines[0]["properties"]["az"], "eu-1");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_full_fifo_drops_and_counts_lines_instead_of_blocking() {
+        let dir = std::env::temp_dir().join(format!("xenia-metrics-fifo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.fifo");
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let cfg = MetricsConfig {
+            metrics_path: path.to_string_lossy().into_owned(),
+            emit_id: None,
+            properties: None,
+        };
+        let m = Metrics::default();
+        // Nobody reads: the open and every flush return at once.
+        let mut sink = MetricsSink::open(&cfg, "x").unwrap();
+        for _ in 0..1_000 {
+            sink.flush(&m).unwrap();
+        }
+        assert!(m.logger.dropped_metrics.get() > 0);
+        assert_eq!(
+            m.snapshot()["logger"]["dropped_metrics"],
+            m.logger.dropped_metrics.get()
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -5,8 +5,8 @@
 //! writing); the pure shape checks live with the config types. Every setter validates the
 //! whole candidate configuration before committing it, so a refused call changes nothing.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileTypeExt;
+use std::fs::{File, FileType, OpenOptions};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 
 use crate::config::{
     BootSourceConfig, ConfigError, DriveConfig, DriveUpdate, LoggerConfig, MachineConfig,
@@ -34,6 +34,10 @@ pub enum ResourceError {
 }
 
 /// Opens `path` for reading (and writing when `write`), and checks what it is.
+///
+/// What it is gets checked before the open too: opening a FIFO for reading waits for a
+/// writer, which would hold the API (and the VMM thread) until one came. The open itself is
+/// non-blocking as well, for a path swapped for a FIFO between the two checks.
 fn check_file(
     field: &str,
     path: &str,
@@ -45,31 +49,35 @@ fn check_file(
     } else {
         "reading"
     };
+    let io_error = |source| ResourceError::File {
+        field: field.to_owned(),
+        path: path.to_owned(),
+        mode,
+        source,
+    };
+    let acceptable =
+        |kind: FileType| kind.is_file() || (allow_block_device && kind.is_block_device());
+    let not_a_file = || ResourceError::NotAFile {
+        field: field.to_owned(),
+        path: path.to_owned(),
+    };
+    // A missing path is reported by the open below, with the mode it was wanted for.
+    if let Ok(meta) = std::fs::metadata(path) {
+        if !acceptable(meta.file_type()) {
+            return Err(not_a_file());
+        }
+    }
     let file = OpenOptions::new()
         .read(true)
         .write(write)
+        .custom_flags(libc::O_NONBLOCK)
         .open(path)
-        .map_err(|source| ResourceError::File {
-            field: field.to_owned(),
-            path: path.to_owned(),
-            mode,
-            source,
-        })?;
-    let kind = File::metadata(&file)
-        .map_err(|source| ResourceError::File {
-            field: field.to_owned(),
-            path: path.to_owned(),
-            mode,
-            source,
-        })?
-        .file_type();
-    if kind.is_file() || (allow_block_device && kind.is_block_device()) {
+        .map_err(io_error)?;
+    let kind = File::metadata(&file).map_err(io_error)?.file_type();
+    if acceptable(kind) {
         Ok(())
     } else {
-        Err(ResourceError::NotAFile {
-            field: field.to_owned(),
-            path: path.to_owned(),
-        })
+        Err(not_a_file())
     }
 }
 
@@ -320,6 +328,40 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("/no/disk"), "{e}");
         assert_eq!(r.config().drives.len(), 1);
+    }
+
+    #[test]
+    fn a_fifo_is_refused_at_once_not_waited_on() {
+        let d = Dir::new("fifo");
+        let path = d.0.join("pipe");
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let path = path.to_string_lossy().into_owned();
+        // Opening a FIFO read-only waits for a writer: run the calls on a thread so that a
+        // regression fails this test instead of hanging it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let fifo = path.clone();
+        std::thread::spawn(move || {
+            let mut r = VmResources::default();
+            let ro = r
+                .set_drive(drive("data", &fifo, false, true))
+                .map_err(|e| e.to_string());
+            let boot = r
+                .set_boot_source(BootSourceConfig {
+                    kernel_image_path: fifo,
+                    initrd_path: None,
+                    boot_args: None,
+                })
+                .map_err(|e| e.to_string());
+            let _ = tx.send((ro, boot));
+        });
+        let (ro, boot) = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("a FIFO path blocked the pre-boot call");
+        for e in [ro.unwrap_err(), boot.unwrap_err()] {
+            assert!(e.contains("not a regular file") && e.contains(&path), "{e}");
+        }
     }
 
     #[test]

@@ -255,7 +255,8 @@ mod tests {
             let written = d(|m| m.tx_packets) + d(|m| m.tap_write_errors);
             let (want_written, want_spoofed, want_malformed) = match name {
                 "forged-source" => (0, 1, 0),
-                "too-short" | "device-writable" => (0, 0, 1),
+                // Indirect chains are refused since virtio-net stopped offering them.
+                "too-short" | "device-writable" | "indirect" => (0, 0, 1),
                 "four-frames" => (4, 0, 0),
                 _ => (1, 0, 0),
             };

@@ -32,6 +32,11 @@ fn fields(lines: &[String], prefix: &str) -> HashMap<String, String> {
         .iter()
         .find(|l| l.starts_with(prefix))
         .unwrap_or_else(|| panic!("no line starting with {prefix:?} in {lines:#?}"));
+    line_fields(line)
+}
+
+/// The `key=value` pairs of one line.
+fn line_fields(line: &str) -> HashMap<String, String> {
     line.split_whitespace()
         .filter_map(|w| w.split_once('='))
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -127,6 +132,29 @@ fn cpu_topology_follows_the_machine_config() {
             vcpus / threads,
             "{lines:#?}"
         );
+        // Every topology source the CPU offers must tell the same story: a vendor whose
+        // kernel prefers a leaf we got wrong would otherwise hide it.
+        let sources: Vec<&String> = lines
+            .iter()
+            .filter(|l| l.starts_with("PROBE topology ok"))
+            .collect();
+        assert!(!sources.is_empty(), "no topology source: {lines:#?}");
+        if cpu["vendor"] == "GenuineIntel" {
+            assert!(
+                sources.iter().any(|l| l.contains("source=leaf0xb")),
+                "an Intel guest needs leaf 0xB: {lines:#?}"
+            );
+        }
+        for line in sources {
+            let t = line_fields(line);
+            assert_eq!(
+                t["threads_per_core"].parse::<u8>().unwrap(),
+                threads,
+                "{line}"
+            );
+            assert_eq!(t["logical_per_pkg"].parse::<u8>().unwrap(), vcpus, "{line}");
+            assert_eq!(t["apic_id"], "0", "{line}");
+        }
         let smp = fields(&lines, "PROBE smp ok");
         assert_eq!(smp["expected"], vcpus.to_string());
         // INIT-SIPI-SIPI works under PVM and hardware KVM alike: every AP must come up.

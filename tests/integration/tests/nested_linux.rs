@@ -175,6 +175,48 @@ fn linux_runs_a_command_from_the_command_line() {
     }
 }
 
+/// ACPI in real Linux: the tables under /sys/firmware/acpi/tables, every vCPU from the MADT,
+/// the VM generation ID driver bound to our device, and `poweroff -f` (no `reboot=k` path
+/// involved) ending xenia with status 0 before init could reach L2-DONE.
+#[test]
+fn linux_sees_acpi_and_powers_off() {
+    let mut s = scenario(Kernel::VmlinuxPvh, 2, 128);
+    s.extra_args =
+        "l2.tag=acpi l2.run=ls,/sys/firmware/acpi/tables,/sys/bus/acpi/drivers/vmgenid;poweroff,-f"
+            .into();
+    let outcome = match nested::run(&s) {
+        Ok(Some(outcome)) => outcome,
+        Ok(None) => return,
+        Err(e) => panic!("scenario {s:?} did not run: {e}"),
+    };
+    let lines = &outcome.l2_lines;
+    let context = || format!("{}\n{}", lines.join("\n"), outcome.transcript);
+    assert!(outcome.marker("L2-INIT-OK").is_some(), "{}", context());
+    assert_eq!(fact_u64(&outcome, "nproc"), 2, "{}", context());
+    for table in ["APIC", "DSDT", "FACP"] {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.split_whitespace().any(|w| w == table)),
+            "no {table} in /sys/firmware/acpi/tables\n{}",
+            context()
+        );
+    }
+    assert!(
+        lines.iter().any(|l| l.contains("VMGENCTR:00")),
+        "the vmgenid driver is not bound\n{}",
+        context()
+    );
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("Kernel panic") || l.starts_with("L2-DONE")),
+        "the guest did not power off through ACPI\n{}",
+        context()
+    );
+    assert_eq!(outcome.xenia_status, Some(0), "{}", context());
+}
+
 /// L2 script of the first boot on the ext4 root: fresh image, writes 1 MiB of random data.
 const WRITE_ON_ROOT: &str = r#"set -e
 root="$(awk '$2 == "/" {print "dev=" $1 " fs=" $3 " opts=" substr($4, 1, 2)}' /proc/mounts)"

@@ -6,8 +6,6 @@
 
 mod net_common;
 
-use std::time::Duration;
-
 use net_common::*;
 use serde_json::json;
 use xenia_integration_tests::{TempDir, BOOT_TIMEOUT};
@@ -114,9 +112,9 @@ fn spoof_run(allow_spoofing: bool) -> (Vec<[u8; 6]>, serde_json::Value, String) 
         )],
     );
     let mut x = ns.xenia(&config, &["--metrics-path", &metrics.to_string_lossy()]);
+    // The probe's result line comes after the device completed its tx requests, i.e.
+    // after every frame reached the tap and the capture's queue (see `Capture`).
     run_to_done(&mut x);
-    // Frames already on the tap are seen within the capture's 100 ms poll.
-    std::thread::sleep(Duration::from_millis(300));
     let seen = capture.stop();
     let line = ok_line(&x, "net-spoof").to_owned();
     (seen, net_metrics(&metrics, "eth0"), line)

@@ -248,3 +248,32 @@ fn load_after_configuring_a_resource_is_refused() {
     );
     assert!(r.fault().contains("exactly one"), "{}", r.fault());
 }
+
+#[test]
+fn every_restore_gets_a_new_vm_generation_id() {
+    let (mut x, api) = Xenia::with_api(&[]);
+    boot(&api, "acpi,tick:15,acpi", 64, false);
+    x.wait_for_line("PROBE tick n=2", BOOT_TIMEOUT).unwrap();
+    let files = SnapshotFiles::new();
+    pause_and_create(&mut x, &api, &files, "Full");
+    let genid = |line: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix("vmgenid="))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let booted = genid(x.lines_with("PROBE acpi ok").first().copied().unwrap_or_default());
+    assert_eq!(booted.len(), 32, "{:?}", x.lines);
+    drop(x);
+    let mut seen = vec![booted.clone()];
+    // Two clones of one snapshot: each sees an id of its own, none the snapshot's.
+    for _ in 0..2 {
+        let (mut y, api2) = Xenia::with_api(&[]);
+        api2.expect("PUT", "/snapshot/load", &files.load_body(true), 204);
+        let line = y.wait_for_line("PROBE acpi ok", BOOT_TIMEOUT).unwrap();
+        let id = genid(&line);
+        assert_eq!(id.len(), 32, "{line}");
+        assert!(!seen.contains(&id), "id {id} seen before: {seen:?}");
+        seen.push(id);
+    }
+}

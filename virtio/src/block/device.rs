@@ -10,9 +10,11 @@ use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::file::{DiskError, DiskFile};
-use super::io_uring::{AsyncEngine, AsyncError, Finished};
+use super::io_uring::{AsyncEngine, AsyncError, EngineOps, Finished};
 use super::metrics::BlockMetrics;
-use super::request::{self, Request, RequestKind, DEVICE_ID_LEN, MAX_SEGMENTS, SECTOR_SHIFT};
+use super::request::{
+    self, Request, RequestKind, DEVICE_ID_LEN, MAX_DISCARD_SECTORS, MAX_SEGMENTS, SEG_MAX,
+};
 use super::{BlockConfig, CacheType, IoEngine};
 use crate::device::{
     read_config_space, ActivateContext, ActivateError, InterruptType, VirtioDevice, VirtioInterrupt,
@@ -25,9 +27,9 @@ use devices::log_limiter::{LogLimiter, GUEST_LOG_PERIOD};
 /// Maximum size of the request queue.
 pub const BLOCK_QUEUE_SIZE: u16 = 256;
 const CONFIG_SPACE_LEN: usize = 60;
+// seg_max counts what fits a full queue besides the header and status descriptors.
+const _: () = assert!(SEG_MAX == BLOCK_QUEUE_SIZE as u32 - 2);
 const VIRTIO_ID_BLOCK: u32 = 2;
-/// Largest range one discard / write-zeroes segment may cover, in sectors.
-const MAX_DISCARD_SECTORS: u32 = u32::MAX >> SECTOR_SHIFT;
 
 /// Errors from building or updating a block device.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +76,8 @@ pub struct Block {
     pub(super) metrics: Arc<BlockMetrics>,
     /// Per-request I/O failures (a full or failing host disk) are logged at most once a period.
     io_err_log: LogLimiter,
+    /// Problems the guest causes (broken queues) are logged at most once a period.
+    pub(super) guest_log: LogLimiter,
 }
 
 impl std::fmt::Debug for Block {
@@ -100,9 +104,25 @@ impl Block {
         } else {
             avail_features |= (1u64 << VIRTIO_BLK_F_DISCARD) | (1u64 << VIRTIO_BLK_F_WRITE_ZEROES);
         }
-        let engine = match cfg.io_engine {
-            IoEngine::Sync => None,
-            IoEngine::Async => Some(AsyncEngine::new(u32::from(BLOCK_QUEUE_SIZE))?),
+        let entries = u32::from(BLOCK_QUEUE_SIZE);
+        let fd = disk.file().as_raw_fd();
+        let engine = match (cfg.io_engine, cfg.cache_type) {
+            (IoEngine::Async, _) => Some(AsyncEngine::new(entries, fd, EngineOps::ReadWriteFlush)?),
+            // Flushes go to a ring so a long fdatasync does not stall the io thread; without
+            // io_uring they run inline, as reads and writes do.
+            (IoEngine::Sync, CacheType::Writeback) => {
+                match AsyncEngine::new(entries, fd, EngineOps::FlushOnly) {
+                    Ok(e) => Some(e),
+                    Err(e) => {
+                        log::warn!(
+                            "virtio-blk {}: {e}; flushes will block the io thread",
+                            cfg.drive_id
+                        );
+                        None
+                    }
+                }
+            }
+            (IoEngine::Sync, CacheType::Unsafe) => None,
         };
         let rate_limiter = RateLimiter::new(&cfg.rate_limiter.unwrap_or_default())?;
         let mut dev = Block {
@@ -121,6 +141,7 @@ impl Block {
             rate_limiter,
             metrics: Arc::new(BlockMetrics::default()),
             io_err_log: LogLimiter::new(GUEST_LOG_PERIOD),
+            guest_log: LogLimiter::new(GUEST_LOG_PERIOD),
         };
         dev.build_config_space();
         Ok(dev)
@@ -149,7 +170,7 @@ impl Block {
         c.fill(0);
         c[0..8].copy_from_slice(&self.disk.nsectors().to_le_bytes());
         // seg_max: data descriptors per request (queue size minus header and status).
-        c[12..16].copy_from_slice(&u32::from(BLOCK_QUEUE_SIZE - 2).to_le_bytes());
+        c[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
         c[34..36].copy_from_slice(&1u16.to_le_bytes()); // num_queues
         c[36..40].copy_from_slice(&MAX_DISCARD_SECTORS.to_le_bytes());
         c[40..44].copy_from_slice(&MAX_SEGMENTS.to_le_bytes());
@@ -164,6 +185,11 @@ impl Block {
     pub fn update_disk(&mut self, path: &Path) -> Result<(), BlockError> {
         let disk = DiskFile::open(path, self.disk.is_read_only(), &self.id)?;
         self.drain_async();
+        if let Some(engine) = self.engine.as_mut() {
+            // The ring's fixed-file slot takes its own reference: update it before the old
+            // file closes.
+            engine.set_file(disk.file().as_raw_fd())?;
+        }
         self.disk = disk;
         self.build_config_space();
         BlockMetrics::inc(&self.metrics.config_updates);
@@ -186,7 +212,13 @@ impl Block {
     }
 
     pub(super) fn queue_broken(&mut self, why: &str) {
-        log::error!("virtio-blk {}: queue broken: {why}", self.id);
+        // The guest can break its queue, reset and break it again at will.
+        if let Some(suppressed) = self.guest_log.check() {
+            log::error!(
+                "virtio-blk {}: queue broken: {why} ({suppressed} more guest errors suppressed)",
+                self.id
+            );
+        }
         BlockMetrics::inc(&self.metrics.queue_errors);
         self.broken = true;
         if let Some(active) = &self.active {
@@ -259,7 +291,21 @@ impl Block {
                     break;
                 };
                 let head = chain.head_index();
-                match request::parse(chain, mem, self.disk.nsectors()) {
+                let table = GuestAddress(active.queue.desc_table());
+                let parsed = if crate::indirect::chain_uses_indirect(
+                    mem,
+                    table,
+                    active.queue.size(),
+                    head,
+                ) {
+                    Err(request::RequestError {
+                        kind: request::RequestErrorKind::Indirect,
+                        status_addr: None,
+                    })
+                } else {
+                    request::parse(chain, mem, self.disk.nsectors())
+                };
+                match parsed {
                     Ok(req) => {
                         let bytes = match req.kind {
                             RequestKind::In | RequestKind::Out => req.data_len,
@@ -342,12 +388,14 @@ impl Block {
             return Some((ioerr, 1));
         }
         let m = &self.metrics;
+        if req.kind == RequestKind::Flush && self.acked_features & (1u64 << VIRTIO_BLK_F_FLUSH) == 0
+        {
+            // Unsafe cache mode: no flush was offered, so none is honoured, whatever the engine.
+            return Some((VIRTIO_BLK_S_UNSUPP as u8, 1));
+        }
         if let Some(engine) = self.engine.as_mut() {
-            if matches!(
-                req.kind,
-                RequestKind::In | RequestKind::Out | RequestKind::Flush
-            ) {
-                return match engine.submit(self.disk.file().as_raw_fd(), mem, req, head) {
+            if engine.ops().serves(req.kind) {
+                return match engine.submit(mem, req, head) {
                     Ok(()) => None,
                     Err(e) => {
                         if let Some(n) = self.io_err_log.check() {
@@ -377,16 +425,10 @@ impl Block {
                 BlockMetrics::add(&m.write_bytes, req.data_len);
                 1
             }),
-            RequestKind::Flush => {
-                if self.acked_features & (1u64 << VIRTIO_BLK_F_FLUSH) == 0 {
-                    // Unsafe cache mode: no flush was offered, so none is honoured.
-                    return Some((VIRTIO_BLK_S_UNSUPP as u8, 1));
-                }
-                self.disk.flush().map(|()| {
-                    BlockMetrics::inc(&m.flush_count);
-                    1
-                })
-            }
+            RequestKind::Flush => self.disk.flush().map(|()| {
+                BlockMetrics::inc(&m.flush_count);
+                1
+            }),
             RequestKind::GetId => {
                 let written = write_device_id(mem, self.disk.device_id(), &req.data);
                 BlockMetrics::inc(&m.get_id_count);

@@ -3,9 +3,10 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::{GuestAddress, GuestMemoryBackend};
 
 use super::request::{DEVICE_ID_LEN, SECTOR_SHIFT, SECTOR_SIZE};
 use crate::GuestMemoryMmap;
@@ -23,6 +24,8 @@ pub enum DiskError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{path} is neither a regular file nor a block device")]
+    NotADisk { path: PathBuf },
     #[error("disk I/O at byte offset {offset}: {source}")]
     Io { offset: u64, source: std::io::Error },
     #[error("guest memory access at {addr:#x} failed: {reason}")]
@@ -58,13 +61,21 @@ impl DiskFile {
                 path: path.to_path_buf(),
                 source,
             })?;
-        let len = file
-            .metadata()
-            .map_err(|source| DiskError::Size {
+        let size_err = |source| DiskError::Size {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file_type = file.metadata().map_err(size_err)?.file_type();
+        let len = if file_type.is_block_device() {
+            // A block device's inode size is 0: its capacity is where its end is.
+            (&file).seek(SeekFrom::End(0)).map_err(size_err)?
+        } else if file_type.is_file() {
+            file.metadata().map_err(size_err)?.len()
+        } else {
+            return Err(DiskError::NotADisk {
                 path: path.to_path_buf(),
-                source,
-            })?
-            .len();
+            });
+        };
         if !len.is_multiple_of(SECTOR_SIZE) {
             log::warn!(
                 "virtio-blk: {} is {len} bytes, not a multiple of 512; the tail is unreachable",
@@ -101,47 +112,27 @@ impl DiskFile {
         &self.file
     }
 
-    fn seek(&mut self, offset: u64) -> Result<(), DiskError> {
-        self.file
-            .seek(SeekFrom::Start(offset))
-            .map(|_| ())
-            .map_err(|source| DiskError::Io { offset, source })
-    }
-
-    /// Reads the disk at `offset` into the guest buffers.
+    /// Reads the disk at `offset` into the guest buffers (`preadv`: the file offset is
+    /// neither used nor moved).
     pub fn read_into(
         &mut self,
         mem: &GuestMemoryMmap,
         offset: u64,
         bufs: &[(GuestAddress, u32)],
     ) -> Result<(), DiskError> {
-        self.seek(offset)?;
-        for &(addr, len) in bufs {
-            mem.read_exact_volatile_from(addr, &mut self.file, len as usize)
-                .map_err(|e| DiskError::GuestMemory {
-                    addr: addr.0,
-                    reason: e.to_string(),
-                })?;
-        }
-        Ok(())
+        let mut iovs = guest_iovecs(mem, bufs)?;
+        transfer(self.file.as_raw_fd(), &mut iovs, offset, Direction::Read)
     }
 
-    /// Writes the guest buffers to the disk at `offset`.
+    /// Writes the guest buffers to the disk at `offset` (`pwritev`).
     pub fn write_from(
         &mut self,
         mem: &GuestMemoryMmap,
         offset: u64,
         bufs: &[(GuestAddress, u32)],
     ) -> Result<(), DiskError> {
-        self.seek(offset)?;
-        for &(addr, len) in bufs {
-            mem.write_all_volatile_to(addr, &mut self.file, len as usize)
-                .map_err(|e| DiskError::GuestMemory {
-                    addr: addr.0,
-                    reason: e.to_string(),
-                })?;
-        }
-        Ok(())
+        let mut iovs = guest_iovecs(mem, bufs)?;
+        transfer(self.file.as_raw_fd(), &mut iovs, offset, Direction::Write)
     }
 
     /// Waits until written data is on stable storage.
@@ -196,4 +187,96 @@ impl DiskFile {
             Err(_) => self.discard(offset, len),
         }
     }
+}
+
+/// iovecs covering the guest buffers (one per contiguous host piece). The parser bounds the
+/// buffers at `seg_max`, so this stays small.
+fn guest_iovecs(
+    mem: &GuestMemoryMmap,
+    bufs: &[(GuestAddress, u32)],
+) -> Result<Vec<libc::iovec>, DiskError> {
+    let mut iovs = Vec::with_capacity(bufs.len());
+    for &(addr, len) in bufs {
+        for slice in GuestMemoryBackend::get_slices(mem, addr, len as usize) {
+            let slice = slice.map_err(|e| DiskError::GuestMemory {
+                addr: addr.0,
+                reason: e.to_string(),
+            })?;
+            iovs.push(libc::iovec {
+                iov_base: slice.ptr_guard_mut().as_ptr().cast(),
+                iov_len: slice.len(),
+            });
+        }
+    }
+    Ok(iovs)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Read,
+    Write,
+}
+
+/// The kernel's `UIO_MAXIOV`.
+const IOV_MAX: usize = 1024;
+
+/// `preadv`/`pwritev` of every byte `iovs` covers at `offset`, resuming after short
+/// transfers. Reaching the end of the file early is an error (the parser checked the range
+/// against the capacity, so the file shrank under us).
+fn transfer(
+    fd: libc::c_int,
+    iovs: &mut [libc::iovec],
+    mut offset: u64,
+    dir: Direction,
+) -> Result<(), DiskError> {
+    let mut first = 0;
+    while first < iovs.len() {
+        if iovs[first].iov_len == 0 {
+            first += 1;
+            continue;
+        }
+        let batch = &iovs[first..iovs.len().min(first + IOV_MAX)];
+        let err = |source| DiskError::Io { offset, source };
+        let off = libc::off_t::try_from(offset)
+            .map_err(|_| err(std::io::Error::from_raw_os_error(libc::EINVAL)))?;
+        // The batch is at most IOV_MAX long.
+        let count = batch.len() as libc::c_int;
+        // SAFETY: every iovec points into guest memory that stays mapped for the call (the
+        // caller holds the memory), with the length of the slice it was built from; `count`
+        // is the batch's exact length. preadv writes only inside those buffers; pwritev only
+        // reads them.
+        let n = unsafe {
+            match dir {
+                Direction::Read => libc::preadv(fd, batch.as_ptr(), count, off),
+                Direction::Write => libc::pwritev(fd, batch.as_ptr(), count, off),
+            }
+        };
+        let mut n = match usize::try_from(n) {
+            Ok(0) => return Err(err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof))),
+            Ok(n) => n,
+            Err(_) => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(err(e));
+            }
+        };
+        offset += n as u64;
+        // Skip what was transferred; the first iovec left may be partly done.
+        while n > 0 && first < iovs.len() {
+            let iov = &mut iovs[first];
+            if n >= iov.iov_len {
+                n -= iov.iov_len;
+                iov.iov_len = 0;
+                first += 1;
+            } else {
+                // SAFETY: `n` < `iov_len`, so the advanced pointer stays inside the buffer.
+                iov.iov_base = unsafe { iov.iov_base.cast::<u8>().add(n) }.cast();
+                iov.iov_len -= n;
+                n = 0;
+            }
+        }
+    }
+    Ok(())
 }

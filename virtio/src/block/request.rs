@@ -10,7 +10,7 @@ use std::ops::Deref;
 use virtio_bindings::bindings::virtio_blk::*;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::DescriptorChain;
-use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryBackend};
+use vm_memory::{Address, ByteValued, Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::GuestMemoryMmap;
 
@@ -22,6 +22,12 @@ pub const DEVICE_ID_LEN: usize = VIRTIO_BLK_ID_BYTES as usize;
 pub const SEGMENT_LEN: u32 = 16;
 /// Segments accepted per discard / write-zeroes request (advertised as max_*_seg).
 pub const MAX_SEGMENTS: u32 = 1;
+/// Data buffers accepted per request, advertised as `seg_max`: a full 256-entry queue
+/// minus the header and status descriptors.
+pub const SEG_MAX: u32 = 254;
+/// Largest range one discard / write-zeroes segment may cover, in sectors; advertised as
+/// `max_discard_sectors` and `max_write_zeroes_sectors` (the byte length fits a u32).
+pub const MAX_DISCARD_SECTORS: u32 = u32::MAX >> SECTOR_SHIFT;
 
 #[derive(Debug, Clone, Copy, Default)]
 #[repr(C)]
@@ -67,7 +73,7 @@ impl RequestKind {
     }
 }
 
-/// A validated request.
+/// A validated request. `data` holds at most [`SEG_MAX`] buffers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
     pub kind: RequestKind,
@@ -121,6 +127,12 @@ pub enum RequestErrorKind {
     BadSegments(u64),
     #[error("flags {0:#x} not supported for this request")]
     BadFlags(u32),
+    #[error("more than {SEG_MAX} data buffers (seg_max)")]
+    TooManySegments,
+    #[error("{0} sectors in one segment, more than max_discard_sectors {MAX_DISCARD_SECTORS}")]
+    TooManySectors(u32),
+    #[error("indirect descriptor, but VIRTIO_RING_F_INDIRECT_DESC was not negotiated")]
+    Indirect,
 }
 
 /// A request that cannot be executed; `status_addr` is where to report it, if anywhere.
@@ -149,6 +161,11 @@ fn in_memory(mem: &GuestMemoryMmap, d: &Descriptor) -> bool {
 }
 
 /// Parses and validates the chain. `capacity` is the disk size in sectors.
+///
+/// The chain is walked once, without collecting it: at most [`SEG_MAX`] data buffers are
+/// kept (more is an error), whatever the guest put in the descriptor table. The status byte
+/// is the last byte of the last descriptor (virtio 1.2, 5.2.6: framing is free), so a
+/// driver may give it a longer buffer.
 pub fn parse<M>(
     chain: DescriptorChain<M>,
     mem: &GuestMemoryMmap,
@@ -157,75 +174,128 @@ pub fn parse<M>(
 where
     M: Deref<Target = GuestMemoryMmap>,
 {
-    // The iterator stops silently on a loop, an over-long chain, an index outside the table or
-    // an unreadable descriptor: a last descriptor still flagged NEXT reveals all of those.
-    let descs: Vec<Descriptor> = chain.collect();
     let err = |kind, status_addr| RequestError { kind, status_addr };
-    let Some(last) = descs.last() else {
+    let mut chain = chain;
+    let Some(header_desc) = chain.next() else {
         return Err(err(RequestErrorKind::EmptyChain, None));
     };
-    if last.has_next() {
-        return Err(err(RequestErrorKind::BrokenChain, None));
-    }
-    let status_ok = descs.len() >= 2 && last.is_write_only() && in_memory(mem, last);
-    let status_addr = status_ok.then(|| last.addr());
-    if !status_ok {
-        return Err(err(RequestErrorKind::BadStatus, None));
-    }
-    let fail = |kind| err(kind, status_addr);
-
-    let header_desc = &descs[0];
-    if header_desc.is_write_only() {
-        return Err(fail(RequestErrorKind::HeaderWriteOnly));
-    }
-    if header_desc.len() < 16 {
-        return Err(fail(RequestErrorKind::HeaderTooShort(header_desc.len())));
-    }
-    let header: RequestHeader = mem.read_obj(header_desc.addr()).map_err(|_| {
-        fail(RequestErrorKind::OutsideMemory {
-            addr: header_desc.addr().0,
-            len: header_desc.len(),
-        })
-    })?;
-    let data_descs = &descs[1..descs.len() - 1];
-
-    let (kind, device_writes) = match header.request_type {
-        VIRTIO_BLK_T_IN => (RequestKind::In, true),
-        VIRTIO_BLK_T_OUT => (RequestKind::Out, false),
-        VIRTIO_BLK_T_FLUSH => (RequestKind::Flush, false),
-        VIRTIO_BLK_T_GET_ID => (RequestKind::GetId, true),
-        VIRTIO_BLK_T_DISCARD => (RequestKind::Discard, false),
-        VIRTIO_BLK_T_WRITE_ZEROES => (RequestKind::WriteZeroes { unmap: false }, false),
-        t => return Err(fail(RequestErrorKind::UnsupportedType(t))),
+    // Problems found before the status descriptor is known are reported through it.
+    let mut first_err: Option<RequestErrorKind> = None;
+    let note = |e: RequestErrorKind, first: &mut Option<RequestErrorKind>| {
+        if first.is_none() {
+            *first = Some(e);
+        }
+    };
+    let header: Option<RequestHeader> = if header_desc.is_write_only() {
+        note(RequestErrorKind::HeaderWriteOnly, &mut first_err);
+        None
+    } else if header_desc.len() < 16 {
+        note(
+            RequestErrorKind::HeaderTooShort(header_desc.len()),
+            &mut first_err,
+        );
+        None
+    } else {
+        match mem.read_obj(header_desc.addr()) {
+            Ok(h) => Some(h),
+            Err(_) => {
+                note(
+                    RequestErrorKind::OutsideMemory {
+                        addr: header_desc.addr().0,
+                        len: header_desc.len(),
+                    },
+                    &mut first_err,
+                );
+                None
+            }
+        }
+    };
+    let kind = match header.map(|h| h.request_type) {
+        None => None,
+        Some(VIRTIO_BLK_T_IN) => Some((RequestKind::In, true)),
+        Some(VIRTIO_BLK_T_OUT) => Some((RequestKind::Out, false)),
+        Some(VIRTIO_BLK_T_FLUSH) => Some((RequestKind::Flush, false)),
+        Some(VIRTIO_BLK_T_GET_ID) => Some((RequestKind::GetId, true)),
+        Some(VIRTIO_BLK_T_DISCARD) => Some((RequestKind::Discard, false)),
+        Some(VIRTIO_BLK_T_WRITE_ZEROES) => Some((RequestKind::WriteZeroes { unmap: false }, false)),
+        Some(t) => {
+            note(RequestErrorKind::UnsupportedType(t), &mut first_err);
+            None
+        }
     };
 
-    let mut data = Vec::with_capacity(data_descs.len());
+    let mut data: Vec<(GuestAddress, u32)> = Vec::new();
     let mut data_len: u64 = 0;
-    for d in data_descs {
+    // The descriptor seen last: the status one if nothing follows it, else a data buffer.
+    let mut last: Option<Descriptor> = None;
+    let mut segments: u32 = 0;
+    for d in chain {
+        let Some(prev) = last.replace(d) else {
+            continue;
+        };
+        let Some((kind, device_writes)) = kind else {
+            continue;
+        };
         if kind == RequestKind::Flush {
             // A flush carries no data; tolerate (and ignore) stray buffers.
-            break;
+            continue;
         }
-        if d.is_write_only() != device_writes {
-            return Err(fail(RequestErrorKind::WrongDirection(d.addr().0)));
+        segments += 1;
+        if segments > SEG_MAX {
+            note(RequestErrorKind::TooManySegments, &mut first_err);
+            continue;
         }
-        if !in_memory(mem, d) {
-            return Err(fail(RequestErrorKind::OutsideMemory {
-                addr: d.addr().0,
-                len: d.len(),
-            }));
+        if prev.is_write_only() != device_writes {
+            note(
+                RequestErrorKind::WrongDirection(prev.addr().0),
+                &mut first_err,
+            );
+            continue;
         }
-        data.push((d.addr(), d.len()));
-        // The chain iterator caps the total at u32::MAX, so this cannot overflow.
-        data_len += u64::from(d.len());
+        if !in_memory(mem, &prev) {
+            note(
+                RequestErrorKind::OutsideMemory {
+                    addr: prev.addr().0,
+                    len: prev.len(),
+                },
+                &mut first_err,
+            );
+            continue;
+        }
+        if first_err.is_none() {
+            data.push((prev.addr(), prev.len()));
+            // The chain iterator caps the total at u32::MAX, so this cannot overflow.
+            data_len += u64::from(prev.len());
+        }
     }
+    // The iterator stops silently on a loop, an over-long chain, an index outside the table or
+    // an unreadable descriptor: a last descriptor still flagged NEXT reveals all of those.
+    let last = match last {
+        Some(d) if d.has_next() => return Err(err(RequestErrorKind::BrokenChain, None)),
+        None if header_desc.has_next() => return Err(err(RequestErrorKind::BrokenChain, None)),
+        Some(d) => d,
+        None => return Err(err(RequestErrorKind::BadStatus, None)),
+    };
+    if !(last.is_write_only() && in_memory(mem, &last)) {
+        return Err(err(RequestErrorKind::BadStatus, None));
+    }
+    // In memory and non-empty, so the last byte is addressable.
+    let status_addr = last.addr().unchecked_add(u64::from(last.len()) - 1);
+    let fail = |kind| err(kind, Some(status_addr));
+    if let Some(e) = first_err {
+        return Err(fail(e));
+    }
+    let (Some(header), Some((kind, _))) = (header, kind) else {
+        // Every path to a missing header or kind noted an error above.
+        return Err(fail(RequestErrorKind::EmptyChain));
+    };
 
     let mut req = Request {
         kind,
         sector: header.sector,
         data,
         data_len,
-        status_addr: last.addr(),
+        status_addr,
     };
     match kind {
         RequestKind::In | RequestKind::Out => {
@@ -261,6 +331,11 @@ where
             // Bit 0 (unmap) only means something for write-zeroes; other bits are reserved.
             if seg.flags & !1 != 0 || (kind == RequestKind::Discard && unmap) {
                 return Err(fail(RequestErrorKind::BadFlags(seg.flags)));
+            }
+            // The same limit is advertised as max_discard_sectors and
+            // max_write_zeroes_sectors.
+            if seg.num_sectors > MAX_DISCARD_SECTORS {
+                return Err(fail(RequestErrorKind::TooManySectors(seg.num_sectors)));
             }
             check_range(seg.sector, u64::from(seg.num_sectors), capacity).map_err(&fail)?;
             if let RequestKind::WriteZeroes { .. } = kind {

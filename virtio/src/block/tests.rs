@@ -16,20 +16,20 @@ use crate::rate_limiter::{RateLimiter, RateLimiterConfig, TokenBucketConfig};
 use crate::test_utils::{guest_memory, ManualClock, RecordingInterrupt};
 use crate::GuestMemoryMmap;
 
-const HDR: u64 = 0x10_0000;
-const DATA: u64 = 0x20_0000;
-const STATUS: u64 = 0x30_0000;
-const DISK_SECTORS: u64 = 64;
-const NEXT: u16 = 1;
-const WRITE: u16 = 2;
+pub(super) const HDR: u64 = 0x10_0000;
+pub(super) const DATA: u64 = 0x20_0000;
+pub(super) const STATUS: u64 = 0x30_0000;
+pub(super) const DISK_SECTORS: u64 = 64;
+pub(super) const NEXT: u16 = 1;
+pub(super) const WRITE: u16 = 2;
 
-fn disk_file(sectors: u64) -> TempFile {
+pub(super) fn disk_file(sectors: u64) -> TempFile {
     let f = TempFile::new_with_prefix("/tmp/xenia-blk-test").unwrap();
     f.as_file().set_len(sectors * 512).unwrap();
     f
 }
 
-fn config(path: &std::path::Path) -> BlockConfig {
+pub(super) fn config(path: &std::path::Path) -> BlockConfig {
     BlockConfig {
         drive_id: "rootfs".into(),
         path_on_host: path.to_path_buf(),
@@ -40,22 +40,30 @@ fn config(path: &std::path::Path) -> BlockConfig {
     }
 }
 
-struct Harness<'a> {
-    mem: &'a GuestMemoryMmap,
-    vq: MockSplitQueue<'a, GuestMemoryMmap>,
-    dev: Block,
-    irq: Arc<RecordingInterrupt>,
-    next_desc: u16,
+pub(super) struct Harness<'a> {
+    pub(super) mem: &'a GuestMemoryMmap,
+    pub(super) vq: MockSplitQueue<'a, GuestMemoryMmap>,
+    pub(super) dev: Block,
+    pub(super) irq: Arc<RecordingInterrupt>,
+    pub(super) next_desc: u16,
     _file: TempFile,
 }
 
 impl<'a> Harness<'a> {
-    fn new(mem: &'a GuestMemoryMmap, tweak: impl FnOnce(&mut BlockConfig)) -> Self {
+    pub(super) fn new(mem: &'a GuestMemoryMmap, tweak: impl FnOnce(&mut BlockConfig)) -> Self {
+        Self::with_queue_size(mem, 16, tweak)
+    }
+
+    pub(super) fn with_queue_size(
+        mem: &'a GuestMemoryMmap,
+        queue_size: u16,
+        tweak: impl FnOnce(&mut BlockConfig),
+    ) -> Self {
         let file = disk_file(DISK_SECTORS);
         let mut cfg = config(file.as_path());
         tweak(&mut cfg);
         let mut dev = Block::new(&cfg).unwrap();
-        let vq = MockSplitQueue::create(mem, GuestAddress(0), 16);
+        let vq = MockSplitQueue::create(mem, GuestAddress(0), queue_size);
         let irq = Arc::new(RecordingInterrupt::default());
         dev.set_acked_features(
             dev.avail_features() & !(1 << crate::features::VIRTIO_RING_F_EVENT_IDX),
@@ -78,7 +86,7 @@ impl<'a> Harness<'a> {
     }
 
     /// Adds a chain of (addr, len, device-writable) linked in order.
-    fn add_chain(&mut self, descs: &[(u64, u32, bool)]) {
+    pub(super) fn add_chain(&mut self, descs: &[(u64, u32, bool)]) {
         let start = self.next_desc;
         let raw: Vec<RawDescriptor> = descs
             .iter()
@@ -94,14 +102,14 @@ impl<'a> Harness<'a> {
         self.next_desc += descs.len() as u16;
     }
 
-    fn header(&self, addr: u64, t: u32, sector: u64) {
+    pub(super) fn header(&self, addr: u64, t: u32, sector: u64) {
         self.mem.write_obj(t, GuestAddress(addr)).unwrap();
         self.mem.write_obj(0u32, GuestAddress(addr + 4)).unwrap();
         self.mem.write_obj(sector, GuestAddress(addr + 8)).unwrap();
     }
 
     /// A well-formed request: header, data, status.
-    fn request(&mut self, t: u32, sector: u64, data_len: u32, device_writes: bool) {
+    pub(super) fn request(&mut self, t: u32, sector: u64, data_len: u32, device_writes: bool) {
         let n = u64::from(self.next_desc);
         let hdr = HDR + n * 0x100;
         self.header(hdr, t, sector);
@@ -119,13 +127,22 @@ impl<'a> Harness<'a> {
         }
     }
 
-    fn status_of(&self, first_desc: u16) -> u8 {
+    /// Waits for what went to an io_uring (the async engine, or flushes of a sync drive with
+    /// a writeback cache) and completes it.
+    pub(super) fn settle(&mut self) {
+        if let Some(engine) = self.dev.engine.as_mut() {
+            let done = engine.drain();
+            self.dev.complete_async(done);
+        }
+    }
+
+    pub(super) fn status_of(&self, first_desc: u16) -> u8 {
         self.mem
             .read_obj(GuestAddress(STATUS + u64::from(first_desc)))
             .unwrap()
     }
 
-    fn used(&self) -> Vec<(u32, u32)> {
+    pub(super) fn used(&self) -> Vec<(u32, u32)> {
         let n = self.vq.used().idx().load();
         (0..n)
             .map(|i| {
@@ -174,6 +191,9 @@ fn flush_and_get_id() {
     h.request(VIRTIO_BLK_T_FLUSH, 0, 0, false);
     h.request(VIRTIO_BLK_T_GET_ID, 0, 20, true);
     h.dev.process_queue();
+    // GET_ID is answered at once; the flush runs on the flush ring, off the io thread.
+    assert_eq!(h.used(), vec![(2, 21)]);
+    h.settle();
     assert_eq!(h.status_of(0), VIRTIO_BLK_S_OK as u8);
     assert_eq!(h.status_of(2), VIRTIO_BLK_S_OK as u8);
     let mut id = [0u8; 20];
@@ -181,7 +201,7 @@ fn flush_and_get_id() {
         .unwrap();
     assert_eq!(&id[..6], b"rootfs");
     assert!(id[6..].iter().all(|&b| b == 0));
-    assert_eq!(h.used(), vec![(0, 1), (2, 21)]);
+    assert_eq!(h.used(), vec![(2, 21), (0, 1)]);
     assert_eq!(h.dev.metrics().snapshot().flush_count, 1);
 }
 
@@ -345,6 +365,30 @@ fn corrupt_avail_index_marks_device_needs_reset() {
     assert_eq!(h.dev.metrics().snapshot().queue_errors, 1);
 }
 
+/// A guest breaking its queue, resetting and breaking it again gets one log line per
+/// period, not one per round.
+#[test]
+fn repeatedly_broken_queue_logs_once_per_period() {
+    let mem = guest_memory();
+    let mut h = Harness::new(&mem, |_| {});
+    for _ in 0..20 {
+        h.vq.avail().idx().store(100);
+        h.dev.process_queue();
+        h.dev.reset();
+        h.vq.avail().idx().store(0);
+        h.dev
+            .activate(ActivateContext {
+                mem: mem.clone(),
+                interrupt: h.irq.clone(),
+                queues: vec![h.vq.create_queue::<Queue>().unwrap()],
+                queue_evts: vec![EventFd::new(libc::EFD_NONBLOCK).unwrap()],
+            })
+            .unwrap();
+    }
+    assert_eq!(h.dev.metrics().snapshot().queue_errors, 20);
+    assert_eq!(h.dev.guest_log.suppressed(), 19);
+}
+
 #[test]
 fn discard_and_write_zeroes_clear_data() {
     let mem = guest_memory();
@@ -497,11 +541,13 @@ fn event_idx_suppresses_interrupts_until_used_event() {
     // used_event (after the 16 avail entries) = 1: interrupt only once used idx passes 1.
     let used_event = GuestAddress(h.vq.avail_addr().0 + 4 + 2 * 16);
     mem.write_obj(1u16, used_event).unwrap();
-    h.request(VIRTIO_BLK_T_FLUSH, 0, 0, false);
+    // Writes (used length 1): the mock's used ring overlaps the avail ring's tail, and a
+    // longer used length would land on used_event.
+    h.request(VIRTIO_BLK_T_OUT, 0, 512, false);
     h.dev.process_queue();
     assert_eq!(h.used().len(), 1);
     assert_eq!(h.irq.vring.load(Ordering::SeqCst), 0);
-    h.request(VIRTIO_BLK_T_FLUSH, 0, 0, false);
+    h.request(VIRTIO_BLK_T_OUT, 0, 512, false);
     h.dev.process_queue();
     assert_eq!(h.used().len(), 2);
     assert_eq!(h.irq.vring.load(Ordering::SeqCst), 1);

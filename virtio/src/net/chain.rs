@@ -41,6 +41,33 @@ pub enum ChainError {
     TooShort { head: u16, len: u32, min: u32 },
     #[error("chain {head} has more segments than the device handles")]
     TooManySegments { head: u16 },
+    #[error(
+        "chain {head} uses an indirect table, but VIRTIO_RING_F_INDIRECT_DESC was not negotiated"
+    )]
+    Indirect { head: u16 },
+}
+
+/// [`parse_chain`], after refusing a chain that reaches an indirect table (never negotiated).
+/// `queue` is the queue the chain was popped from.
+pub fn parse_queue_chain<M>(
+    queue: &virtio_queue::Queue,
+    chain: DescriptorChain<M>,
+    mem: &Mem,
+    device_writes: bool,
+    min_len: u32,
+    max_len: u32,
+    segs: &mut Vec<Segment>,
+) -> Result<u32, ChainError>
+where
+    M: Deref<Target = Mem>,
+{
+    use virtio_queue::QueueT;
+    let head = chain.head_index();
+    let table = GuestAddress(queue.desc_table());
+    if crate::indirect::chain_uses_indirect(mem, table, queue.size(), head) {
+        return Err(ChainError::Indirect { head });
+    }
+    parse_chain(chain, mem, device_writes, min_len, max_len, segs)
 }
 
 /// Walks `chain`, appending its segments to `segs` (which never grows past its capacity).
@@ -180,6 +207,18 @@ fn access_at(
 pub fn push_iovecs<'m>(
     mem: &'m Mem,
     segs: &[Segment],
+    limit: usize,
+    iovs: &mut IoVecs<'_, 'm>,
+) -> bool {
+    push_iovecs_after(mem, segs, 0, limit, iovs)
+}
+
+/// Like [`push_iovecs`], but leaves out the first `skip` bytes of the segments (the tx path
+/// sends its own copy of the headers instead).
+pub fn push_iovecs_after<'m>(
+    mem: &'m Mem,
+    segs: &[Segment],
+    mut skip: usize,
     mut limit: usize,
     iovs: &mut IoVecs<'_, 'm>,
 ) -> bool {
@@ -187,9 +226,17 @@ pub fn push_iovecs<'m>(
         if limit == 0 {
             break;
         }
-        let len = (s.len as usize).min(limit);
+        let seg_len = s.len as usize;
+        if skip >= seg_len {
+            skip -= seg_len;
+            continue;
+        }
+        // Segments were range-checked when parsed, so `skip` stays inside this one.
+        let addr = s.addr.unchecked_add(skip as u64);
+        let len = (seg_len - skip).min(limit);
+        skip = 0;
         limit -= len;
-        for slice in GuestMemoryBackend::get_slices(mem, s.addr, len) {
+        for slice in GuestMemoryBackend::get_slices(mem, addr, len) {
             match slice {
                 Ok(slice) => {
                     if !iovs.push_slice(&slice) {

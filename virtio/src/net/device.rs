@@ -98,8 +98,18 @@ pub(super) struct RxState {
     pub(super) stalled: bool,
     /// The tap fd failed for good (e.g. the interface was deleted).
     pub(super) tap_dead: bool,
+}
+
+/// What the `io` loop has registered for this device. Only the loop's thread writes it (in
+/// `event_handler.rs`): activation and reset run on a vCPU thread and must not guess what
+/// the loop watches, or the two disagree after a reset and re-activation between two turns
+/// of the loop.
+#[derive(Debug, Default)]
+pub(super) struct LoopState {
     /// Whether the loop watches the tap fd right now.
     pub(super) tap_watched: bool,
+    /// Queue EventFds the loop watches.
+    pub(super) registered: Vec<RawFd>,
 }
 
 /// A virtio-net device backed by a tap. Shared (behind a mutex) by the virtio-mmio transport
@@ -119,7 +129,9 @@ pub struct Net {
     pub(super) ctrl_evt: EventFd,
     pub(super) active: Option<ActiveState>,
     pub(super) broken: bool,
-    pub(super) registered: Vec<RawFd>,
+    /// Written by the io loop only.
+    pub(super) lp: LoopState,
+    /// EventFds of a previous activation, kept open until the loop stops watching them.
     pub(super) retired: Vec<EventFd>,
     pub(super) rx_limiter: RateLimiter,
     pub(super) tx_limiter: RateLimiter,
@@ -222,7 +234,10 @@ impl Net {
             ctrl_evt,
             active: None,
             broken: false,
-            registered: Vec::with_capacity(2),
+            lp: LoopState {
+                tap_watched: false,
+                registered: Vec::with_capacity(2),
+            },
             retired: Vec::new(),
             rx_limiter,
             tx_limiter,
@@ -320,10 +335,14 @@ impl Net {
     }
 
     pub(super) fn queue_broken(&mut self, why: &str) {
-        log::error!(
-            "virtio-net {}: queue broken, device needs reset: {why}",
-            self.id
-        );
+        // The guest can break its queues, reset and break them again at will.
+        if let Some(suppressed) = self.guest_err_log.check() {
+            log::error!(
+                "virtio-net {}: queue broken, device needs reset: {why} \
+                 ({suppressed} more guest errors suppressed)",
+                self.id
+            );
+        }
         NetMetrics::inc(&self.metrics.queue_errors);
         self.broken = true;
         if let Some(active) = &self.active {
@@ -393,11 +412,15 @@ impl VirtioDevice for Net {
         let got_offloads = self.tap.negotiate_offload(wanted);
         if got_offloads != wanted {
             // Harmless: the kernel then sends the guest fewer offloaded frames, never more.
-            log::warn!(
-                "virtio-net {}: tap `{}` took offloads {got_offloads:#x} instead of {wanted:#x}",
-                self.id,
-                self.tap.name()
-            );
+            // The guest can re-activate at will: rate-limited.
+            if let Some(suppressed) = self.guest_err_log.check() {
+                log::warn!(
+                    "virtio-net {}: tap `{}` took offloads {got_offloads:#x} instead of \
+                     {wanted:#x} ({suppressed} more guest errors suppressed)",
+                    self.id,
+                    self.tap.name()
+                );
+            }
         }
         self.mergeable_rx = has(acked, VIRTIO_NET_F_MRG_RXBUF);
         self.rx_frame_capacity = self.rx_capacity_for(acked);

@@ -22,7 +22,7 @@ const TX_LIMITER: u32 = 5;
 impl Net {
     /// Makes the queue EventFd interests match the activation state.
     fn sync_queue_registration(&mut self, ops: &mut EventOps) {
-        for fd in self.registered.drain(..) {
+        for fd in self.lp.registered.drain(..) {
             if let Err(e) = ops.remove(Events::empty_raw(fd)) {
                 log::warn!("virtio-net {}: cannot unwatch fd {fd}: {e:?}", self.id);
             }
@@ -39,7 +39,7 @@ impl Net {
         };
         for (fd, data) in fds {
             match ops.add(Events::with_data_raw(fd, data, EventSet::IN)) {
-                Ok(()) => self.registered.push(fd),
+                Ok(()) => self.lp.registered.push(fd),
                 Err(e) => self.queue_broken(&format!("cannot watch a queue EventFd: {e:?}")),
             }
         }
@@ -57,7 +57,7 @@ impl Net {
 
     fn sync_tap_interest(&mut self, ops: &mut EventOps) {
         let want = self.wants_tap();
-        if want == self.rx.tap_watched {
+        if want == self.lp.tap_watched {
             return;
         }
         let r = if want {
@@ -66,7 +66,7 @@ impl Net {
             ops.remove(Events::empty(&self.tap))
         };
         match r {
-            Ok(()) => self.rx.tap_watched = want,
+            Ok(()) => self.lp.tap_watched = want,
             Err(e) => {
                 log::error!("virtio-net {}: cannot change tap interest: {e:?}", self.id);
                 if want {

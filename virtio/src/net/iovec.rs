@@ -43,8 +43,16 @@ impl IoVecStorage {
         IoVecs {
             iovs: &mut self.iovs,
             bytes: 0,
+            reserved: 0,
             _mem: PhantomData,
         }
+    }
+
+    /// Like [`borrow`](Self::borrow), keeping one slot free for [`IoVecs::push_tail`].
+    pub fn borrow_with_tail<'m>(&mut self) -> IoVecs<'_, 'm> {
+        let mut iovs = self.borrow();
+        iovs.reserved = 1;
+        iovs
     }
 }
 
@@ -53,6 +61,8 @@ impl IoVecStorage {
 pub struct IoVecs<'a, 'm> {
     iovs: &'a mut Vec<libc::iovec>,
     bytes: usize,
+    /// Slots kept free for `push_tail`.
+    reserved: usize,
     _mem: PhantomData<&'m [u8]>,
 }
 
@@ -68,11 +78,11 @@ impl<'m> IoVecs<'_, 'm> {
         self.push_raw(guard.as_ptr(), s.len())
     }
 
-    /// Appends a host buffer (tests, or a bounce buffer).
-    #[cfg(test)]
-    pub fn push_bytes(&mut self, b: &'m [u8]) {
-        let ok = self.push_raw(b.as_ptr().cast_mut(), b.len());
-        assert!(ok, "iovec list full");
+    /// Appends a host buffer (a copy the device owns, e.g. checked tx headers); `false`
+    /// when the list is full. Only ever used for writev: the kernel only reads it.
+    #[must_use]
+    pub fn push_bytes(&mut self, b: &'m [u8]) -> bool {
+        self.push_raw(b.as_ptr().cast_mut(), b.len())
     }
 
     /// Appends a writable host buffer (tests, or a bounce buffer).
@@ -82,11 +92,21 @@ impl<'m> IoVecs<'_, 'm> {
         assert!(ok, "iovec list full");
     }
 
+    /// Appends a host buffer after everything else, in the slot kept by
+    /// [`IoVecStorage::borrow_with_tail`]: rx reads one byte past the guest's buffers into it
+    /// to learn that a frame did not fit. `false` if there is no free slot.
+    #[must_use]
+    pub fn push_tail(&mut self, b: &'m mut [u8]) -> bool {
+        self.reserved = 0;
+        self.push_raw(b.as_mut_ptr(), b.len())
+    }
+
     fn push_raw(&mut self, ptr: *mut u8, len: usize) -> bool {
         if len == 0 {
             return true;
         }
-        if self.iovs.len() == self.iovs.capacity() || self.iovs.len() == MAX_IOVECS {
+        let limit = self.iovs.capacity().min(MAX_IOVECS) - self.reserved;
+        if self.iovs.len() >= limit {
             return false;
         }
         self.iovs.push(libc::iovec {

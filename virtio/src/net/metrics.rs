@@ -39,6 +39,8 @@ net_counters! {
     rx_rate_limited,
     /// rx chains the guest posted malformed (dropped, returned with length 0).
     rx_malformed,
+    /// Received frames larger than the buffers the guest offered: dropped, not truncated.
+    rx_oversized_dropped,
     /// Frame bytes sent by the guest to the tap (header excluded).
     tx_bytes,
     /// Frames sent by the guest to the tap.

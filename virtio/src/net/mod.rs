@@ -14,10 +14,12 @@ pub mod metrics;
 mod persist;
 mod rx;
 pub mod tap;
-mod tx;
+pub mod tx;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_hardening;
 
 #[cfg(test)]
 pub(crate) mod test_utils;

@@ -4,6 +4,9 @@
 //! deliver is gathered (several chains with `VIRTIO_NET_F_MRG_RXBUF`); one readv fills them,
 //! the chains actually used are published and the rest go back to the avail ring. Without
 //! enough buffers the tap is not read (the loop stops watching it) until the guest posts more.
+//! A frame larger than the buffers gathered (a guest that posted small buffers without
+//! `VIRTIO_NET_F_MRG_RXBUF`, or its whole ring with too little room) is dropped and counted
+//! in `rx_oversized_dropped`, never truncated.
 
 use std::io;
 
@@ -76,12 +79,17 @@ impl Net {
                     return Ok(());
                 }
             }
-            let read = {
+            // One byte past the guest's buffers: a frame that reaches it did not fit.
+            let mut tail = [0u8; 1];
+            let (read, offered) = {
                 let capacity = self.rx_frame_capacity;
-                let mut iovs = self.iovs.borrow();
+                let mut iovs = self.iovs.borrow_with_tail();
                 // A short list only shrinks what one read can take; it never overruns.
                 let _ = chain::push_iovecs(mem, &self.segs, capacity, &mut iovs);
-                self.tap.readv(&iovs)
+                let offered = iovs.total_len();
+                // The slot was reserved, so this cannot fail.
+                let _ = iovs.push_tail(&mut tail);
+                (self.tap.readv(&iovs), offered)
             };
             let n = match read {
                 Ok(n) => n,
@@ -98,6 +106,17 @@ impl Net {
             if n < VNET_HDR_LEN {
                 self.rewind_rx(self.rx_chains.len());
                 NetMetrics::inc(&self.metrics.tap_read_errors);
+                continue;
+            }
+            if n > offered {
+                // Truncating would hand the guest a corrupt frame: drop it whole, give the
+                // buffers back and count it.
+                self.rewind_rx(self.rx_chains.len());
+                NetMetrics::inc(&self.metrics.rx_oversized_dropped);
+                log::debug!(
+                    "virtio-net {}: dropped a {n}-byte received frame, guest buffers hold {offered}",
+                    self.id
+                );
                 continue;
             }
             self.place_frame(mem, n)?;
@@ -130,7 +149,8 @@ impl Net {
                 break;
             };
             let head = chain.head_index();
-            match chain::parse_chain(
+            match chain::parse_queue_chain(
+                &self.active.as_ref().ok_or("device not active")?.rx_queue,
                 chain,
                 mem,
                 true,

@@ -253,8 +253,8 @@ mod tests {
         let frame = crate::net::test_utils::test_frame([2, 0, 0, 0, 0, 1], 0xa5, 100);
         {
             let mut iovs = storage.borrow();
-            iovs.push_bytes(&hdr);
-            iovs.push_bytes(&frame);
+            assert!(iovs.push_bytes(&hdr));
+            assert!(iovs.push_bytes(&frame));
             assert_eq!(tap.writev(&iovs).unwrap(), 12 + frame.len());
         }
         let seen = sock

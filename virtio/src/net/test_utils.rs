@@ -146,6 +146,13 @@ impl PacketSocket {
         );
     }
 
+    /// A frame already queued on the socket, if any (never waits).
+    pub fn try_recv(&self, buf: &mut [u8]) -> Option<usize> {
+        // SAFETY: `buf` is valid for writes of `buf.len()` bytes; the socket is non-blocking.
+        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        usize::try_from(n).ok()
+    }
+
     /// The next frame carrying `marker`, or `None` after a generous timeout.
     pub fn recv_matching(&self, marker: u8) -> Option<Vec<u8>> {
         let deadline = Instant::now() + Duration::from_secs(10);

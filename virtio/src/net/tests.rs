@@ -19,33 +19,33 @@ use crate::device::{ActivateContext, VirtioDevice};
 use crate::rate_limiter::{RateLimiterConfig, TokenBucketConfig};
 use crate::test_utils::{guest_memory, RecordingInterrupt};
 
-const F_NEXT: u16 = 1;
-const F_WRITE: u16 = 2;
-const GUEST_MAC: [u8; 6] = [6, 0, 0xac, 0x10, 0, 2];
-const RX_BASE: u64 = 0x0;
-const TX_BASE: u64 = 0x8000;
-const BUF_BASE: u64 = 0x10_0000;
+pub(super) const F_NEXT: u16 = 1;
+pub(super) const F_WRITE: u16 = 2;
+pub(super) const GUEST_MAC: [u8; 6] = [6, 0, 0xac, 0x10, 0, 2];
+pub(super) const RX_BASE: u64 = 0x0;
+pub(super) const TX_BASE: u64 = 0x8000;
+pub(super) const BUF_BASE: u64 = 0x10_0000;
 
-fn d(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
+pub(super) fn d(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
     RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
 }
 
-struct Harness<'a> {
-    mem: &'a Mem,
-    rxq: MockSplitQueue<'a, Mem>,
-    txq: MockSplitQueue<'a, Mem>,
-    net: Net,
-    irq: Arc<RecordingInterrupt>,
-    sock: PacketSocket,
+pub(super) struct Harness<'a> {
+    pub(super) mem: &'a Mem,
+    pub(super) rxq: MockSplitQueue<'a, Mem>,
+    pub(super) txq: MockSplitQueue<'a, Mem>,
+    pub(super) net: Net,
+    pub(super) irq: Arc<RecordingInterrupt>,
+    pub(super) sock: PacketSocket,
     /// Next free descriptor index per queue.
-    rx_next: u16,
-    tx_next: u16,
+    pub(super) rx_next: u16,
+    pub(super) tx_next: u16,
     // Dropped last: deletes the interface.
-    tap: TestTap,
+    pub(super) tap: TestTap,
 }
 
 impl<'a> Harness<'a> {
-    fn new(mem: &'a Mem, tweak: impl FnOnce(&mut NetConfig)) -> Self {
+    pub(super) fn new(mem: &'a Mem, tweak: impl FnOnce(&mut NetConfig)) -> Self {
         let tap = TestTap::new();
         let mut cfg = NetConfig {
             iface_id: "eth0".into(),
@@ -84,8 +84,29 @@ impl<'a> Harness<'a> {
         }
     }
 
+    /// Resets the device and activates it again with `acked` features and fresh queues
+    /// over the same rings (descriptor indices restart at 0).
+    pub(super) fn reactivate(&mut self, acked: u64) {
+        self.net.reset();
+        self.net.set_acked_features(acked);
+        self.net
+            .activate(ActivateContext {
+                mem: self.mem.clone(),
+                interrupt: self.irq.clone(),
+                queues: vec![
+                    self.rxq.create_queue().unwrap(),
+                    self.txq.create_queue().unwrap(),
+                ],
+                queue_evts: vec![
+                    EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+                    EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+                ],
+            })
+            .unwrap();
+    }
+
     /// Queues a tx chain: a 12-byte header descriptor, then `frame`.
-    fn push_tx_frame(&mut self, frame: &[u8]) {
+    pub(super) fn push_tx_frame(&mut self, frame: &[u8]) {
         let base = BUF_BASE + u64::from(self.tx_next) * 0x1_0000;
         self.mem
             .write_slice(&[0u8; 12], GuestAddress(base))
@@ -97,7 +118,7 @@ impl<'a> Harness<'a> {
     }
 
     /// Queues descriptors as one tx chain (NEXT flags and links filled in).
-    fn push_tx_chain(&mut self, descs: &[RawDescriptor]) {
+    pub(super) fn push_tx_chain(&mut self, descs: &[RawDescriptor]) {
         let first = self.tx_next;
         let linked: Vec<RawDescriptor> = descs
             .iter()
@@ -114,7 +135,7 @@ impl<'a> Harness<'a> {
     }
 
     /// Posts one write-only rx buffer of `len` bytes; returns its guest address.
-    fn post_rx_buffer(&mut self, len: u32) -> u64 {
+    pub(super) fn post_rx_buffer(&mut self, len: u32) -> u64 {
         let addr = 0x80_0000 + u64::from(self.rx_next) * 0x1_0000;
         self.rxq
             .add_desc_chains(&[d(addr, len, F_WRITE, 0)], self.rx_next)
@@ -123,15 +144,15 @@ impl<'a> Harness<'a> {
         addr
     }
 
-    fn tx_used(&self) -> u16 {
+    pub(super) fn tx_used(&self) -> u16 {
         self.txq.used().idx().load()
     }
 
-    fn rx_used(&self) -> u16 {
+    pub(super) fn rx_used(&self) -> u16 {
         self.rxq.used().idx().load()
     }
 
-    fn rx_used_elem(&self, i: u16) -> (u32, u32) {
+    pub(super) fn rx_used_elem(&self, i: u16) -> (u32, u32) {
         let e = self
             .rxq
             .used()
@@ -142,19 +163,19 @@ impl<'a> Harness<'a> {
         (e.id(), e.len())
     }
 
-    fn metrics(&self) -> NetMetricsSnapshot {
+    pub(super) fn metrics(&self) -> NetMetricsSnapshot {
         self.net.metrics.snapshot()
     }
 
     /// Waits until the tap has a frame queued for the guest.
-    fn wait_tap(&self) {
+    pub(super) fn wait_tap(&self) {
         assert!(
             wait_readable(self.net.tap.as_raw_fd(), Duration::from_secs(10)),
             "no frame reached the tap"
         );
     }
 
-    fn read_rx(&self, addr: u64, len: usize) -> Vec<u8> {
+    pub(super) fn read_rx(&self, addr: u64, len: usize) -> Vec<u8> {
         let mut v = vec![0u8; len];
         self.mem.read_slice(&mut v, GuestAddress(addr)).unwrap();
         v
@@ -326,6 +347,18 @@ fn corrupt_avail_index_asks_for_a_reset() {
     h.net.process_tx();
     h.net.process_rx();
     assert_eq!(h.metrics().queue_errors, 1);
+    // Breaking it again after each reset is counted every time, logged once per period.
+    let acked = h.net.avail_features();
+    for _ in 0..9 {
+        mem.write_obj(0u16, h.txq.avail_addr().unchecked_add(2))
+            .unwrap();
+        h.reactivate(acked);
+        mem.write_obj(1000u16, h.txq.avail_addr().unchecked_add(2))
+            .unwrap();
+        h.net.process_tx();
+    }
+    assert_eq!(h.metrics().queue_errors, 10);
+    assert_eq!(h.net.guest_err_log.suppressed(), 9);
 }
 
 #[test]
@@ -508,7 +541,7 @@ fn deleted_tap_counts_errors_and_the_loop_does_not_spin() {
     for _ in 0..2 {
         manager.run_with_timeout(0).unwrap();
     }
-    assert!(net.lock().unwrap().rx.tap_watched);
+    assert!(net.lock().unwrap().lp.tap_watched);
     drop(sock);
     tap.delete();
     // Deleting the interface wakes the tap fd; the device must then stop watching it.
@@ -520,7 +553,7 @@ fn deleted_tap_counts_errors_and_the_loop_does_not_spin() {
         }
     }
     assert!(quiet, "the io loop keeps getting events from a dead tap");
-    assert!(!net.lock().unwrap().rx.tap_watched);
+    assert!(!net.lock().unwrap().lp.tap_watched);
     let h_tx = TxQueueWriter { txq: &txq, mem };
     h_tx.push(&test_frame(GUEST_MAC, 0x71, 100));
     {

@@ -1,13 +1,65 @@
-//! Transmit path: guest tx chains → tap, written straight from guest memory.
+//! Transmit path: guest tx chains → tap.
+//!
+//! The virtio-net and Ethernet headers are copied out of guest memory once; the source MAC
+//! check runs on that copy and the copy is what reaches the tap, followed by the rest of the
+//! frame straight from guest memory. A second vCPU rewriting the header while the device
+//! works can therefore change what is sent only in bytes that are not checked.
 
 use virtio_queue::{QueueOwnedT, QueueT};
 
-use super::chain::{self, ChainError};
+use super::chain::{self, ChainError, Segment};
 use super::device::Net;
+use super::iovec::IoVecs;
 use super::mac_filter::{self, ETH_SRC_OFFSET};
 use super::metrics::NetMetrics;
 use super::{Mem, MAX_BUFFER_LEN, MIN_TX_LEN, VNET_HDR_LEN};
 use crate::device::InterruptType;
+
+/// Bytes copied out of guest memory before a tx frame is checked: the virtio-net header and
+/// the Ethernet header (destination, source, ethertype).
+pub const TX_HEADER_COPY: usize = MIN_TX_LEN;
+
+/// Why a tx frame is not sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxRefusal {
+    /// Its source MAC (in the copy that would be sent) is not the guest's.
+    Spoofed([u8; 6]),
+    /// The segments could not be read or mapped (cannot happen for a chain `parse_chain`
+    /// accepted with a minimum of [`MIN_TX_LEN`] bytes), or need too many iovecs.
+    Malformed,
+}
+
+/// Prepares one tx frame of `len` bytes (virtio-net header included) held in `segs`:
+/// copies its first [`TX_HEADER_COPY`] bytes into `hdr`, checks the source MAC of that copy
+/// against `guest_mac` / `allow_spoofing`, and fills `iovs` with `hdr` followed by the
+/// remaining bytes in guest memory. What is checked is exactly what is sent.
+pub fn gather_checked_frame<'m>(
+    mem: &'m Mem,
+    segs: &[Segment],
+    len: usize,
+    hdr: &'m mut [u8; TX_HEADER_COPY],
+    guest_mac: Option<[u8; 6]>,
+    allow_spoofing: bool,
+    iovs: &mut IoVecs<'_, 'm>,
+) -> Result<(), TxRefusal> {
+    if len < TX_HEADER_COPY || !chain::read_at(mem, segs, 0, &mut hdr[..]) {
+        return Err(TxRefusal::Malformed);
+    }
+    let hdr: &'m [u8; TX_HEADER_COPY] = hdr;
+    let mut src = [0u8; 6];
+    let at = VNET_HDR_LEN + ETH_SRC_OFFSET;
+    src.copy_from_slice(&hdr[at..at + 6]);
+    if !mac_filter::source_allowed(&src, guest_mac, allow_spoofing) {
+        return Err(TxRefusal::Spoofed(src));
+    }
+    if !iovs.push_bytes(hdr)
+        || !chain::push_iovecs_after(mem, segs, TX_HEADER_COPY, len - TX_HEADER_COPY, iovs)
+        || iovs.total_len() != len
+    {
+        return Err(TxRefusal::Malformed);
+    }
+    Ok(())
+}
 
 /// What became of one tx chain.
 enum TxOutcome {
@@ -55,7 +107,8 @@ impl Net {
                 };
                 let head = chain.head_index();
                 self.segs.clear();
-                let parsed = chain::parse_chain(
+                let parsed = chain::parse_queue_chain(
+                    &self.active.as_ref().ok_or("device not active")?.tx_queue,
                     chain,
                     mem,
                     false,
@@ -95,47 +148,55 @@ impl Net {
 
     /// Sends the frame described by `self.segs` (`len` bytes, header included).
     fn send_frame(&mut self, mem: &Mem, len: usize) -> TxOutcome {
-        let mut src = [0u8; 6];
-        if !chain::read_at(mem, &self.segs, VNET_HDR_LEN + ETH_SRC_OFFSET, &mut src) {
-            // Cannot happen for a validated chain of at least MIN_TX_LEN bytes.
-            NetMetrics::inc(&self.metrics.tx_malformed);
-            return TxOutcome::Dropped;
-        }
-        if !mac_filter::source_allowed(&src, self.guest_mac, self.allow_mac_spoofing) {
-            NetMetrics::inc(&self.metrics.tx_spoofed_dropped);
-            if let Some(suppressed) = self.guest_err_log.check() {
-                log::warn!(
-                    "virtio-net {}: dropped a tx frame with spoofed source MAC \
-                     {src:02x?} ({suppressed} more guest errors suppressed)",
-                    self.id
-                );
-            }
-            return TxOutcome::Dropped;
-        }
-        let frame_bytes = (len - VNET_HDR_LEN) as u64;
-        if !self.tx_limiter.is_unlimited() && !self.tx_limiter.consume_request(frame_bytes) {
-            NetMetrics::inc(&self.metrics.tx_rate_limited);
-            return TxOutcome::Throttled;
-        }
+        // Host-owned copy of the headers: checked, then sent in place of the guest's bytes.
+        let mut hdr = [0u8; TX_HEADER_COPY];
         let written = {
             let mut iovs = self.iovs.borrow();
-            if !chain::push_iovecs(mem, &self.segs, len, &mut iovs) || iovs.total_len() != len {
-                None
-            } else {
-                Some(self.tap.writev(&iovs))
+            match gather_checked_frame(
+                mem,
+                &self.segs,
+                len,
+                &mut hdr,
+                self.guest_mac,
+                self.allow_mac_spoofing,
+                &mut iovs,
+            ) {
+                Err(refusal) => Err(refusal),
+                Ok(()) => {
+                    let frame_bytes = (len - VNET_HDR_LEN) as u64;
+                    if !self.tx_limiter.is_unlimited()
+                        && !self.tx_limiter.consume_request(frame_bytes)
+                    {
+                        NetMetrics::inc(&self.metrics.tx_rate_limited);
+                        return TxOutcome::Throttled;
+                    }
+                    Ok(self.tap.writev(&iovs))
+                }
             }
         };
+        let frame_bytes = (len - VNET_HDR_LEN) as u64;
         match written {
-            None => {
+            Err(TxRefusal::Spoofed(src)) => {
+                NetMetrics::inc(&self.metrics.tx_spoofed_dropped);
+                if let Some(suppressed) = self.guest_err_log.check() {
+                    log::warn!(
+                        "virtio-net {}: dropped a tx frame with spoofed source MAC \
+                         {src:02x?} ({suppressed} more guest errors suppressed)",
+                        self.id
+                    );
+                }
+                TxOutcome::Dropped
+            }
+            Err(TxRefusal::Malformed) => {
                 NetMetrics::inc(&self.metrics.tx_malformed);
                 TxOutcome::Dropped
             }
-            Some(Ok(_)) => {
+            Ok(Ok(_)) => {
                 NetMetrics::inc(&self.metrics.tx_packets);
                 NetMetrics::add(&self.metrics.tx_bytes, frame_bytes);
                 TxOutcome::Sent
             }
-            Some(Err(e)) => {
+            Ok(Err(e)) => {
                 NetMetrics::inc(&self.metrics.tap_write_errors);
                 if let Some(suppressed) = self.write_err_log.check() {
                     log::error!(

@@ -1,6 +1,7 @@
 //! Drives: pre-flight checks on the image files, virtio-blk devices on the MMIO bus, runtime
 //! updates (`PATCH /drives/{id}`) and the kernel command-line entries they need.
 
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -22,7 +23,7 @@ pub enum DriveError {
     Missing { id: String, path: PathBuf },
     #[error("drives[{id}].path_on_host: `{path}` is a directory, not a disk image")]
     Directory { id: String, path: PathBuf },
-    #[error("drives[{id}].path_on_host: `{path}` is not a regular file")]
+    #[error("drives[{id}].path_on_host: `{path}` is neither a regular file nor a block device")]
     NotRegular { id: String, path: PathBuf },
     #[error("drives[{id}].path_on_host: cannot inspect `{path}`: {source}")]
     Inspect {
@@ -40,8 +41,9 @@ pub enum DriveError {
     UnknownDrive(String),
 }
 
-/// Checks that `path` can back drive `id`: it exists and is a regular file. Runs before any
-/// KVM work so a typo fails fast with a message that names the drive.
+/// Checks that `path` can back drive `id`: it exists and is a regular file or a raw block
+/// device (as with Firecracker). Runs before any KVM work so a typo fails fast with a message
+/// that names the drive.
 pub fn check_image(id: &str, path: &Path) -> Result<(), DriveError> {
     let (id, path_buf) = (id.to_owned(), path.to_path_buf());
     let meta = match std::fs::metadata(path) {
@@ -60,7 +62,7 @@ pub fn check_image(id: &str, path: &Path) -> Result<(), DriveError> {
     if meta.is_dir() {
         return Err(DriveError::Directory { id, path: path_buf });
     }
-    if !meta.is_file() {
+    if !(meta.is_file() || meta.file_type().is_block_device()) {
         return Err(DriveError::NotRegular { id, path: path_buf });
     }
     Ok(())
@@ -335,7 +337,10 @@ mod tests {
         let e = check_image("null", Path::new("/dev/null"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("not a regular file"), "{e}");
+        assert!(
+            e.contains("neither a regular file nor a block device"),
+            "{e}"
+        );
         let img = dir.join("ok.img");
         std::fs::write(&img, [0u8; 4096]).unwrap();
         assert!(check_image("ok", &img).is_ok());

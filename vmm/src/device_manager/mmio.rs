@@ -13,14 +13,17 @@ use virtio::GuestMemoryMmap;
 use virtio::{MmioTransport, VirtioDevice, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
 
 use super::DeviceBuses;
+use crate::arch::x86_64::acpi::MmioDeviceInfo;
 use crate::arch::x86_64::layout::{IOAPIC_BASE, MMIO_HOLE_START};
 use crate::arch::x86_64::mptable::IOAPIC_PINS;
 use crate::vstate::vm::{Vm, VmError};
 
 /// First IOAPIC line given to virtio devices (0–4 are the legacy devices' and COM1's).
 pub const FIRST_VIRTIO_IRQ: u32 = 5;
-/// Last usable IOAPIC line.
-pub const LAST_VIRTIO_IRQ: u32 = IOAPIC_PINS as u32 - 1;
+/// Last IOAPIC line given to virtio devices.
+pub const LAST_VIRTIO_IRQ: u32 = GED_IRQ - 1;
+/// The ACPI Generic Event Device's line: the last pin.
+pub const GED_IRQ: u32 = IOAPIC_PINS as u32 - 1;
 
 /// Errors while placing a virtio-mmio device.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +64,15 @@ pub struct MmioSlot {
 }
 
 impl MmioSlot {
+    /// This device as the DSDT describes it.
+    pub fn acpi_info(&self) -> MmioDeviceInfo {
+        MmioDeviceInfo {
+            base: self.base,
+            size: MMIO_WINDOW_SIZE,
+            irq: self.irq,
+        }
+    }
+
     /// The `virtio_mmio.device=` argument that tells Linux about this device.
     pub fn cmdline_entry(&self) -> String {
         format!(

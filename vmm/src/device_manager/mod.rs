@@ -1,5 +1,6 @@
 //! Devices attached to the VM: the buses the vCPUs route exits to and the interrupt wiring.
 //!
+//! - [`acpi`]: the ACPI tables, the sleep registers and the VM generation ID.
 //! - [`legacy`]: COM1, the i8042 and the boot-timer port on the port-I/O bus.
 //! - [`mmio`]: virtio-mmio windows and IRQs, ioeventfd/irqfd wiring, `virtio_mmio.device=`.
 //! - [`block`]: drives as virtio-blk devices, their runtime updates and metrics.
@@ -8,6 +9,7 @@
 //!
 //! Everything is attached before the vCPUs start: each vCPU holds a clone of the buses.
 
+pub mod acpi;
 pub mod block;
 pub mod legacy;
 pub mod mmio;

@@ -8,7 +8,6 @@
 use std::fs::File;
 use std::io::Read;
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::container::{HEADER_LEN, MAX_STATE_BYTES};
 use super::memory::{map_memory_file, open_memory_file, MemoryFileError, MemorySource};
@@ -19,16 +18,16 @@ use crate::builder::{
     StartError,
 };
 use crate::config::{HugePages, VmConfig};
+use crate::device_manager::acpi::{attach_acpi_restored, register_acpi_metrics, AcpiDeviceError};
 use crate::device_manager::persist::{DevicePersistError, DeviceSet};
+use crate::metrics;
 use crate::vstate::kvm::KvmContext;
 use crate::vstate::memory::create_guest_memory;
-use crate::vstate::vcpu::{Vcpu, VcpuError, VcpuResponse};
+use crate::vstate::vcpu::{Vcpu, VcpuError};
 use crate::vstate::vcpu_state::VcpuPersistContext;
 use crate::vstate::vm::Vm;
 use crate::vstate::vm_state::{restore_vm, VmStateError};
-
-/// How long a restored vCPU thread may take to report that it is paused.
-const START_TIMEOUT: Duration = Duration::from_secs(10);
+use devices::EventFdTrigger;
 
 /// Where guest memory comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +81,8 @@ pub enum LoadError {
     Memory(#[from] MemoryFileError),
     #[error("cannot rebuild the VM: {0}")]
     Start(#[from] StartError),
+    #[error("cannot restore the ACPI devices: {0}")]
+    Acpi(#[from] AcpiDeviceError),
     #[error("cannot restore the devices: {0}")]
     Devices(#[from] DevicePersistError),
     #[error("cannot restore the VM state: {0}")]
@@ -180,16 +181,25 @@ pub fn load_snapshot(
     };
 
     let kvm = KvmContext::open().map_err(StartError::from)?;
-    let vm = Vm::new(&kvm).map_err(StartError::from)?;
+    let mut vm = Vm::new(&kvm).map_err(StartError::from)?;
     vm.register_memory(&memory, options.track_dirty_pages)
         .map_err(StartError::from)?;
     let Devices {
-        buses,
+        mut buses,
         legacy,
         drives,
         nets,
         io,
     } = create_devices(&config, &vm, &memory, build)?;
+    // The ACPI devices, with a new VM generation ID: every restore is a new generation.
+    let poweroff = EventFdTrigger::new(
+        legacy
+            .reset_evt
+            .try_clone()
+            .map_err(StartError::ExitEvent)?,
+    );
+    let mut acpi = attach_acpi_restored(&vm, &mut buses, &memory, poweroff)?;
+    register_acpi_metrics(&acpi, metrics::global());
     // Checks the layout (ids, MMIO windows, IRQs) and every field before applying any.
     DeviceSet {
         legacy: &legacy,
@@ -198,6 +208,9 @@ pub fn load_snapshot(
     }
     .restore_state(&snapshot.devices)?;
     restore_vm(vm.fd(), &snapshot.vm, options.clock_realtime)?;
+    // Every restore is a new generation: a new id, and the GED interrupt (now that the
+    // IOAPIC state is in place) that makes the guest read it.
+    acpi.vmgenid.regenerate(&memory)?;
 
     let persist = Arc::new(VcpuPersistContext::new(&kvm.kvm, vm.fd()));
     let mut vcpus = Vec::with_capacity(snapshot.vcpus.len());
@@ -209,18 +222,13 @@ pub fn load_snapshot(
     }
     let io_thread = start_io_thread(io, hooks.io_thread)?;
     let (handles, vcpu_exits, vcpu_exit_evt) = start_vcpus(vcpus, true)?;
-    for h in &handles {
-        match h.response(START_TIMEOUT)? {
-            VcpuResponse::Paused => {}
-            _ => return Err(VcpuError::NoResponse(h.index()).into()),
-        }
-    }
     Ok((
         RunningVm {
             kvm,
             vm,
             memory,
             legacy,
+            acpi,
             vcpus: handles,
             vcpu_exits,
             vcpu_exit_evt,

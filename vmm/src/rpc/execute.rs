@@ -106,6 +106,15 @@ impl Vmm {
         self.vm.as_ref()
     }
 
+    /// Gives up the VM without the orderly shutdown (joining its threads): for a VM whose
+    /// vCPUs may be blocked forever, such as one whose Uffd page-fault handler died with a
+    /// fault pending. Only before the process exits, which reclaims everything.
+    pub fn abandon_vm(&mut self) {
+        if let Some(vm) = self.vm.take() {
+            std::mem::forget(vm);
+        }
+    }
+
     pub fn vm_mut(&mut self) -> Option<&mut RunningVm> {
         self.vm.as_mut()
     }

@@ -15,6 +15,7 @@ pub(super) const VMM: &[&str] = &[
     "futex",
     "getpid",
     "io_uring_enter",
+    "io_uring_register",
     "ioctl",
     "lseek",
     "madvise",
@@ -100,12 +101,13 @@ pub(super) const IO: &[&str] = &[
     "fdatasync",
     "futex",
     "io_uring_enter",
-    "lseek",
     "madvise",
     "mmap",
     "mprotect",
     "mremap",
     "munmap",
+    "preadv",
+    "pwritev",
     "read",
     "readv",
     "rt_sigprocmask",
@@ -117,5 +119,12 @@ pub(super) const IO: &[&str] = &[
 ];
 
 /// Calls whose every rule checks arguments (in every filter that allows them).
-pub(super) const ARG_CHECKED: &[&str] =
-    &["fcntl", "ioctl", "madvise", "mmap", "mprotect", "tgkill"];
+pub(super) const ARG_CHECKED: &[&str] = &[
+    "fcntl",
+    "io_uring_register",
+    "ioctl",
+    "madvise",
+    "mmap",
+    "mprotect",
+    "tgkill",
+];

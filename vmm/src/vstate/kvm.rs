@@ -74,3 +74,44 @@ impl KvmContext {
             .map_err(KvmError::SupportedCpuid)
     }
 }
+
+/// True when running under CI (`CI=true`, as GitHub Actions, GitLab and most others set it):
+/// there a test must not pass by skipping what it could not run.
+#[cfg(test)]
+pub(crate) fn under_ci(ci: Option<&str>) -> bool {
+    matches!(ci, Some(v) if v.eq_ignore_ascii_case("true") || v == "1")
+}
+
+/// `/dev/kvm` for a unit test that needs it. Without it the test skips (returns `None`,
+/// with a note on stderr), except under CI, where a missing KVM fails the test instead of
+/// letting it pass silently.
+#[cfg(test)]
+pub(crate) fn open_for_tests() -> Option<KvmContext> {
+    if std::path::Path::new("/dev/kvm").exists() {
+        return Some(KvmContext::open().expect("/dev/kvm exists but cannot be used"));
+    }
+    assert!(
+        !under_ci(std::env::var("CI").ok().as_deref()),
+        "CI=true but this host has no /dev/kvm: the KVM tests cannot run"
+    );
+    #[allow(clippy::print_stderr)]
+    {
+        eprintln!("SKIPPED: no /dev/kvm on this host");
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ci_is_recognised_from_its_usual_values() {
+        assert!(under_ci(Some("true")));
+        assert!(under_ci(Some("TRUE")));
+        assert!(under_ci(Some("1")));
+        assert!(!under_ci(Some("false")));
+        assert!(!under_ci(Some("")));
+        assert!(!under_ci(None));
+    }
+}

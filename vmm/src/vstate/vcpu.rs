@@ -5,25 +5,34 @@
 //! handler sets `immediate_exit` in the thread's `kvm_run`, so a kick that lands just before
 //! KVM_RUN is entered is not lost: KVM returns EINTR at once and the thread reads its
 //! messages. Exits that end the VM are reported through a [`VcpuExitSink`].
+//!
+//! Every Pause/Resume carries a sequence number that the answer repeats, so an answer that
+//! arrives after its caller gave up waiting is recognised as stale and discarded by the next
+//! caller instead of being taken for its own answer.
+//!
+//! Dropping a [`VcpuHandle`] stops the thread and joins it: nothing the thread uses (guest
+//! memory, the devices on its buses) can go away while it may still run the guest.
 
 use std::cell::Cell;
 use std::os::unix::thread::JoinHandleExt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use devices::Bus;
 use kvm_bindings::{
     kvm_run, CpuId, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
+use virtio::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use super::vcpu_state::{restore_vcpu, save_vcpu, VcpuPersistContext, VcpuState, VcpuStateError};
 use super::vm::Vm;
-use crate::arch::cpuid::{self, Topology};
+use crate::arch::cpuid::{self, CpuidError, Topology};
 use crate::arch::interrupts::{setup_lapic, LapicError};
 use crate::arch::msr::{setup_msrs, MsrError};
 use crate::arch::regs::{setup_boot_vcpu, EntryProtocol, RegsError};
@@ -44,6 +53,8 @@ pub enum VcpuError {
         index: u8,
         source: kvm_ioctls::Error,
     },
+    #[error("vCPU {index}: {source}")]
+    CpuidTable { index: u8, source: CpuidError },
     #[error("vCPU {index}: {source}")]
     Msrs { index: u8, source: MsrError },
     #[error("vCPU {index}: {source}")]
@@ -94,6 +105,29 @@ pub enum VcpuEvent {
 pub enum VcpuResponse {
     Paused,
     Resumed,
+}
+
+/// A message to a vCPU thread with the sequence number its answer will carry.
+type SeqEvent = (u64, VcpuEvent);
+/// An answer with the sequence number of the event it answers.
+type SeqResponse = (u64, VcpuResponse);
+
+/// Waits until `deadline` for the answer to event `seq`, discarding answers to earlier
+/// events (their callers timed out). Sequence numbers only grow, so anything below `seq`
+/// is stale; nothing above it can exist while this caller is the only one waiting.
+fn await_response(
+    responses: &Receiver<SeqResponse>,
+    seq: u64,
+    deadline: Instant,
+) -> Result<VcpuResponse, RecvTimeoutError> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (got, response) = responses.recv_timeout(left)?;
+        if got == seq {
+            return Ok(response);
+        }
+        log::debug!("vCPU answer {response:?} to request {got} came late; discarded");
+    }
 }
 
 /// Where vCPU threads report that they stopped: a channel for the reason and an eventfd the
@@ -156,6 +190,9 @@ pub struct Vcpu {
     fd: VcpuFd,
     pio: Bus,
     mmio: Bus,
+    /// The VM's guest memory as registered with KVM: held by the vCPU (and its thread) so
+    /// that the mapping KVM_RUN works on cannot be unmapped while this vCPU exists.
+    _memory: GuestMemoryMmap,
     /// What saving the state needs (host XSAVE size, MSR list); none: saving is refused.
     persist: Option<Arc<VcpuPersistContext>>,
 }
@@ -173,6 +210,7 @@ impl Vcpu {
             fd,
             pio,
             mmio,
+            _memory: vm.memory().clone(),
             persist: None,
         })
     }
@@ -208,8 +246,8 @@ impl Vcpu {
         boot: Option<(EntryProtocol, u64, u64)>,
     ) -> Result<(), VcpuError> {
         let index = self.index;
-        let mut cpuid = supported_cpuid.clone();
-        cpuid::normalize(&mut cpuid, index, topology);
+        let cpuid = cpuid::normalize(supported_cpuid, index, topology)
+            .map_err(|source| VcpuError::CpuidTable { index, source })?;
         self.fd
             .set_cpuid2(&cpuid)
             .map_err(|source| VcpuError::Cpuid { index, source })?;
@@ -228,31 +266,41 @@ impl Vcpu {
 
     /// Starts the `vcpu N` thread.
     pub fn start(self, exits: VcpuExitSink) -> Result<VcpuHandle, VcpuError> {
-        self.start_with(exits, false)
+        Ok(self.start_with(exits, false)?.0)
     }
 
-    /// Starts the `vcpu N` thread; with `paused` it waits for a Resume before its first
-    /// KVM_RUN and answers [`VcpuResponse::Paused`] first (a restored VM starts paused).
-    pub fn start_with(self, exits: VcpuExitSink, paused: bool) -> Result<VcpuHandle, VcpuError> {
+    /// Starts the `vcpu N` thread; with `paused` it is paused before its first KVM_RUN (a
+    /// restored VM starts paused) and the returned request waits for that Pause's answer.
+    pub fn start_with(
+        self,
+        exits: VcpuExitSink,
+        paused: bool,
+    ) -> Result<(VcpuHandle, Option<VcpuRequest>), VcpuError> {
         let index = self.index;
         let (event_tx, event_rx) = channel();
         let (response_tx, response_rx) = channel();
         let (state_tx, state_rx) = channel();
+        let mut first = None;
         if paused {
-            // Queued before the thread runs: it enters the paused loop before KVM_RUN.
-            let _ = event_tx.send(VcpuEvent::Pause);
+            // Queued before the thread exists: it reads it before its first KVM_RUN.
+            let _ = event_tx.send((1, VcpuEvent::Pause));
+            first = Some(VcpuRequest(1));
         }
         let thread = std::thread::Builder::new()
             .name(format!("vcpu {index}"))
             .spawn(move || self.run(event_rx, response_tx, state_tx, exits))
             .map_err(|source| VcpuError::Spawn { index, source })?;
-        Ok(VcpuHandle {
-            index,
-            events: event_tx,
-            responses: response_rx,
-            states: state_rx,
-            thread,
-        })
+        Ok((
+            VcpuHandle {
+                index,
+                events: event_tx,
+                responses: response_rx,
+                states: state_rx,
+                next_seq: AtomicU64::new(if paused { 2 } else { 1 }),
+                thread: Some(thread),
+            },
+            first,
+        ))
     }
 
     /// Saves this vCPU's state from its own thread, outside KVM_RUN.
@@ -274,8 +322,8 @@ impl Vcpu {
 
     fn run(
         mut self,
-        events: Receiver<VcpuEvent>,
-        responses: Sender<VcpuResponse>,
+        events: Receiver<SeqEvent>,
+        responses: Sender<SeqResponse>,
         states: Sender<StateResult>,
         exits: VcpuExitSink,
     ) {
@@ -302,24 +350,24 @@ impl Vcpu {
 
     fn run_loop(
         &mut self,
-        events: &Receiver<VcpuEvent>,
-        responses: &Sender<VcpuResponse>,
+        events: &Receiver<SeqEvent>,
+        responses: &Sender<SeqResponse>,
         states: &Sender<StateResult>,
     ) -> VcpuExitReason {
         loop {
             match events.try_recv() {
-                Ok(VcpuEvent::Pause) => {
-                    if let Some(reason) = self.paused(events, responses, states) {
+                Ok((seq, VcpuEvent::Pause)) => {
+                    if let Some(reason) = self.paused(seq, events, responses, states) {
                         return reason;
                     }
                 }
-                Ok(VcpuEvent::SaveState) => {
+                Ok((_, VcpuEvent::SaveState)) => {
                     let _ = states.send(self.save());
                 }
-                Ok(VcpuEvent::Resume) => {
-                    let _ = responses.send(VcpuResponse::Resumed);
+                Ok((seq, VcpuEvent::Resume)) => {
+                    let _ = responses.send((seq, VcpuResponse::Resumed));
                 }
-                Ok(VcpuEvent::Stop) | Err(TryRecvError::Disconnected) => {
+                Ok((_, VcpuEvent::Stop)) | Err(TryRecvError::Disconnected) => {
                     return VcpuExitReason::Stopped
                 }
                 Err(TryRecvError::Empty) => {}
@@ -333,24 +381,25 @@ impl Vcpu {
     /// Waits while paused; returns a reason if the vCPU must stop instead of resuming.
     fn paused(
         &mut self,
-        events: &Receiver<VcpuEvent>,
-        responses: &Sender<VcpuResponse>,
+        seq: u64,
+        events: &Receiver<SeqEvent>,
+        responses: &Sender<SeqResponse>,
         states: &Sender<StateResult>,
     ) -> Option<VcpuExitReason> {
-        let _ = responses.send(VcpuResponse::Paused);
+        let _ = responses.send((seq, VcpuResponse::Paused));
         loop {
             match events.recv() {
-                Ok(VcpuEvent::SaveState) => {
+                Ok((_, VcpuEvent::SaveState)) => {
                     let _ = states.send(self.save());
                 }
-                Ok(VcpuEvent::Resume) => {
-                    let _ = responses.send(VcpuResponse::Resumed);
+                Ok((seq, VcpuEvent::Resume)) => {
+                    let _ = responses.send((seq, VcpuResponse::Resumed));
                     return None;
                 }
-                Ok(VcpuEvent::Pause) => {
-                    let _ = responses.send(VcpuResponse::Paused);
+                Ok((seq, VcpuEvent::Pause)) => {
+                    let _ = responses.send((seq, VcpuResponse::Paused));
                 }
-                Ok(VcpuEvent::Stop) | Err(_) => return Some(VcpuExitReason::Stopped),
+                Ok((_, VcpuEvent::Stop)) | Err(_) => return Some(VcpuExitReason::Stopped),
             }
         }
     }
@@ -445,15 +494,25 @@ fn count_exit(result: &Result<VcpuExit<'_>, kvm_ioctls::Error>) {
     }
 }
 
-/// The VMM thread's handle on a running vCPU.
+/// The VMM thread's handle on a running vCPU. Dropping it stops the thread and waits for it.
 #[derive(Debug)]
 pub struct VcpuHandle {
     index: u8,
-    events: Sender<VcpuEvent>,
-    responses: Receiver<VcpuResponse>,
+    events: Sender<SeqEvent>,
+    responses: Receiver<SeqResponse>,
+    /// Saved states, answers to [`VcpuEvent::SaveState`] (one caller at a time: the VMM
+    /// thread, while the VM is paused).
     states: Receiver<StateResult>,
-    thread: JoinHandle<()>,
+    /// The sequence number of the next event.
+    next_seq: AtomicU64,
+    /// `None` once joined (in `drop`).
+    thread: Option<JoinHandle<()>>,
 }
+
+/// A request sent to a vCPU: pass it to [`VcpuHandle::response`] to wait for its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "wait for the answer with VcpuHandle::response"]
+pub struct VcpuRequest(u64);
 
 impl VcpuHandle {
     pub fn index(&self) -> u8 {
@@ -461,17 +520,23 @@ impl VcpuHandle {
     }
 
     /// Sends `event` and kicks the thread out of KVM_RUN so it sees it.
-    pub fn send_event(&self, event: VcpuEvent) -> Result<(), VcpuError> {
+    pub fn send_event(&self, event: VcpuEvent) -> Result<VcpuRequest, VcpuError> {
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         self.events
-            .send(event)
+            .send((seq, event))
             .map_err(|_| VcpuError::Gone(self.index))?;
         self.kick();
-        Ok(())
+        Ok(VcpuRequest(seq))
     }
 
-    /// Waits for the thread's answer to a Pause or Resume.
-    pub fn response(&self, timeout: Duration) -> Result<VcpuResponse, VcpuError> {
-        self.responses.recv_timeout(timeout).map_err(|e| match e {
+    /// Waits for the thread's answer to `request` (a Pause or Resume); answers to earlier
+    /// requests that arrive meanwhile are discarded.
+    pub fn response(
+        &self,
+        request: VcpuRequest,
+        timeout: Duration,
+    ) -> Result<VcpuResponse, VcpuError> {
+        await_response(&self.responses, request.0, Instant::now() + timeout).map_err(|e| match e {
             RecvTimeoutError::Timeout => VcpuError::NoResponse(self.index),
             RecvTimeoutError::Disconnected => VcpuError::Gone(self.index),
         })
@@ -479,7 +544,7 @@ impl VcpuHandle {
 
     /// Asks the (paused) vCPU for its state and waits for it.
     pub fn save_state(&self, timeout: Duration) -> Result<VcpuState, VcpuError> {
-        self.send_event(VcpuEvent::SaveState)?;
+        let _ = self.send_event(VcpuEvent::SaveState)?;
         let state = self.states.recv_timeout(timeout).map_err(|e| match e {
             RecvTimeoutError::Timeout => VcpuError::NoResponse(self.index),
             RecvTimeoutError::Disconnected => VcpuError::Gone(self.index),
@@ -487,24 +552,46 @@ impl VcpuHandle {
         Ok(state?)
     }
 
+    /// Asks the thread to stop without waiting for it (drop waits).
+    pub fn request_stop(&self) {
+        // A thread that has gone already needs no message.
+        if self.send_event(VcpuEvent::Stop).is_err() {
+            log::debug!("vCPU {}: already stopped", self.index);
+        }
+    }
+
     fn kick(&self) {
-        if self.thread.is_finished() {
+        let Some(thread) = &self.thread else {
+            return;
+        };
+        if thread.is_finished() {
             return;
         }
         // SAFETY: the pthread_t comes from a JoinHandle we still own, so the thread has not
         // been joined or detached and the id is valid; the signal has a handler installed.
-        let ret = unsafe {
-            libc::pthread_kill(self.thread.as_pthread_t(), SIGRTMIN() + KICK_SIGNAL_OFFSET)
-        };
+        let ret =
+            unsafe { libc::pthread_kill(thread.as_pthread_t(), SIGRTMIN() + KICK_SIGNAL_OFFSET) };
         if ret != 0 {
             log::warn!("vCPU {}: kick failed: errno {ret}", self.index);
         }
     }
 }
 
+impl Drop for VcpuHandle {
+    fn drop(&mut self) {
+        // Stop is read before the next KVM_RUN, and the kick (immediate_exit) makes a
+        // running KVM_RUN return, so the join below cannot wait on the guest.
+        self.request_stop();
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                log::error!("vCPU {}: the thread panicked", self.index);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
     use std::sync::mpsc::Receiver;
 
     use virtio::GuestMemoryMmap;
@@ -512,7 +599,7 @@ mod tests {
 
     use super::*;
     use crate::arch::regs::write_boot_tables;
-    use crate::vstate::kvm::KvmContext;
+    use crate::vstate::kvm::open_for_tests;
     use crate::vstate::memory::create_guest_memory;
 
     const TIMEOUT: Duration = Duration::from_secs(20);
@@ -526,13 +613,11 @@ mod tests {
         Vm,
     );
 
-    /// Starts one vCPU running `code` in long mode; None when the host has no KVM.
+    /// Starts one vCPU running `code` in long mode; None when the host has no KVM (a
+    /// failure instead under CI, see [`open_for_tests`]).
     fn start_guest(code: &[u8]) -> Option<TestGuest> {
-        if !Path::new("/dev/kvm").exists() {
-            return None;
-        }
-        let kvm = KvmContext::open().unwrap();
-        let vm = Vm::new(&kvm).unwrap();
+        let kvm = open_for_tests()?;
+        let mut vm = Vm::new(&kvm).unwrap();
         let mem = create_guest_memory(4 << 20, crate::config::HugePages::None).unwrap();
         vm.register_memory(&mem, false).unwrap();
         mem.write_slice(code, GuestAddress(CODE)).unwrap();
@@ -558,13 +643,65 @@ mod tests {
         let Some((vcpu, exits, _mem, _vm)) = start_guest(&[0xeb, 0xfe]) else {
             return;
         };
-        vcpu.send_event(VcpuEvent::Pause).unwrap();
-        assert_eq!(vcpu.response(TIMEOUT).unwrap(), VcpuResponse::Paused);
-        vcpu.send_event(VcpuEvent::Resume).unwrap();
-        assert_eq!(vcpu.response(TIMEOUT).unwrap(), VcpuResponse::Resumed);
-        vcpu.send_event(VcpuEvent::Stop).unwrap();
+        let pause = vcpu.send_event(VcpuEvent::Pause).unwrap();
+        assert_eq!(vcpu.response(pause, TIMEOUT).unwrap(), VcpuResponse::Paused);
+        let resume = vcpu.send_event(VcpuEvent::Resume).unwrap();
+        assert_eq!(
+            vcpu.response(resume, TIMEOUT).unwrap(),
+            VcpuResponse::Resumed
+        );
+        let _ = vcpu.send_event(VcpuEvent::Stop).unwrap();
         let (index, reason) = exits.recv_timeout(TIMEOUT).unwrap();
         assert_eq!((index, reason), (0, VcpuExitReason::Stopped));
+    }
+
+    #[test]
+    fn an_answer_after_its_caller_gave_up_does_not_answer_the_next_request() {
+        let Some((vcpu, _exits, _mem, _vm)) = start_guest(&[0xeb, 0xfe]) else {
+            return;
+        };
+        // Nobody waits for this answer: it arrives after its caller "timed out".
+        let _ = vcpu.send_event(VcpuEvent::Pause).unwrap();
+        let resume = vcpu.send_event(VcpuEvent::Resume).unwrap();
+        assert_eq!(
+            vcpu.response(resume, TIMEOUT).unwrap(),
+            VcpuResponse::Resumed,
+            "the late Paused must be discarded, not taken for the Resume's answer"
+        );
+    }
+
+    #[test]
+    fn stale_answers_are_discarded_and_a_missing_one_times_out() {
+        let (tx, rx) = channel();
+        tx.send((1, VcpuResponse::Paused)).unwrap();
+        tx.send((2, VcpuResponse::Paused)).unwrap();
+        tx.send((3, VcpuResponse::Resumed)).unwrap();
+        let soon = || Instant::now() + Duration::from_millis(50);
+        assert_eq!(await_response(&rx, 3, soon()), Ok(VcpuResponse::Resumed));
+        // Answer 4 never comes; the stale 2 and 3 do not stand in for it.
+        tx.send((2, VcpuResponse::Resumed)).unwrap();
+        assert_eq!(
+            await_response(&rx, 4, soon()),
+            Err(RecvTimeoutError::Timeout)
+        );
+        tx.send((4, VcpuResponse::Paused)).unwrap();
+        assert_eq!(await_response(&rx, 4, soon()), Ok(VcpuResponse::Paused));
+        drop(tx);
+        assert_eq!(
+            await_response(&rx, 5, soon()),
+            Err(RecvTimeoutError::Disconnected)
+        );
+    }
+
+    #[test]
+    fn dropping_the_handle_stops_and_joins_a_running_vcpu() {
+        // jmp $: only a kick gets the thread out of KVM_RUN.
+        let Some((vcpu, exits, _mem, _vm)) = start_guest(&[0xeb, 0xfe]) else {
+            return;
+        };
+        drop(vcpu);
+        // The thread has finished (it reported before exiting), not merely been told to.
+        assert_eq!(exits.try_recv().unwrap(), (0, VcpuExitReason::Stopped));
     }
 
     #[test]

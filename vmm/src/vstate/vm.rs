@@ -42,10 +42,15 @@ pub enum VmError {
     Irqfd { gsi: u32, source: kvm_ioctls::Error },
 }
 
-/// A VM with its interrupt controllers.
+/// A VM with its interrupt controllers and the guest memory its KVM slots point at.
 #[derive(Debug)]
 pub struct Vm {
     fd: VmFd,
+    /// What [`Vm::register_memory`] registered (empty before). `GuestMemoryMmap` shares its
+    /// regions through `Arc`s, so this clone keeps every mapping a slot points at alive for
+    /// as long as the VM (and each vCPU, which holds another clone) exists, whatever the
+    /// caller does with its own handle.
+    memory: GuestMemoryMmap,
 }
 
 impl Vm {
@@ -64,17 +69,26 @@ impl Vm {
             ..Default::default()
         };
         fd.create_pit2(pit).map_err(VmError::Pit)?;
-        Ok(Self { fd })
+        Ok(Self {
+            fd,
+            memory: GuestMemoryMmap::default(),
+        })
     }
 
     pub fn fd(&self) -> &VmFd {
         &self.fd
     }
 
+    /// The registered guest memory (empty before [`Vm::register_memory`]).
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.memory
+    }
+
     /// Registers every region of `mem` with KVM, one slot each (the fewest possible: this
-    /// ioctl dominates start-up time).
+    /// ioctl dominates start-up time), and keeps a clone of `mem` so that the mappings live
+    /// as long as the VM. Call it once.
     pub fn register_memory(
-        &self,
+        &mut self,
         mem: &GuestMemoryMmap,
         track_dirty_pages: bool,
     ) -> Result<(), VmError> {
@@ -96,8 +110,10 @@ impl Vm {
                 memory_size: region.len(),
                 userspace_addr: host as u64,
             };
-            // SAFETY: `host` maps `region.len()` bytes owned by `mem`, which the caller keeps
-            // alive for as long as the VM exists (the builder stores both together).
+            // SAFETY: `host` maps `region.len()` bytes of `region`, an `Arc`-shared region of
+            // `mem`. The clone of `mem` stored below keeps it mapped as long as this VM exists,
+            // and each vCPU holds its own clone, so the slot never points at unmapped memory
+            // while KVM can use it. (If this call fails, the slot was not created.)
             unsafe { self.fd.set_user_memory_region(desc) }.map_err(|source| {
                 VmError::MemoryRegion {
                     slot,
@@ -107,6 +123,7 @@ impl Vm {
                 }
             })?;
         }
+        self.memory = mem.clone();
         Ok(())
     }
 
@@ -115,5 +132,53 @@ impl Vm {
         self.fd
             .register_irqfd(evt, gsi)
             .map_err(|source| VmError::Irqfd { gsi, source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+
+    use super::*;
+    use crate::config::HugePages;
+    use crate::vstate::memory::create_guest_memory;
+
+    /// True when `addr` lies in one of this process's mappings.
+    fn mapped(addr: usize) -> bool {
+        std::fs::read_to_string("/proc/self/maps")
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split_once(' ')?.0.split_once('-'))
+            .filter_map(|(s, e)| {
+                Some((
+                    usize::from_str_radix(s, 16).ok()?,
+                    usize::from_str_radix(e, 16).ok()?,
+                ))
+            })
+            .any(|(s, e)| (s..e).contains(&addr))
+    }
+
+    #[test]
+    fn the_vm_keeps_registered_memory_mapped() {
+        let Some(kvm) = crate::vstate::kvm::open_for_tests() else {
+            return;
+        };
+        let mut vm = Vm::new(&kvm).unwrap();
+        let mem = create_guest_memory(2 << 20, HugePages::None).unwrap();
+        vm.register_memory(&mem, false).unwrap();
+        let host = mem.get_host_address(GuestAddress(0x1000)).unwrap() as usize;
+        // The caller's handle goes away: the KVM slot still points at `host`.
+        drop(mem);
+        assert!(
+            mapped(host),
+            "guest memory was unmapped under a live KVM slot"
+        );
+        vm.memory().write_obj(7u64, GuestAddress(0x1000)).unwrap();
+        assert_eq!(
+            vm.memory().read_obj::<u64>(GuestAddress(0x1000)).unwrap(),
+            7
+        );
+        drop(vm);
+        assert!(!mapped(host), "the VM's last handle unmaps the memory");
     }
 }

@@ -36,6 +36,18 @@ pub struct BootInfo {
     pub cmdline_len: usize,
     /// (address, size) of the initrd / first PVH module.
     pub initrd: Option<(u64, u64)>,
+    /// The ACPI RSDP address the boot protocol handed over (0: none).
+    pub rsdp: u64,
+}
+
+impl BootInfo {
+    /// Which boot-protocol structure carried the boot information.
+    pub fn entry_protocol_name(&self) -> &'static str {
+        match self.entry {
+            EntryKind::Linux64 => "zeropage",
+            EntryKind::Pvh => "pvh",
+        }
+    }
 }
 
 static BOOT: BootCell<BootInfo> = BootCell::new(BootInfo {
@@ -47,6 +59,7 @@ static BOOT: BootCell<BootInfo> = BootCell::new(BootInfo {
     cmdline: [0; MAX_CMDLINE],
     cmdline_len: 0,
     initrd: None,
+    rsdp: 0,
 });
 
 /// The boot information, read-only once `capture` has run.
@@ -73,6 +86,7 @@ pub fn capture(entry: EntryKind, info_addr: u64) {
 }
 
 // boot_params offsets (Linux Documentation/arch/x86/zero-page.rst, boot.rst).
+const BP_ACPI_RSDP_ADDR: u64 = 0x070;
 const BP_EXT_RAMDISK_IMAGE: u64 = 0x0c0;
 const BP_EXT_RAMDISK_SIZE: u64 = 0x0c4;
 const BP_EXT_CMD_LINE_PTR: u64 = 0x0c8;
@@ -111,6 +125,8 @@ fn capture_zero_page(boot: &mut BootInfo, bp: u64) {
     };
     copy_cmdline(boot, cmd);
     // SAFETY: see above.
+    boot.rsdp = unsafe { read_phys::<u64>(bp + BP_ACPI_RSDP_ADDR) };
+    // SAFETY: see above.
     let (image, size) = unsafe {
         (
             read_phys::<u32>(bp + BP_RAMDISK_IMAGE) as u64
@@ -130,6 +146,7 @@ const SI_VERSION: u64 = 4;
 const SI_NR_MODULES: u64 = 12;
 const SI_MODLIST: u64 = 16;
 const SI_CMDLINE: u64 = 24;
+const SI_RSDP: u64 = 32;
 const SI_MEMMAP: u64 = 40;
 const SI_MEMMAP_ENTRIES: u64 = 48;
 const MEMMAP_ENTRY_SIZE: u64 = 24;
@@ -152,6 +169,8 @@ fn capture_pvh(boot: &mut BootInfo, si: u64) {
         )
     };
     copy_cmdline(boot, cmd);
+    // SAFETY: see above (rsdp_paddr is part of version 0).
+    boot.rsdp = unsafe { read_phys::<u64>(si + SI_RSDP) };
     if nr_modules > 0 && modlist != 0 && modlist < MAPPED_LIMIT - 32 {
         // SAFETY: modlist checked to be mapped; one hvm_modlist_entry is 32 bytes.
         let (paddr, size) = unsafe { (read_phys::<u64>(modlist), read_phys::<u64>(modlist + 8)) };

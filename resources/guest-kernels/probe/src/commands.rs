@@ -28,9 +28,13 @@ pub fn run(cmd: Command<'_>) {
             sprintln!("PROBE timer ok");
         }
         b"cpuid" => cpuid(),
+        b"acpi" => crate::acpi_cmds::acpi(),
+        b"acpi-poweroff" => crate::acpi_cmds::poweroff(),
+        b"acpi-garbage" => crate::acpi_cmds::garbage(),
         b"smp" => smp(cmd.arg),
         b"tick" => tick(cmd.arg),
         b"memtick" => crate::snap_cmds::memtick(cmd.arg),
+        b"print" => print(cmd.arg),
         b"idle" => {
             sprintln!("PROBE idle ok halting");
             cpu::halt_forever();
@@ -202,6 +206,15 @@ fn cpuid() {
         info.cores_per_pkg,
         info.topology_source
     );
+    for t in cpuinfo::sources().into_iter().flatten() {
+        sprintln!(
+            "PROBE topology ok source={} threads_per_core={} logical_per_pkg={} apic_id={}",
+            t.source,
+            t.threads_per_core,
+            t.logical_per_pkg,
+            t.apic_id
+        );
+    }
 }
 
 /// `smp` wakes the processors of the MP table; `smp:N` instead wakes APIC
@@ -311,4 +324,34 @@ fn kbd() {
         got[2]
     );
     crate::reset();
+}
+
+/// `print:N`: N console lines back to back (0 = forever), each
+/// `PROBE print-line n=<i> ` padded with `x` to 100 bytes with its CRLF, as
+/// fast as the UART takes them: a guest flooding its console.
+fn print(arg: Option<&[u8]>) {
+    let Some(lines) = arg.and_then(parse_u64) else {
+        sprintln!("PROBE print FAIL bad-argument");
+        return;
+    };
+    const PAD: &str =
+        "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
+    let mut n = 0u64;
+    while lines == 0 || n < lines {
+        // "PROBE print-line n=" is 19 bytes, CRLF 2: pad the number's field to 100.
+        let digits = decimal_digits(n);
+        let pad = 100usize.saturating_sub(19 + digits + 1 + 2).min(PAD.len());
+        sprintln!("PROBE print-line n={} {}", n, &PAD[..pad]);
+        n += 1;
+    }
+    sprintln!("PROBE print ok lines={} bytes={}", n, n.saturating_mul(100));
+}
+
+fn decimal_digits(mut n: u64) -> usize {
+    let mut digits = 1;
+    while n >= 10 {
+        n /= 10;
+        digits += 1;
+    }
+    digits
 }

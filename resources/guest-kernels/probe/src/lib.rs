@@ -12,6 +12,8 @@
 
 #![no_std]
 
+pub mod acpi;
+pub mod acpi_cmds;
 pub mod arch;
 pub mod bootinfo;
 pub mod cmdline;

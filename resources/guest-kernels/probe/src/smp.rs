@@ -1,10 +1,11 @@
 //! Waking the application processors with INIT-SIPI-SIPI. Each AP runs a
 //! real-mode trampoline copied below 1 MiB, goes to long mode on our page
 //! tables (entry.rs: ap_entry32/ap_entry64), records its APIC ID, counts
-//! itself online and halts.
+//! itself online and halts (or, when `net-spoof-race` set a flip address first,
+//! keeps flipping one byte until told to stop, then halts).
 
 use core::arch::global_asm;
-use core::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use crate::arch::entry::KERNEL_CS32;
 use crate::mptable::MpTable;
@@ -59,6 +60,44 @@ pub static probe_ap_online: AtomicU32 = AtomicU32::new(0);
 /// APIC IDs of the APs, in check-in order.
 #[no_mangle]
 pub static probe_ap_ids: [AtomicU8; MAX_AP_IDS] = [const { AtomicU8::new(0) }; MAX_AP_IDS];
+
+/// When nonzero at wake-up, every AP xors the byte at this address with
+/// `probe_ap_flip_mask` in a loop (counting `probe_ap_flips`) until
+/// `probe_ap_flip_stop` is nonzero, then counts itself in `probe_ap_flip_done`.
+#[no_mangle]
+pub static probe_ap_flip_addr: AtomicU64 = AtomicU64::new(0);
+#[no_mangle]
+pub static probe_ap_flip_mask: AtomicU8 = AtomicU8::new(0);
+#[no_mangle]
+pub static probe_ap_flips: AtomicU64 = AtomicU64::new(0);
+#[no_mangle]
+pub static probe_ap_flip_stop: AtomicU32 = AtomicU32::new(0);
+#[no_mangle]
+pub static probe_ap_flip_done: AtomicU32 = AtomicU32::new(0);
+
+/// Makes the APs woken next flip the byte at `addr` with `mask` (0 = halt as usual).
+pub fn set_flipper(addr: u64, mask: u8) {
+    probe_ap_flip_mask.store(mask, Ordering::SeqCst);
+    probe_ap_flips.store(0, Ordering::SeqCst);
+    probe_ap_flip_stop.store(0, Ordering::SeqCst);
+    probe_ap_flip_done.store(0, Ordering::SeqCst);
+    probe_ap_flip_addr.store(addr, Ordering::SeqCst);
+}
+
+/// Stops flipping APs; returns (flips, APs that stopped) after waiting up to 1 s.
+pub fn stop_flipper() -> (u64, u32) {
+    probe_ap_flip_stop.store(1, Ordering::SeqCst);
+    let deadline = Deadline::after_us(1_000_000);
+    let online = probe_ap_online.load(Ordering::Acquire);
+    while probe_ap_flip_done.load(Ordering::Acquire) < online && !deadline.passed() {
+        core::hint::spin_loop();
+    }
+    probe_ap_flip_addr.store(0, Ordering::SeqCst);
+    (
+        probe_ap_flips.load(Ordering::Acquire),
+        probe_ap_flip_done.load(Ordering::Acquire),
+    )
+}
 
 // Local APIC registers (xAPIC MMIO).
 const LAPIC_ID: u64 = 0x20;

@@ -217,14 +217,53 @@ fn prepare(tier: &Tier) -> Result<(), String> {
         .clone()
 }
 
+/// What to do when the Linux tier cannot run here: skip (print why) or fail.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Unavailable {
+    Skip(String),
+    Fail(String),
+}
+
+/// Under CI (`CI=true`) a missing tier fails the test, so that a CI host without QEMU or
+/// kernel artifacts cannot go green by skipping every Linux scenario. Only an explicit
+/// `XENIA_LINUX_TIER=skip` (what `tools/test --fast` sets) skips there.
+pub fn unavailable(forced: Option<&str>, ci: Option<&str>, reason: String) -> Unavailable {
+    let under_ci = matches!(ci, Some(v) if v.eq_ignore_ascii_case("true") || v == "1");
+    if under_ci && forced != Some("skip") {
+        Unavailable::Fail(format!(
+            "CI=true and the Linux guest tier cannot run here: {reason} \
+             (set XENIA_LINUX_TIER=skip to skip it on purpose)"
+        ))
+    } else {
+        Unavailable::Skip(reason)
+    }
+}
+
+/// Ok(Some(tier)), Ok(None) after printing why `what` is skipped, or the error that fails
+/// the test under CI.
+pub fn tier_or_skip(what: &str) -> Result<Option<Tier>, String> {
+    let reason = match tier() {
+        Ok(tier) => return Ok(Some(tier)),
+        Err(reason) => reason,
+    };
+    let forced = std::env::var("XENIA_LINUX_TIER").ok();
+    match unavailable(
+        forced.as_deref(),
+        std::env::var("CI").ok().as_deref(),
+        reason,
+    ) {
+        Unavailable::Skip(reason) => {
+            eprintln!("SKIPPED: {what}: {reason}");
+            Ok(None)
+        }
+        Unavailable::Fail(why) => Err(why),
+    }
+}
+
 /// Runs one scenario on this machine's tier. `Ok(None)`: skipped (the reason is printed).
 pub fn run(scenario: &Scenario) -> Result<Option<Outcome>, String> {
-    let tier = match tier() {
-        Ok(tier) => tier,
-        Err(reason) => {
-            eprintln!("SKIPPED: Linux guest scenario {scenario:?}: {reason}");
-            return Ok(None);
-        }
+    let Some(tier) = tier_or_skip(&format!("Linux guest scenario {scenario:?}"))? else {
+        return Ok(None);
     };
     let _guard = one_at_a_time();
     prepare(&tier)?;
@@ -252,3 +291,34 @@ pub fn idle_limit() -> Duration {
 
 /// No scenario takes this long, even on a loaded machine.
 pub const TOTAL_LIMIT: Duration = Duration::from_secs(300);
+
+#[cfg(test)]
+mod tier_tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_tier_fails_under_ci_unless_skipped_on_purpose() {
+        let why = || "no qemu".to_owned();
+        assert_eq!(
+            unavailable(None, None, why()),
+            Unavailable::Skip(why()),
+            "outside CI a missing tier skips"
+        );
+        assert!(matches!(
+            unavailable(None, Some("true"), why()),
+            Unavailable::Fail(m) if m.contains("no qemu")
+        ));
+        assert!(matches!(
+            unavailable(Some("nested"), Some("true"), why()),
+            Unavailable::Fail(_)
+        ));
+        assert_eq!(
+            unavailable(Some("skip"), Some("true"), why()),
+            Unavailable::Skip(why())
+        );
+        assert_eq!(
+            unavailable(None, Some("false"), why()),
+            Unavailable::Skip(why())
+        );
+    }
+}

@@ -172,12 +172,8 @@ pub fn newc_archive(files: &[(&str, u32, &[u8])]) -> Vec<u8> {
 
 /// Runs a plan on this machine's tier. `Ok(None)`: skipped (the reason is printed).
 pub fn run(plan: &Plan) -> Result<Option<PlanOutcome>, String> {
-    let tier = match super::tier() {
-        Ok(tier) => tier,
-        Err(reason) => {
-            eprintln!("SKIPPED: Linux guest plan {}: {reason}", plan.name);
-            return Ok(None);
-        }
+    let Some(tier) = super::tier_or_skip(&format!("Linux guest plan {}", plan.name))? else {
+        return Ok(None);
     };
     let _guard = super::one_at_a_time();
     super::prepare(&tier)?;

@@ -225,32 +225,86 @@ impl UdpEcho {
 
 /// A packet socket on one interface of a namespace, recording the source MAC of every
 /// frame (both directions).
+///
+/// A frame xenia writes to a tap is queued on the packet socket before the write returns
+/// (tun delivers it to packet taps in the writer's context), hence before xenia completes
+/// the guest's tx request. So once the test has seen the guest's result line, everything
+/// the guest sent is already queued: [`Capture::stop`] drains the queue and returns, with
+/// no waiting for frames "still in flight".
 pub struct Capture {
-    stop: Arc<AtomicBool>,
+    stop: OwnedFd,
     thread: JoinHandle<Vec<[u8; 6]>>,
+}
+
+/// Appends the source MAC of every frame queued on `fd` (non-blocking) to `sources`.
+fn drain_sources(fd: &OwnedFd, sources: &mut Vec<[u8; 6]>) {
+    let mut buf = [0u8; 2048];
+    loop {
+        // SAFETY: recv(2) into a buffer we own, with its length.
+        let n = unsafe {
+            libc::recv(
+                fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            match e.kind() {
+                ErrorKind::WouldBlock => return,
+                ErrorKind::Interrupted => continue,
+                _ => panic!("capture recv: {e}"),
+            }
+        }
+        if n >= 14 {
+            let mut src = [0u8; 6];
+            src.copy_from_slice(&buf[6..12]);
+            sources.push(src);
+        }
+    }
 }
 
 impl Capture {
     pub fn start(ns: &NetNs, ifname: &str) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
+        // SAFETY: eventfd(2) with flags only; the fd is owned right below.
+        let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        assert!(raw >= 0, "eventfd: {}", std::io::Error::last_os_error());
+        // SAFETY: `raw` is a fresh fd nobody else owns.
+        let stop = unsafe { OwnedFd::from_raw_fd(raw) };
+        let stop_seen = stop.try_clone().expect("dup the stop eventfd");
         let (ready_tx, ready) = std::sync::mpsc::channel();
-        let (ifname, flag) = (ifname.to_owned(), stop.clone());
+        let ifname = ifname.to_owned();
         let thread = ns.spawn(move || {
             let fd = packet_socket(&ifname);
             let _ = ready_tx.send(());
             let mut sources = Vec::new();
-            let mut buf = [0u8; 2048];
-            while !flag.load(Ordering::Relaxed) {
-                // SAFETY: recv(2) into a buffer we own, with its length.
-                let n =
-                    unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-                if n >= 14 {
-                    let mut src = [0u8; 6];
-                    src.copy_from_slice(&buf[6..12]);
-                    sources.push(src);
+            loop {
+                let mut fds = [
+                    libc::pollfd {
+                        fd: fd.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    },
+                    libc::pollfd {
+                        fd: stop_seen.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    },
+                ];
+                // SAFETY: poll(2) on an array we own, with its length.
+                let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+                assert!(
+                    rc >= 0 || std::io::Error::last_os_error().kind() == ErrorKind::Interrupted,
+                    "capture poll: {}",
+                    std::io::Error::last_os_error()
+                );
+                // Asked to stop or not, first take what is queued.
+                drain_sources(&fd, &mut sources);
+                if fds[1].revents != 0 {
+                    return sources;
                 }
             }
-            sources
         });
         ready
             .recv_timeout(Duration::from_secs(10))
@@ -258,14 +312,23 @@ impl Capture {
         Self { stop, thread }
     }
 
-    /// The source MACs seen.
+    /// The source MACs of every frame seen so far (see the type's note on why nothing
+    /// the guest has already had completed can be missing).
     pub fn stop(self) -> Vec<[u8; 6]> {
-        self.stop.store(true, Ordering::Relaxed);
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: write(2) of an 8-byte buffer we own to our eventfd.
+        let n = unsafe { libc::write(self.stop.as_raw_fd(), one.as_ptr().cast(), 8) };
+        assert_eq!(
+            n,
+            8,
+            "stop the capture: {}",
+            std::io::Error::last_os_error()
+        );
         self.thread.join().expect("capture thread")
     }
 }
 
-fn packet_socket(ifname: &str) -> OwnedFd {
+pub fn packet_socket(ifname: &str) -> OwnedFd {
     let proto = (libc::ETH_P_ALL as u16).to_be();
     // SAFETY: plain socket(2) call; the fd is owned right below.
     let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
@@ -299,21 +362,6 @@ fn packet_socket(ifname: &str) -> OwnedFd {
         "bind packet socket: {}",
         std::io::Error::last_os_error()
     );
-    let tv = libc::timeval {
-        tv_sec: 0,
-        tv_usec: 100_000,
-    };
-    // SAFETY: setsockopt(2) with a timeval that lives across the call.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as u32,
-        )
-    };
-    assert_eq!(rc, 0, "SO_RCVTIMEO: {}", std::io::Error::last_os_error());
     fd
 }
 

@@ -42,6 +42,8 @@ pub struct BootInfo {
     pub initrd: Option<(u64, u64)>,
     /// The bzImage's setup header, to start the zero page from.
     pub setup_header: Option<setup_header>,
+    /// Guest address of the ACPI RSDP, handed to the kernel so it need not scan for it.
+    pub rsdp: Option<u64>,
 }
 
 /// The zero page for the 64-bit boot protocol.
@@ -72,6 +74,7 @@ pub fn zero_page(info: &BootInfo) -> Result<boot_params, BootParamsError> {
         };
     }
     params.e820_entries = map.len() as u8;
+    params.acpi_rsdp_addr = info.rsdp.unwrap_or(0);
     Ok(params)
 }
 
@@ -103,6 +106,7 @@ pub fn write_pvh_info(mem: &GuestMemoryMmap, info: &BootInfo) -> Result<(), Boot
         cmdline_paddr: CMDLINE_START,
         memmap_paddr: PVH_MEMMAP_START,
         memmap_entries: memmap.len() as u32,
+        rsdp_paddr: info.rsdp.unwrap_or(0),
         ..Default::default()
     };
     let modules: Vec<hvm_modlist_entry> = info
@@ -143,6 +147,7 @@ mod tests {
             cmdline_len: 12,
             initrd: Some((0x0f00_0000, 0x1000)),
             setup_header: None,
+            rsdp: None,
         };
         let p = zero_page(&info).unwrap();
         assert_eq!({ p.hdr.boot_flag }, 0xaa55);
@@ -164,10 +169,12 @@ mod tests {
     fn zero_page_e820_skips_the_hole() {
         let info = BootInfo {
             mem_size: 4096 * MIB,
+            rsdp: Some(0xe_0000),
             ..Default::default()
         };
         let p = zero_page(&info).unwrap();
         assert_eq!(p.e820_entries, 3);
+        assert_eq!({ p.acpi_rsdp_addr }, 0xe_0000);
         let (e1, e2) = (p.e820_table[1], p.e820_table[2]);
         assert_eq!({ e1.addr } + { e1.size }, MMIO_HOLE_START);
         assert_eq!({ e2.addr }, MMIO_HOLE_END);
@@ -181,10 +188,12 @@ mod tests {
             cmdline_len: 5,
             initrd: Some((0x80_0000, 0x2000)),
             setup_header: None,
+            rsdp: Some(0xe_0000),
         };
         write_pvh_info(&mem, &info).unwrap();
         let si: hvm_start_info = mem.read_obj(GuestAddress(PVH_INFO_START)).unwrap();
         assert_eq!(si.magic, XEN_HVM_START_MAGIC);
+        assert_eq!(si.rsdp_paddr, 0xe_0000);
         assert_eq!(si.memmap_entries, 2);
         assert_eq!(si.cmdline_paddr, CMDLINE_START);
         assert_eq!(si.nr_modules, 1);

@@ -1,5 +1,6 @@
-//! x86_64: guest layout, boot protocols, CPU state, CPUID and the MP table.
+//! x86_64: guest layout, boot protocols, CPU state, CPUID, the MP table and ACPI.
 
+pub mod acpi;
 pub mod boot_params;
 pub mod cpuid;
 pub mod gdt;

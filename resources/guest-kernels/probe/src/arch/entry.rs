@@ -153,6 +153,18 @@ ap_entry64:
     mov %bl, probe_ap_ids(%rax)
 2:
     lock incl probe_ap_online(%rip)
+    /* With a flip address set (net-spoof-race), keep xor-ing that byte until told to stop:
+       the second vCPU racing the device. No stack needed. */
+    mov probe_ap_flip_addr(%rip), %rdi
+    test %rdi, %rdi
+    jz 3f
+    movzbl probe_ap_flip_mask(%rip), %edx
+4:
+    xorb %dl, (%rdi)
+    incq probe_ap_flips(%rip)
+    cmpl $0, probe_ap_flip_stop(%rip)
+    je 4b
+    lock incl probe_ap_flip_done(%rip)
 3:
     cli
     hlt

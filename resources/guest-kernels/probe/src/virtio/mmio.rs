@@ -83,7 +83,8 @@ pub fn parse_entry(v: &[u8]) -> Option<(u64, u64, u32)> {
 }
 
 /// Every `virtio_mmio.device=` entry of the command line, probed, sorted by
-/// address (xenia places devices in attach order from 0xD000_0000 up).
+/// address (xenia places devices in attach order from 0xD000_0000 up). With no
+/// entry on the command line, the devices the ACPI DSDT describes (`LNRO0005`).
 pub fn discover(cmdline: &[u8], out: &mut [MmioDevice; MAX_DEVICES]) -> usize {
     let mut n = 0;
     let words = cmdline.split(|&b| b == b' ' || b == b'\t' || b == b'\n');
@@ -91,27 +92,42 @@ pub fn discover(cmdline: &[u8], out: &mut [MmioDevice; MAX_DEVICES]) -> usize {
         let Some((size, base, irq)) = parse_entry(v) else {
             continue;
         };
-        // Registers up to the config space must be inside the window and mapped.
-        if n == MAX_DEVICES || size < 0x100 || base >= crate::mem::MAPPED_LIMIT - 0x1000 {
-            continue;
+        n += probe_window(size, base, irq, &mut out[n..]);
+    }
+    if n == 0 {
+        if let Ok(acpi) = crate::acpi::load() {
+            let mut found = [(0u64, 0u64, 0u32); MAX_DEVICES];
+            let k = acpi.virtio_mmio(&mut found);
+            for &(base, size, irq) in &found[..k] {
+                n += probe_window(size, base, irq, &mut out[n..]);
+            }
         }
-        let t = Transport { base };
-        let (version, device_id) = if t.read(reg::MAGIC) == MAGIC {
-            (t.read(reg::VERSION), t.read(reg::DEVICE_ID))
-        } else {
-            (0, 0)
-        };
-        out[n] = MmioDevice {
-            base,
-            size,
-            irq,
-            version,
-            device_id,
-        };
-        n += 1;
     }
     out[..n].sort_unstable_by_key(|d| d.base);
     n
+}
+
+/// Reads one window's identity into `out[0]`; returns 1, or 0 when the window is unusable
+/// or `out` is full.
+fn probe_window(size: u64, base: u64, irq: u32, out: &mut [MmioDevice]) -> usize {
+    // Registers up to the config space must be inside the window and mapped.
+    if out.is_empty() || size < 0x100 || base >= crate::mem::MAPPED_LIMIT - 0x1000 {
+        return 0;
+    }
+    let t = Transport { base };
+    let (version, device_id) = if t.read(reg::MAGIC) == MAGIC {
+        (t.read(reg::VERSION), t.read(reg::DEVICE_ID))
+    } else {
+        (0, 0)
+    };
+    out[0] = MmioDevice {
+        base,
+        size,
+        irq,
+        version,
+        device_id,
+    };
+    1
 }
 
 /// Register access to one device window.

@@ -22,6 +22,7 @@ pub mod mmio;
 pub mod net;
 pub mod net_cmds;
 pub mod net_hostile;
+pub mod net_race;
 pub mod net_traffic;
 pub mod netstack;
 pub mod queue;

@@ -167,6 +167,34 @@ impl Net {
         }
     }
 
+    /// Points every tx descriptor at the same `len`-byte buffer at `addr`
+    /// (header included), for `net-spoof-race`; `push_free_tx` then sends it.
+    pub fn alias_tx(&mut self, addr: u64, len: u32) {
+        for i in 0..self.tx_count {
+            self.tx.set_desc_addr_len(i, addr, len);
+        }
+    }
+
+    /// Reclaims completions and queues up to `max` free tx descriptors as
+    /// they are (not published); returns how many.
+    pub fn push_free_tx(&mut self, max: u64) -> u64 {
+        self.reclaim_tx();
+        let mut n = 0;
+        while n < max && self.tx_free_len > 0 {
+            self.tx_free_len -= 1;
+            let i = self.tx_free[self.tx_free_len];
+            self.tx.push(i);
+            n += 1;
+        }
+        n
+    }
+
+    /// Whether every tx buffer came back.
+    pub fn tx_idle(&mut self) -> bool {
+        self.reclaim_tx();
+        self.tx_free_len == self.tx_count as usize
+    }
+
     /// Sends one frame written by `fill` (given the frame address, returns its length).
     pub fn send(&mut self, fill: impl FnOnce(u64) -> u64) -> Result<(), VirtioError> {
         let i = self.tx_slot(1_000_000)?;

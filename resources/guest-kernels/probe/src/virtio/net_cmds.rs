@@ -226,6 +226,20 @@ pub fn run(name: &str, index: usize, arg: Option<&[u8]>) {
         net.close();
         return;
     }
+    if name == "net-spoof-race" {
+        let mut net = net;
+        if let Err(e) = super::net_race::spoof_race(&mut net, index, arg) {
+            sprintln!(
+                "PROBE {} FAIL {} dev={} status={:#x}",
+                name,
+                e.reason(),
+                index,
+                net.t.status()
+            );
+        }
+        net.close();
+        return;
+    }
     let t = net.t;
     let Some(mut st) = Stack::new(net) else {
         sprintln!("PROBE {} FAIL no-ip-config want=probe.ip=A.B.C.D/N", name);

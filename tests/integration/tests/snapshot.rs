@@ -262,7 +262,12 @@ fn every_restore_gets_a_new_vm_generation_id() {
             .unwrap_or_default()
             .to_owned()
     };
-    let booted = genid(x.lines_with("PROBE acpi ok").first().copied().unwrap_or_default());
+    let booted = genid(
+        x.lines_with("PROBE acpi ok")
+            .first()
+            .copied()
+            .unwrap_or_default(),
+    );
     assert_eq!(booted.len(), 32, "{:?}", x.lines);
     drop(x);
     let mut seen = vec![booted.clone()];

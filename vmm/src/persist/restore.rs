@@ -91,6 +91,11 @@ pub enum LoadError {
     Vcpu(#[from] VcpuError),
 }
 
+/// Logs at Debug how far a load got since `t0` (where the load latency goes).
+fn mark(what: &str, t0: std::time::Instant) {
+    log::debug!("snapshot load: {what} at {} us", t0.elapsed().as_micros());
+}
+
 /// Reads and decodes a state file, bounded by [`MAX_STATE_BYTES`].
 pub fn read_state_file(path: &str) -> Result<Snapshot, LoadError> {
     let bytes = read_state_bytes(path)?;
@@ -150,12 +155,14 @@ pub fn load_snapshot(
     hooks: BootHooks,
 ) -> Result<(RunningVm, VmConfig), LoadError> {
     let path = &options.snapshot_path;
+    let t0 = std::time::Instant::now();
     let snapshot = read_state_file(path)?;
     let mut config = snapshot.validate().map_err(|source| LoadError::Invalid {
         path: path.clone(),
         source,
     })?;
     apply_overrides(&mut config, &options.network_overrides)?;
+    mark("state file read and checked", t0);
     let machine = config.machine_config.clone().unwrap_or_default();
 
     // Uffd: anonymous memory (2 MiB hugetlb pages when the VM had them) whose faults the
@@ -181,9 +188,12 @@ pub fn load_snapshot(
     };
 
     let kvm = KvmContext::open().map_err(StartError::from)?;
+    mark("/dev/kvm opened", t0);
     let mut vm = Vm::new(&kvm).map_err(StartError::from)?;
+    mark("VM created", t0);
     vm.register_memory(&memory, options.track_dirty_pages)
         .map_err(StartError::from)?;
+    mark("memory registered", t0);
     let Devices {
         mut buses,
         legacy,
@@ -200,6 +210,7 @@ pub fn load_snapshot(
     );
     let mut acpi = attach_acpi_restored(&vm, &mut buses, &memory, poweroff)?;
     register_acpi_metrics(&acpi, metrics::global());
+    mark("devices created", t0);
     // Checks the layout (ids, MMIO windows, IRQs) and every field before applying any.
     DeviceSet {
         legacy: &legacy,
@@ -211,6 +222,7 @@ pub fn load_snapshot(
     // Every restore is a new generation: a new id, and the GED interrupt (now that the
     // IOAPIC state is in place) that makes the guest read it.
     acpi.vmgenid.regenerate(&memory)?;
+    mark("device and VM state applied", t0);
 
     let persist = Arc::new(VcpuPersistContext::new(&kvm.kvm, vm.fd()));
     let mut vcpus = Vec::with_capacity(snapshot.vcpus.len());
@@ -221,7 +233,9 @@ pub fn load_snapshot(
         vcpus.push(vcpu);
     }
     let io_thread = start_io_thread(io, hooks.io_thread)?;
+    mark("vCPUs restored, io thread started", t0);
     let (handles, vcpu_exits, vcpu_exit_evt) = start_vcpus(vcpus, true)?;
+    mark("vCPUs started and paused", t0);
     Ok((
         RunningVm {
             kvm,

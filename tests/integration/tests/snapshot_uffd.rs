@@ -109,3 +109,61 @@ fn a_missing_handler_is_refused_and_the_process_stays_usable() {
     api.expect("PUT", "/snapshot/load", &files.load_body(true), 204);
     assert_eq!(next_tick(&mut y).bad, 0);
 }
+
+const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
+
+/// Reserves `pages` more 2 MiB pages; gives the previous count back on drop.
+struct HugePages(String);
+
+impl HugePages {
+    fn reserve(pages: u64) -> Self {
+        let before = std::fs::read_to_string(NR_HUGEPAGES).unwrap();
+        let now: u64 = before.trim().parse().unwrap();
+        std::fs::write(NR_HUGEPAGES, (now + pages).to_string()).unwrap();
+        HugePages(before.trim().to_owned())
+    }
+}
+
+impl Drop for HugePages {
+    fn drop(&mut self) {
+        let _ = std::fs::write(NR_HUGEPAGES, &self.0);
+    }
+}
+
+#[test]
+fn a_hugetlbfs_vm_restores_through_uffd_and_a_file_load_says_why_not() {
+    // Two 64 MiB VMs on 2 MiB pages at most at once (the snapshotted one, then the restore).
+    let _reserved = HugePages::reserve(2 * 32 + 4);
+    let (mut x, api) = Xenia::with_api(&[]);
+    let body = json!({"kernel_image_path": xenia_integration_tests::probe().pvh,
+                      "boot_args": xenia_integration_tests::probe_args("memtick:4")});
+    api.expect("PUT", "/boot-source", &body.to_string(), 204);
+    api.expect(
+        "PUT",
+        "/machine-config",
+        r#"{"vcpu_count": 1, "mem_size_mib": 64, "huge_pages": "2M"}"#,
+        204,
+    );
+    api.expect(
+        "PUT",
+        "/actions",
+        r#"{"action_type": "InstanceStart"}"#,
+        204,
+    );
+    x.wait_for_line("PROBE memtick n=2 ", BOOT_TIMEOUT).unwrap();
+    let files = SnapshotFiles::new();
+    pause_and_create(&mut x, &api, &files, "Full");
+    drop(x);
+
+    let (_y, api2) = Xenia::with_api(&[]);
+    let r = api2.expect("PUT", "/snapshot/load", &files.load_body(true), 400);
+    assert!(r.fault().contains("Uffd"), "{}", r.fault());
+
+    let dir = TempDir::new();
+    let socket = dir.path().join("uffd.sock");
+    let _handler = Handler::start(&socket, &files.mem, &[]);
+    let (mut z, api3) = Xenia::with_api(&[]);
+    api3.expect("PUT", "/snapshot/load", &uffd_body(&files, &socket), 204);
+    let t = next_tick(&mut z);
+    assert_eq!((t.bad, t.sum), (0, expected_sum(t.n, t.pages)), "{t:?}");
+}

@@ -61,10 +61,7 @@ fn check_cpu_template(config: &VmConfig) -> Result<(), ResourceError> {
     let supported = kvm
         .supported_cpuid()
         .map_err(|e| ResourceError::Kvm(e.to_string()))?;
-    let vendor = cpu_template::host_vendor(&supported);
-    if let Some(t) = cpu_template::resolve(static_name, config.cpu_config.as_ref(), vendor)? {
-        t.check_host(&supported)?;
-    }
+    cpu_template::check_for_host(static_name, config.cpu_config.as_ref(), &supported)?;
     Ok(())
 }
 

@@ -8,7 +8,11 @@
 //! every host shows; the T2S test checks leaf 7 where the host applies the table to it
 //! (found out with a template that clears RDRAND) and says so where it does not.
 
+#[path = "snapshot_common/mod.rs"]
+mod snapshot_common;
+
 use serde_json::json;
+use snapshot_common::{edit_state, pause_and_create, SnapshotFiles};
 use xenia_integration_tests::api::ApiClient;
 use xenia_integration_tests::probe_lines::{field, ok_line};
 use xenia_integration_tests::{probe, probe_args, Xenia, BOOT_TIMEOUT};
@@ -235,4 +239,48 @@ fn the_config_file_cpu_config_section_is_applied() {
     // xenia's own bits stay: the hypervisor bit in leaf 1.
     let leaf1 = leaf_regs(&mut x, "0x1").unwrap();
     assert_ne!(leaf1[2] & (1 << 31), 0);
+}
+
+#[test]
+fn a_snapshot_keeps_its_template_and_a_host_that_cannot_honour_it_refuses_the_load() {
+    let (own, foreign, vendor) = if host_is_amd() {
+        ("T2A", "T2S", "Intel")
+    } else {
+        ("T2S", "T2A", "AMD")
+    };
+    let (mut x, api) = Xenia::with_api(&[]);
+    let body = json!({"kernel_image_path": probe().pvh, "boot_args": probe_args("idle")});
+    api.expect("PUT", "/boot-source", &body.to_string(), 204);
+    let machine = format!(r#"{{"vcpu_count": 1, "mem_size_mib": 32, "cpu_template": "{own}"}}"#);
+    api.expect("PUT", "/machine-config", &machine, 204);
+    start(&api);
+    x.wait_for_line("PROBE idle ok", BOOT_TIMEOUT).unwrap();
+    let files = SnapshotFiles::new();
+    pause_and_create(&mut x, &api, &files, "Full");
+    drop(x);
+
+    // Restored as it was: the template comes back with the VM.
+    let (_y, api2) = Xenia::with_api(&[]);
+    api2.expect("PUT", "/snapshot/load", &files.load_body(false), 204);
+    let config = api2.expect("GET", "/vm/config", "", 200).json();
+    assert_eq!(config["machine-config"]["cpu_template"], own, "{config}");
+
+    // The same snapshot saying it was made with the other vendor's template (as if taken on
+    // such a host) is refused by this one, naming why.
+    let bytes = std::fs::read(&files.state).unwrap();
+    let from = format!(r#""cpu_template":"{own}""#);
+    let to = format!(r#""cpu_template":"{foreign}""#);
+    std::fs::write(
+        &files.state,
+        edit_state(&bytes, from.as_bytes(), to.as_bytes()),
+    )
+    .unwrap();
+    let (_z, api3) = Xenia::with_api(&[]);
+    let r = api3.call("PUT", "/snapshot/load", &files.load_body(false));
+    assert_eq!(r.status, 400, "{}", r.fault());
+    assert!(
+        r.fault().contains(&format!("is for {vendor} hosts")),
+        "{}",
+        r.fault()
+    );
 }

@@ -189,6 +189,20 @@ pub fn load_snapshot(
 
     let kvm = KvmContext::open().map_err(StartError::from)?;
     mark("/dev/kvm opened", t0);
+    // The snapshot records the CPU template the VM was made with (its config): a host that
+    // cannot honour it (another vendor, a feature the template sets missing) is refused here
+    // rather than handing the guest a CPU it was not promised.
+    // Only read KVM's CPUID when there is a template: a restore is on the latency path.
+    let static_template = machine.cpu_template.as_deref().filter(|t| *t != "None");
+    if static_template.is_some() || config.cpu_config.is_some() {
+        let supported = kvm.supported_cpuid().map_err(StartError::from)?;
+        crate::arch::cpu_template::check_for_host(
+            static_template,
+            config.cpu_config.as_ref(),
+            &supported,
+        )
+        .map_err(StartError::from)?;
+    }
     let mut vm = Vm::new(&kvm).map_err(StartError::from)?;
     mark("VM created", t0);
     vm.register_memory(&memory, options.track_dirty_pages)

@@ -276,6 +276,20 @@ pub fn resolve(
     }
 }
 
+/// Whether this host (`supported`: its KVM's CPUID) can honour the template a VM asks for:
+/// the vendor of a static one, every bit set to 1. Used before boot and when a snapshot taken
+/// with a template is restored on another host.
+pub fn check_for_host(
+    static_name: Option<&str>,
+    custom: Option<&CustomCpuTemplate>,
+    supported: &CpuId,
+) -> Result<(), TemplateError> {
+    if let Some(t) = resolve(static_name, custom, host_vendor(supported))? {
+        t.check_host(supported)?;
+    }
+    Ok(())
+}
+
 /// The host's vendor as KVM reports it.
 pub fn host_vendor(supported: &CpuId) -> Vendor {
     Vendor::of(supported.as_slice())

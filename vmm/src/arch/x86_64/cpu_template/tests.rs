@@ -21,9 +21,9 @@ fn entry(function: u32, index: u32, regs: [u32; 4]) -> kvm_cpuid_entry2 {
 
 /// An Intel host with every feature bit of leaves 1 and 7 set.
 fn intel_host() -> CpuId {
-    let vendor = [0x756e_6547, 0x6c65_746e, 0x4965_6e69]; // "Genu" "ntel" "ineI"
+    let vendor = [0x756e_6547, 0x6c65_746e, 0x4965_6e69]; // EBX "Genu", ECX "ntel", EDX "ineI"
     CpuId::from_entries(&[
-        entry(0x0, 0, [0xd, vendor[0], vendor[2], vendor[1]]),
+        entry(0x0, 0, [0xd, vendor[0], vendor[1], vendor[2]]),
         entry(0x1, 0, [0, 0, u32::MAX, u32::MAX]),
         entry(0x7, 0, [1, u32::MAX, u32::MAX, u32::MAX]),
         entry(0x7, 1, [u32::MAX, 0, 0, 0]),
@@ -202,4 +202,33 @@ fn resolve_picks_one_template() {
         Ok(Some(custom.clone()))
     );
     assert!(resolve(Some("T2S"), None, Vendor::Intel).unwrap().is_some());
+}
+
+#[test]
+fn a_host_that_cannot_honour_the_template_is_refused_as_a_whole() {
+    let intel = intel_host();
+    assert_eq!(check_for_host(None, None, &intel), Ok(()));
+    assert_eq!(check_for_host(Some("T2"), None, &intel), Ok(()));
+    // A snapshot made on AMD with T2A, restored on Intel.
+    assert!(matches!(
+        check_for_host(Some("T2A"), None, &intel),
+        Err(TemplateError::WrongVendor { .. })
+    ));
+    // A custom template that kept a bit this host lacks.
+    let mut host = intel_host();
+    for e in host.as_mut_slice() {
+        if e.function == 0x7 && e.index == 0 {
+            e.ebx = 0;
+        }
+    }
+    let t: CustomCpuTemplate = serde_json::from_str(
+        r#"{"cpuid_modifiers": [{"leaf": "0x7", "subleaf": "0x0",
+            "modifiers": [{"register": "ebx", "bitmap": "0b100000"}]}]}"#,
+    )
+    .unwrap();
+    assert!(matches!(
+        check_for_host(None, Some(&t), &host),
+        Err(TemplateError::FeatureMissing { bit: 5, .. })
+    ));
+    assert_eq!(check_for_host(None, Some(&t), &intel), Ok(()));
 }

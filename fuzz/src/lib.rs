@@ -67,6 +67,17 @@ pub const TARGETS: &[Target] = &[
     },
 ];
 
+/// Where targets keep their scratch files (disk images): memory-backed `/dev/shm` when the
+/// host has it, so that a fuzzed FLUSH (`fdatasync`) costs nothing, else the temp folder.
+pub fn scratch_dir() -> std::path::PathBuf {
+    let shm = std::path::Path::new("/dev/shm");
+    if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    }
+}
+
 /// The target called `name`.
 pub fn target(name: &str) -> Option<&'static Target> {
     TARGETS.iter().find(|t| t.name == name)

@@ -51,6 +51,11 @@ pub const TARGETS: &[Target] = &[
         seeds: targets::config::seeds,
     },
     Target {
+        name: "rate_limiter",
+        run: targets::rate_limiter::run,
+        seeds: targets::rate_limiter::seeds,
+    },
+    Target {
         name: "virtio_blk",
         run: targets::virtio_blk::run,
         seeds: targets::virtio_blk::seeds,

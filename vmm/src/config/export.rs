@@ -22,6 +22,18 @@ pub(super) fn boot_source_or_empty<S: Serializer>(
     }
 }
 
+/// Reads `boot-source` back: the form [`boot_source_or_empty`] writes for "none set" (an
+/// empty kernel path and nothing else) is no boot source, so an export of a VMM that had none
+/// reads back as it was; a start then fails naming the missing kernel.
+pub(super) fn boot_source_unless_empty<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<BootSourceConfig>, D::Error> {
+    let boot = Option::<BootSourceConfig>::deserialize(d)?;
+    Ok(boot.filter(|b| {
+        !(b.kernel_image_path.is_empty() && b.initrd_path.is_none() && b.boot_args.is_none())
+    }))
+}
+
 /// `machine-config` as in force: the defaults (what `GET /machine-config` shows) when unset.
 pub(super) fn machine_config_or_default<S: Serializer>(
     machine: &Option<MachineConfig>,

@@ -110,7 +110,8 @@ pub struct VmConfig {
     #[serde(
         rename = "boot-source",
         default,
-        serialize_with = "export::boot_source_or_empty"
+        serialize_with = "export::boot_source_or_empty",
+        deserialize_with = "export::boot_source_unless_empty"
     )]
     pub boot_source: Option<BootSourceConfig>,
     #[serde(
@@ -350,11 +351,19 @@ mod tests {
     }
 
     #[test]
-    fn our_fresh_export_parses_back_except_for_the_missing_kernel() {
+    fn our_fresh_export_parses_back_to_the_same_export() {
+        // A fresh VMM's export has an empty kernel path, which means "no boot source": it
+        // reads back without one (a start then fails naming the missing kernel) and exports
+        // identically, so GET /vm/config can always be fed back with --config-file.
         let text = serde_json::to_string(&VmConfig::default()).unwrap();
-        let e = VmConfig::from_json(&text).unwrap_err().to_string();
-        assert!(e.contains("kernel_image_path"), "{e}");
+        let c = VmConfig::from_json(&text).unwrap();
+        assert_eq!(c.boot_source, None);
+        assert_eq!(serde_json::to_string(&c).unwrap(), text);
+        // A kernel path that is only half empty is still refused.
         let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v["boot-source"]["boot_args"] = "console=ttyS0".into();
+        let e = VmConfig::from_json(&v.to_string()).unwrap_err().to_string();
+        assert!(e.contains("kernel_image_path"), "{e}");
         v["boot-source"]["kernel_image_path"] = "/k".into();
         let c = VmConfig::from_json(&v.to_string()).unwrap();
         assert_eq!(c.machine_config, Some(MachineConfig::default()));

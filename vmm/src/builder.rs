@@ -282,9 +282,14 @@ pub fn build_and_boot_with(
     setup_mptable(&memory, machine.vcpu_count)?;
 
     let io_hook = hooks.io_thread;
-    let io_thread = io.start(move || match io_hook {
-        Some(hook) => hook(),
-        None => Ok(()),
+    let io_thread = io.start(move || {
+        // The io thread never ends before the VMM has written its final usage record (it
+        // is stopped when the VM is dropped), so its clock is read live.
+        crate::usage::register_current(crate::usage::ThreadRole::Io);
+        match io_hook {
+            Some(hook) => hook(),
+            None => Ok(()),
+        }
     })?;
 
     let topology = Topology::new(machine.vcpu_count, machine.smt);

@@ -6,6 +6,7 @@ use crate::config::{LoggerConfig, MetricsConfig};
 use crate::logger::{self, LoggerSettings};
 use crate::metrics::{self, MetricsSink};
 use crate::resources::VmResources;
+use crate::usage::{self, UsageMeter};
 
 use super::response::{ActionError, InstanceInfo, InstanceState, VersionInfo, VmmData};
 use super::{VmState, VmmAction};
@@ -28,6 +29,8 @@ pub struct Vmm {
     after_start: Option<ThreadStartHook>,
     /// Set when the VMM cannot go on (the after-start hook failed): the loop exits.
     fatal: Option<String>,
+    /// Usage metering (`GET /usage`, the `usage` object of metrics lines).
+    usage: UsageMeter,
 }
 
 impl std::fmt::Debug for Vmm {
@@ -62,7 +65,11 @@ impl Vmm {
         build_options: BuildOptions,
         logger: LoggerSettings,
     ) -> Self {
+        // `new` runs on the VMM thread: its CPU clock is read from now on.
+        usage::register_current(usage::ThreadRole::Vmm);
+        let usage = UsageMeter::new(instance_id.clone());
         Self {
+            usage,
             instance_id,
             resources,
             vm: None,
@@ -121,6 +128,21 @@ impl Vmm {
             .unwrap_or_default();
         let vm = build_and_boot_with(self.resources.config(), self.build_options, hooks)?;
         log::info!("the microVM is running");
+        let mem_bytes = vm_memory::GuestMemoryBackend::iter(&vm.memory)
+            .map(|r| vm_memory::GuestMemoryRegion::len(r))
+            .sum();
+        self.usage.vm_started(
+            vm.memory.clone(),
+            mem_bytes,
+            vm.drives
+                .iter()
+                .map(|d| (d.drive_id.clone(), d.counters()))
+                .collect(),
+            vm.nets
+                .iter()
+                .map(|n| (n.iface_id.clone(), n.counters()))
+                .collect(),
+        );
         self.vm = Some(vm);
         if let Some(hook) = self.after_start.take() {
             if let Err(e) = hook() {
@@ -131,13 +153,52 @@ impl Vmm {
         Ok(())
     }
 
-    /// Writes a metrics line if metrics are configured (the periodic timer and exit).
+    /// Writes a metrics line if metrics are configured (the periodic timer).
     pub fn flush_metrics_if_configured(&mut self) {
-        if let Some(sink) = self.metrics_sink.as_mut() {
-            if let Err(e) = sink.flush(metrics::global()) {
-                log::warn!("{e}");
-            }
+        if let Err(e) = self.flush_metrics(None) {
+            log::warn!("{e}");
         }
+    }
+
+    /// Writes the last metrics line, its usage record marked `final` with `reason`
+    /// (`guest-shutdown`, `sigterm`, `start-failed`, ...). Before boot its counters are null.
+    pub fn flush_final_metrics(&mut self, reason: &str) {
+        if let Err(e) = self.flush_metrics(Some(reason)) {
+            log::warn!("{e}");
+        }
+    }
+
+    fn flush_metrics(&mut self, exit_reason: Option<&str>) -> Result<(), metrics::MetricsError> {
+        if self.metrics_sink.is_none() {
+            return Ok(());
+        }
+        let record = self.usage_record(exit_reason);
+        let value = serde_json::to_value(record).ok();
+        match self.metrics_sink.as_mut() {
+            Some(sink) => sink.flush_with_usage(metrics::global(), value),
+            None => Ok(()),
+        }
+    }
+
+    /// The usage record now (`GET /usage`); `exit_reason` marks it final.
+    pub fn usage_record(&mut self, exit_reason: Option<&str>) -> usage::UsageRecord {
+        let state = match self.state() {
+            InstanceState::NotStarted => "Not started",
+            InstanceState::Running => "Running",
+            InstanceState::Paused => "Paused",
+        };
+        self.usage.record(state, exit_reason)
+    }
+
+    /// Samples resident guest memory (the usage timer).
+    pub fn sample_usage(&mut self) {
+        self.usage.sample();
+    }
+
+    /// The usage meter: the snapshot code saves [`usage::UsageMeter::save_state`] with a
+    /// snapshot and calls [`usage::UsageMeter::continue_from`] before a restored VM starts.
+    pub fn usage_meter(&mut self) -> &mut UsageMeter {
+        &mut self.usage
     }
 
     fn state(&self) -> InstanceState {
@@ -177,13 +238,14 @@ impl Vmm {
                 self.resources.config().clone(),
             ))),
             A::GetMachineConfig => Ok(VmmData::MachineConfig(self.resources.machine_config())),
+            A::GetUsage => Ok(VmmData::Usage(Box::new(self.usage_record(None)))),
             A::FlushMetrics => {
-                let sink = self.metrics_sink.as_mut().ok_or_else(|| {
-                    ActionError::Failed(
+                if self.metrics_sink.is_none() {
+                    return Err(ActionError::Failed(
                         "Metrics are not configured: set them with PUT /metrics first.".into(),
-                    )
-                })?;
-                sink.flush(metrics::global()).map_err(|e| failed(&e))?;
+                    ));
+                }
+                self.flush_metrics(None).map_err(|e| failed(&e))?;
                 Ok(VmmData::Empty)
             }
             A::PutBootSource(boot) => {
@@ -248,6 +310,7 @@ impl Vmm {
                 }
                 .map_err(|e| ActionError::Internal(e.to_string()))?;
                 self.paused = state == VmState::Paused;
+                self.usage.set_paused(self.paused);
                 log::info!(
                     "the microVM is {}",
                     if self.paused { "paused" } else { "running" }

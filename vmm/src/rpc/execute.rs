@@ -129,7 +129,7 @@ impl Vmm {
         let vm = build_and_boot_with(self.resources.config(), self.build_options, hooks)?;
         log::info!("the microVM is running");
         let mem_bytes = vm_memory::GuestMemoryBackend::iter(&vm.memory)
-            .map(|r| vm_memory::GuestMemoryRegion::len(r))
+            .map(vm_memory::GuestMemoryRegion::len)
             .sum();
         self.usage.vm_started(
             vm.memory.clone(),

@@ -128,6 +128,24 @@ impl Vmm {
             .unwrap_or_default();
         let vm = build_and_boot_with(self.resources.config(), self.build_options, hooks)?;
         log::info!("the microVM is running");
+        self.vm = Some(vm);
+        self.start_metering(false);
+        if let Some(hook) = self.after_start.take() {
+            if let Err(e) = hook() {
+                self.fatal = Some(e.clone());
+                return Err(VmmError::AfterStart(e));
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts the usage meter on the VM just built or restored (`paused`: restored without
+    /// resuming). A restore calls [`UsageMeter::continue_from`] with the snapshot's
+    /// [`usage::UsageState`] first, so the counters continue under a new identity.
+    fn start_metering(&mut self, paused: bool) {
+        let Some(vm) = self.vm.as_ref() else {
+            return;
+        };
         let mem_bytes = vm_memory::GuestMemoryBackend::iter(&vm.memory)
             .map(vm_memory::GuestMemoryRegion::len)
             .sum();
@@ -143,14 +161,7 @@ impl Vmm {
                 .map(|n| (n.iface_id.clone(), n.counters()))
                 .collect(),
         );
-        self.vm = Some(vm);
-        if let Some(hook) = self.after_start.take() {
-            if let Err(e) = hook() {
-                self.fatal = Some(e.clone());
-                return Err(VmmError::AfterStart(e));
-            }
-        }
-        Ok(())
+        self.usage.set_paused(paused);
     }
 
     /// Writes a metrics line if metrics are configured (the periodic timer).

@@ -423,3 +423,62 @@ fn every_exit_path_writes_a_final_record() {
     assert!(last["counters"].is_null(), "{last}");
     eprintln!("exit paths checked in {:?}", started.elapsed());
 }
+
+/// Runs `tools/usage-report --json ARGS` and returns its rows by tenant.
+fn report(args: &[&str]) -> std::collections::BTreeMap<String, Value> {
+    let out = std::process::Command::new(
+        xenia_integration_tests::workspace_root().join("tools/usage-report"),
+    )
+    .arg("--json")
+    .args(args)
+    .output()
+    .expect("run tools/usage-report");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("json row"))
+        .map(|v| (v["tenant"].as_str().expect("tenant").to_owned(), v))
+        .collect()
+}
+
+#[test]
+fn usage_report_bills_a_clone_once_and_honours_the_window() {
+    let line = |tenant: &str, id: &str, ts: u64, cpu_s: u64, inherited_s: Option<u64>| {
+        let counters = |s: u64| json!({"vcpu_total": {"cpu_total_ns": s * 1_000_000_000}});
+        json!({"properties": {"tenant": tenant}, "usage": {
+            "usage_id": id, "usage_epoch": u64::from(inherited_s.is_some()),
+            "utc_timestamp_ms": ts, "final": false,
+            "counters": counters(cpu_s), "inherited": inherited_s.map(counters)}})
+        .to_string()
+    };
+    let dir = TempDir::new();
+    // The original runs 3 s of vCPU time; a snapshot at 2 s is restored as a clone that runs
+    // on to 4 s (2 s of its own); another tenant runs 1 s. A torn last line is skipped.
+    let a = dir.write(
+        "a.json",
+        [
+            line("t1", "a", 1000, 0, None),
+            line("t1", "a", 2000, 2, None),
+            line("t1", "a", 3000, 3, None),
+            "{\"usage\": {\"usage_id\"".to_owned(),
+        ]
+        .join("\n"),
+    );
+    let b = dir.write(
+        "b.json",
+        [
+            line("t1", "b", 2500, 3, Some(2)),
+            line("t1", "b", 4000, 4, Some(2)),
+            line("t2", "c", 1500, 1, None),
+        ]
+        .join("\n"),
+    );
+    let (a, b) = (a.to_string_lossy(), b.to_string_lossy());
+    let all = report(&[&a, &b]);
+    assert_eq!(all["t1"]["vcpu_cpu_s"], 5.0, "{all:?}");
+    assert_eq!(all["t1"]["vms"], 2);
+    assert_eq!(all["t2"]["vcpu_cpu_s"], 1.0);
+    // 2000..3000: the original's third second and the clone's first second.
+    let window = report(&["--from", "2000", "--to", "3000", &a, &b]);
+    assert_eq!(window["t1"]["vcpu_cpu_s"], 2.0, "{window:?}");
+}

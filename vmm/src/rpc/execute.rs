@@ -126,6 +126,7 @@ impl Vmm {
             .as_ref()
             .map(|make| make())
             .unwrap_or_default();
+        usage::cpu::forget_vcpus();
         let vm = build_and_boot_with(self.resources.config(), self.build_options, hooks)?;
         log::info!("the microVM is running");
         self.vm = Some(vm);

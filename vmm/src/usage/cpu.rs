@@ -175,6 +175,13 @@ pub fn register_current(role: ThreadRole) -> Arc<ThreadCpu> {
     slot
 }
 
+/// Drops every vCPU slot: a boot attempt is about to start its own vCPUs (a failed attempt
+/// with more vCPUs than the next must not leave its extra ones in the record).
+pub fn forget_vcpus() {
+    let mut r = registry().lock().unwrap_or_else(|e| e.into_inner());
+    r.retain(|(role, _)| !matches!(role, ThreadRole::Vcpu(_)));
+}
+
 /// Reads every registered thread: (role, cumulative CPU time), in role order.
 pub fn sample_all() -> Vec<(ThreadRole, CpuTime)> {
     let r = registry().lock().unwrap_or_else(|e| e.into_inner());

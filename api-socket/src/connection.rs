@@ -3,6 +3,7 @@
 use std::io::{self, Read, Write};
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
 
 use crate::http::{Request, Response};
 use crate::parse::{parse_request, Limits, Parsed};
@@ -29,6 +30,11 @@ pub(crate) struct Connection {
     continue_sent: bool,
     /// Logical time of the last event, for least-recently-used eviction.
     pub(crate) last_active: u64,
+    /// When the first byte of the request being received arrived (None: nothing buffered).
+    /// Unlike `last_active`, trickling bytes does not move it: it bounds the whole request.
+    request_started: Option<Instant>,
+    /// When pending output was queued or last made progress (None: nothing to send).
+    output_since: Option<Instant>,
     /// Whether epoll currently watches this connection for reading (else for writing).
     pub(crate) watching_input: bool,
 }
@@ -52,6 +58,8 @@ impl Connection {
             peer_closed: false,
             continue_sent: false,
             last_active: now,
+            request_started: None,
+            output_since: None,
             watching_input: true,
         }
     }
@@ -63,6 +71,42 @@ impl Connection {
     /// No partial request buffered and nothing left to send: safe to evict.
     pub(crate) fn is_idle(&self) -> bool {
         self.inbuf.is_empty() && !self.has_pending_output()
+    }
+
+    /// When the request being received started arriving, if one is partly buffered and the
+    /// connection is waiting for its client (not for us to drain output).
+    pub(crate) fn request_started(&self) -> Option<Instant> {
+        if self.has_pending_output() {
+            None
+        } else {
+            self.request_started
+        }
+    }
+
+    /// The instant past which this connection has held its slot too long without finishing:
+    /// a request must arrive whole within `timeout` of its first byte, and pending output
+    /// must make progress at least every `timeout`. An idle connection has no deadline.
+    pub(crate) fn deadline(&self, timeout: Duration) -> Option<Instant> {
+        let since = if self.has_pending_output() {
+            self.output_since
+        } else {
+            self.request_started
+        };
+        since.map(|t| t + timeout)
+    }
+
+    /// Called once the deadline has passed: answers a half-received request with a 400 (best
+    /// effort, without blocking) so that the client learns why the connection goes away.
+    pub(crate) fn expire(&mut self, timeout: Duration) {
+        if !self.has_pending_output() && !self.closing {
+            let fault = format!(
+                "Request not received in full within {} ms.",
+                timeout.as_millis()
+            );
+            self.inbuf.clear();
+            self.queue(&Response::fault(400, &fault), false);
+            let _ = self.flush();
+        }
     }
 
     /// What the socket holds that the server has not read yet. A burst of connections can
@@ -138,6 +182,21 @@ impl Connection {
         limits: &Limits,
         handler: &mut dyn FnMut(Request) -> Response,
     ) -> io::Result<()> {
+        let result = self.service_inner(limits, handler);
+        // Start the request clock on the first byte of a request; a consumed request stops it.
+        if self.inbuf.is_empty() {
+            self.request_started = None;
+        } else if self.request_started.is_none() {
+            self.request_started = Some(Instant::now());
+        }
+        result
+    }
+
+    fn service_inner(
+        &mut self,
+        limits: &Limits,
+        handler: &mut dyn FnMut(Request) -> Response,
+    ) -> io::Result<()> {
         loop {
             // Finish the previous answer first: a drained socket may have requests queued
             // behind it in `inbuf` that no new input event will announce.
@@ -169,6 +228,7 @@ impl Connection {
             } => {
                 self.inbuf.drain(..consumed);
                 self.continue_sent = false;
+                self.request_started = None;
                 let response = handler(request);
                 self.queue(&response, keep_alive);
                 true
@@ -176,6 +236,9 @@ impl Connection {
             Parsed::Partial { expect_continue } => {
                 if expect_continue && !self.continue_sent {
                     self.continue_sent = true;
+                    if !self.has_pending_output() {
+                        self.output_since = Some(Instant::now());
+                    }
                     self.outbuf.extend_from_slice(CONTINUE);
                 }
                 false
@@ -188,6 +251,7 @@ impl Connection {
                 log::debug!("API request refused: {fault}");
                 self.inbuf.drain(..len.min(self.inbuf.len()));
                 self.continue_sent = false;
+                self.request_started = None;
                 self.queue(&Response::fault(400, &fault), keep_alive);
                 true
             }
@@ -209,6 +273,7 @@ impl Connection {
         if self.out_pos == self.outbuf.len() {
             self.outbuf.clear();
             self.out_pos = 0;
+            self.output_since = Some(Instant::now());
         }
         response.write_to(keep_alive, &mut self.outbuf);
         if !keep_alive {
@@ -221,7 +286,10 @@ impl Connection {
         while self.has_pending_output() {
             match self.stream.write(&self.outbuf[self.out_pos..]) {
                 Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
-                Ok(n) => self.out_pos += n,
+                Ok(n) => {
+                    self.out_pos += n;
+                    self.output_since = Some(Instant::now());
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
@@ -229,6 +297,7 @@ impl Connection {
         }
         self.outbuf.clear();
         self.out_pos = 0;
+        self.output_since = None;
         Ok(())
     }
 }

@@ -1,8 +1,9 @@
 //! The API thread: HTTP/1.1 on a Unix socket, turned into typed messages for the VMM thread.
 //!
 //! This crate knows nothing about VMs. [`ApiServer`] accepts connections on a Unix socket,
-//! parses HTTP/1.1 requests with `httparse` on its own small epoll loop (non-blocking
-//! sockets, per-connection bounded buffers) and hands each complete [`Request`] to a handler,
+//! parses HTTP/1.x requests with `httparse` on its own small epoll loop (non-blocking
+//! sockets, per-connection bounded buffers, a deadline for each request and each answer so
+//! that no client can hold a connection slot) and hands each complete [`Request`] to a handler,
 //! one at a time, in arrival order; the handler's [`Response`] goes back on the wire in the
 //! same byte layout Firecracker uses (`HTTP/1.1 204 ` with an empty reason phrase, JSON
 //! bodies with `Content-Type` and `Content-Length`).

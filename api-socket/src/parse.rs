@@ -72,10 +72,7 @@ pub(crate) fn parse_request(buf: &[u8], limits: &Limits) -> Parsed {
         ));
     }
 
-    let version_minor = req.version.unwrap_or(1);
     let mut content_length: Option<usize> = None;
-    let mut conn_close = false;
-    let mut conn_keep_alive = false;
     let mut expect_continue = false;
     let mut header_list = Vec::with_capacity(req.headers.len());
     for h in req.headers.iter() {
@@ -86,7 +83,7 @@ pub(crate) fn parse_request(buf: &[u8], limits: &Limits) -> Parsed {
         let name = h.name.to_ascii_lowercase();
         match name.as_str() {
             "content-length" => {
-                let Ok(len) = value.parse::<usize>() else {
+                let Some(len) = parse_content_length(value) else {
                     return invalid(format!("Invalid Content-Length: {value:?}."));
                 };
                 if content_length.is_some_and(|prev| prev != len) {
@@ -99,22 +96,16 @@ pub(crate) fn parse_request(buf: &[u8], limits: &Limits) -> Parsed {
                     "Transfer-Encoding is not supported; send the body with Content-Length.",
                 )
             }
-            "connection" => {
-                for token in value.split(',').map(str::trim) {
-                    if token.eq_ignore_ascii_case("close") {
-                        conn_close = true;
-                    } else if token.eq_ignore_ascii_case("keep-alive") {
-                        conn_keep_alive = true;
-                    }
-                }
-            }
             "expect" => expect_continue = value.eq_ignore_ascii_case("100-continue"),
             _ => {}
         }
         header_list.push((name, value.to_string()));
     }
-    // HTTP/1.1 keeps the connection unless told otherwise; HTTP/1.0 only when asked.
-    let keep_alive = !conn_close && (version_minor >= 1 || conn_keep_alive);
+    // Firecracker keeps every connection open, whatever the HTTP version or the
+    // `Connection` header says, and answers `Connection: keep-alive`; clients rely on it
+    // (an HTTP/1.0 client sends its next request on the same socket without asking for
+    // keep-alive). Match it: only the client closes, or an error that breaks the framing.
+    let keep_alive = true;
 
     let body_len = content_length.unwrap_or(0);
     if body_len > limits.max_payload {
@@ -138,14 +129,14 @@ pub(crate) fn parse_request(buf: &[u8], limits: &Limits) -> Parsed {
             keep_alive,
         };
     };
-    let target = req.path.unwrap_or("");
-    if !target.starts_with('/') {
+    let raw_target = req.path.unwrap_or("");
+    let Some(target) = origin_form(raw_target) else {
         return Parsed::Invalid {
-            fault: format!("Invalid request target: {target:?}."),
+            fault: format!("Invalid request target: {raw_target:?}."),
             resync: Some(total),
             keep_alive,
         };
-    }
+    };
     let (path, query) = match target.split_once('?') {
         Some((p, q)) => (p.to_string(), Some(q.to_string())),
         None => (target.to_string(), None),
@@ -161,6 +152,41 @@ pub(crate) fn parse_request(buf: &[u8], limits: &Limits) -> Parsed {
         },
         consumed: total,
         keep_alive,
+    }
+}
+
+/// `Content-Length` is 1*DIGIT (RFC 9110 §8.6): no sign, no spaces inside, no `0x`. Rust's
+/// integer parser alone would also take a leading `+`. Overflowing values are refused too.
+fn parse_content_length(value: &str) -> Option<usize> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    value.parse::<usize>().ok()
+}
+
+/// The path-and-query part of a request target. The origin form (`/machine-config`) is
+/// what clients send; the absolute form (`http://localhost/machine-config`), which HTTP
+/// servers must accept and Firecracker does, is reduced to it (an empty path means `/`).
+fn origin_form(target: &str) -> Option<&str> {
+    if target.starts_with('/') {
+        return Some(target);
+    }
+    let scheme_len = "http://".len();
+    let scheme = target.get(..scheme_len)?;
+    if !scheme.eq_ignore_ascii_case("http://") {
+        return None;
+    }
+    let rest = &target[scheme_len..];
+    // The authority runs to the first `/` or `?`; it must not be empty.
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    if end == 0 {
+        return None;
+    }
+    match &rest[end..] {
+        "" => Some("/"),
+        path if path.starts_with('/') => Some(path),
+        // `http://host?x`: a query on the root path. Not worth a special case: refuse.
+        _ => None,
     }
 }
 
@@ -244,13 +270,17 @@ mod tests {
     }
 
     #[test]
-    fn connection_close_and_http10() {
-        let (_, _, ka) = complete(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n");
-        assert!(!ka);
-        let (_, _, ka) = complete(b"GET / HTTP/1.0\r\n\r\n");
-        assert!(!ka);
-        let (_, _, ka) = complete(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n");
-        assert!(ka);
+    fn every_framed_request_keeps_the_connection_as_firecracker_does() {
+        for req in [
+            &b"GET / HTTP/1.1\r\n\r\n"[..],
+            b"GET / HTTP/1.0\r\n\r\n",
+            b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n",
+            b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+            b"GET / HTTP/1.0\r\nConnection: close\r\n\r\n",
+        ] {
+            let (_, _, ka) = complete(req);
+            assert!(ka, "{}", String::from_utf8_lossy(req));
+        }
     }
 
     #[test]
@@ -288,9 +318,23 @@ mod tests {
         assert!(fault_of(b"PUT / HTTP/1.1\r\nContent-Length: abc\r\n\r\n")
             .0
             .contains("Content-Length"));
-        assert!(fault_of(b"PUT / HTTP/1.1\r\nContent-Length: -1\r\n\r\n")
-            .0
-            .contains("Content-Length"));
+        for bad in [
+            "-1",
+            "+2",
+            "0x10",
+            "1 2",
+            "1_0",
+            "",
+            "99999999999999999999999",
+        ] {
+            let req = format!("PUT / HTTP/1.1\r\nContent-Length: {bad}\r\n\r\n");
+            let (fault, resync) = fault_of(req.as_bytes());
+            assert!(fault.contains("Content-Length"), "{bad:?}: {fault}");
+            assert_eq!(resync, None, "{bad:?}: the framing is unknown");
+        }
+        // Surrounding whitespace is not part of the value.
+        let (req, _, _) = complete(b"PUT / HTTP/1.1\r\nContent-Length:  2 \r\n\r\n{}");
+        assert_eq!(req.body, b"{}");
         assert!(
             fault_of(b"PUT / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
                 .0
@@ -332,9 +376,36 @@ mod tests {
     }
 
     #[test]
-    fn absolute_form_target_is_refused() {
-        let (fault, resync) = fault_of(b"GET http://x/ HTTP/1.1\r\n\r\n");
-        assert!(fault.contains("request target"), "{fault}");
-        assert!(resync.is_some());
+    fn absolute_form_target_is_reduced_to_its_path() {
+        let (req, _, _) = complete(
+            b"PUT http://localhost/machine-config HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}",
+        );
+        assert_eq!(
+            (req.method, req.path.as_str()),
+            (Method::Put, "/machine-config")
+        );
+        let (req, _, _) = complete(b"GET HTTP://localhost:80/drives/a?x=1 HTTP/1.1\r\n\r\n");
+        assert_eq!(req.path, "/drives/a");
+        assert_eq!(req.query.as_deref(), Some("x=1"));
+        let (req, _, _) = complete(b"GET http://localhost HTTP/1.1\r\n\r\n");
+        assert_eq!(req.path, "/");
+    }
+
+    #[test]
+    fn other_targets_are_refused_with_framing_kept() {
+        for target in [
+            "*",
+            "x/y",
+            "http://",
+            "http:///x",
+            "https://h/x",
+            "ftp://h/x",
+            "http://h?x",
+        ] {
+            let req = format!("GET {target} HTTP/1.1\r\n\r\n");
+            let (fault, resync) = fault_of(req.as_bytes());
+            assert!(fault.contains("request target"), "{target}: {fault}");
+            assert!(resync.is_some(), "{target}");
+        }
     }
 }

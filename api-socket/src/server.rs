@@ -6,6 +6,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
@@ -30,6 +31,11 @@ pub struct ServerOptions {
     pub max_payload: usize,
     /// The largest request line plus headers accepted, in bytes.
     pub max_header_bytes: usize,
+    /// How long a connection may take to deliver one whole request (from its first byte),
+    /// or to accept the bytes of an answer (between two writes that make progress). Past
+    /// it the connection is closed, so a client cannot hold a slot with a request it never
+    /// finishes. Idle connections between requests have no deadline.
+    pub request_timeout: Duration,
 }
 
 impl Default for ServerOptions {
@@ -38,6 +44,7 @@ impl Default for ServerOptions {
             max_connections: 64,
             max_payload: 51_200,
             max_header_bytes: 8 * 1024,
+            request_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -176,7 +183,8 @@ impl ApiServer {
         }
         let mut events = vec![EpollEvent::default(); EVENT_BATCH];
         loop {
-            let count = match self.epoll.wait(-1, &mut events) {
+            let timeout_ms = self.next_timeout_ms();
+            let count = match self.epoll.wait(timeout_ms, &mut events) {
                 Ok(count) => count,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(source) => return Err(ApiServerError::Epoll { op: "wait", source }),
@@ -191,6 +199,43 @@ impl ApiServer {
                     id => self.on_connection_event(id, event.event_set(), handler)?,
                 }
             }
+            self.expire_overdue();
+        }
+    }
+
+    /// Milliseconds until the nearest connection deadline (rounded up), or -1 for none.
+    fn next_timeout_ms(&self) -> i32 {
+        let timeout = self.options.request_timeout;
+        let Some(nearest) = self
+            .connections
+            .values()
+            .filter_map(|c| c.deadline(timeout))
+            .min()
+        else {
+            return -1;
+        };
+        let left = nearest.saturating_duration_since(Instant::now());
+        // Round up so that the wake-up is never before the deadline (no busy loop).
+        let ms = left.as_micros().div_ceil(1000);
+        i32::try_from(ms).unwrap_or(i32::MAX)
+    }
+
+    /// Closes every connection whose deadline has passed.
+    fn expire_overdue(&mut self) {
+        let timeout = self.options.request_timeout;
+        let now = Instant::now();
+        let overdue: Vec<u64> = self
+            .connections
+            .iter()
+            .filter(|(_, c)| c.deadline(timeout).is_some_and(|d| d <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in overdue {
+            if let Some(conn) = self.connections.get_mut(&id) {
+                log::debug!("API connection {id} closed: request or answer overdue");
+                conn.expire(timeout);
+            }
+            self.remove(id);
         }
     }
 
@@ -252,8 +297,10 @@ impl ApiServer {
         Ok(())
     }
 
-    /// Closes the least recently used idle connection, or the least recently used one when
-    /// none is idle. Returns whether one was closed.
+    /// Closes the least recently used idle connection or, when none is idle, the one whose
+    /// pending request started longest ago (a client trickling bytes keeps `last_active`
+    /// fresh but not its request's start, so it cannot push everyone else out instead).
+    /// Returns whether one was closed.
     fn evict_one(&mut self) -> bool {
         // Peers that hung up go first; then idle connections with nothing waiting unread.
         let hung_up = self
@@ -270,7 +317,15 @@ impl ApiServer {
             .iter()
             .filter(|(_, c)| c.is_idle() && c.unread() == Unread::Nothing)
             .min_by_key(|(_, c)| c.last_active)
-            .or_else(|| self.connections.iter().min_by_key(|(_, c)| c.last_active))
+            .or_else(|| {
+                self.connections.iter().min_by_key(|(_, c)| {
+                    (
+                        c.request_started().is_none(),
+                        c.request_started(),
+                        c.last_active,
+                    )
+                })
+            })
             .map(|(id, _)| *id);
         match victim {
             Some(id) => {
@@ -355,6 +410,11 @@ fn check_options(options: &ServerOptions) -> Result<(), ApiServerError> {
         ("max_connections", 1, options.max_connections),
         ("max_payload", 1, options.max_payload),
         ("max_header_bytes", 64, options.max_header_bytes),
+        (
+            "request_timeout (ms)",
+            1,
+            usize::try_from(options.request_timeout.as_millis()).unwrap_or(usize::MAX),
+        ),
     ];
     for (name, min, value) in checks {
         if value < min {

@@ -90,24 +90,95 @@ fn request_split_across_many_writes_is_reassembled() {
 }
 
 #[test]
-fn connection_close_is_honoured() {
+fn connection_close_is_ignored_as_firecracker_does() {
+    // Firecracker answers `Connection: keep-alive` and keeps the connection whatever the
+    // request's `Connection` header says; a client written against it may send `close` and
+    // still reuse the socket.
     let server = TestServer::start("close", ServerOptions::default());
     let mut s = server.connect();
     s.write_all(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\nGET / HTTP/1.1\r\n\r\n")
         .expect("send");
-    let all = read_to_close(&mut s);
-    let text = String::from_utf8_lossy(&all);
-    assert_eq!(text.matches("HTTP/1.1 200 ").count(), 1, "{text}");
-    assert!(text.contains("Connection: close\r\n"), "{text}");
+    let mut pending = Vec::new();
+    for _ in 0..2 {
+        let resp = read_response(&mut s, &mut pending);
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.header("connection"), Some("keep-alive"));
+    }
+    // The client closing is what ends it.
+    s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    assert!(read_to_close(&mut s).is_empty());
 }
 
 #[test]
-fn http10_closes_after_one_answer() {
+fn http10_client_makes_ten_requests_on_one_connection() {
+    // As with Firecracker: no `Connection` header, and the connection stays open.
     let server = TestServer::start("http10", ServerOptions::default());
     let mut s = server.connect();
-    s.write_all(b"GET / HTTP/1.0\r\n\r\n").expect("send");
-    let text = String::from_utf8(read_to_close(&mut s)).expect("ascii");
-    assert!(text.starts_with("HTTP/1.1 200 \r\n"), "{text}");
+    for i in 0..10 {
+        let req = format!("GET /echo/{i} HTTP/1.0\r\n\r\n");
+        let resp = roundtrip(&mut s, req.as_bytes());
+        assert_eq!(resp.status_line, "HTTP/1.1 200 ");
+        assert_eq!(resp.header("connection"), Some("keep-alive"));
+        assert!(
+            resp.body_str()
+                .starts_with(&format!("{{\"path\":\"/echo/{i}\"")),
+            "{}",
+            resp.body_str()
+        );
+        let put = b"PUT /machine-config HTTP/1.0\r\nContent-Length: 2\r\n\r\n{}";
+        assert_eq!(roundtrip(&mut s, put).status, 204);
+    }
+}
+
+#[test]
+fn http10_with_connection_close_stays_open_too() {
+    let server = TestServer::start("http10close", ServerOptions::default());
+    let mut s = server.connect();
+    let resp = roundtrip(&mut s, b"GET / HTTP/1.0\r\nConnection: close\r\n\r\n");
+    assert_eq!(resp.header("connection"), Some("keep-alive"));
+    assert_eq!(roundtrip(&mut s, GET_ROOT).status, 200);
+}
+
+#[test]
+fn absolute_form_targets_are_served_by_their_path() {
+    let server = TestServer::start("absolute", ServerOptions::default());
+    let mut s = server.connect();
+    let resp = roundtrip(
+        &mut s,
+        b"PUT http://localhost/machine-config HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}",
+    );
+    assert_eq!(resp.status, 204);
+    let resp = roundtrip(
+        &mut s,
+        b"GET http://localhost:8080/echo/abs HTTP/1.1\r\n\r\n",
+    );
+    assert!(
+        resp.body_str().starts_with("{\"path\":\"/echo/abs\""),
+        "{}",
+        resp.body_str()
+    );
+    // A target that is neither form gets a 400 and the connection goes on.
+    let resp = roundtrip(&mut s, b"GET ftp://localhost/x HTTP/1.1\r\n\r\n");
+    assert_eq!(resp.status, 400);
+    assert!(
+        resp.body_str().contains("request target"),
+        "{}",
+        resp.body_str()
+    );
+    assert_eq!(roundtrip(&mut s, GET_ROOT).status, 200);
+}
+
+#[test]
+fn content_length_must_be_plain_digits() {
+    let server = TestServer::start("clen", ServerOptions::default());
+    for bad in ["+2", "-0", "0x2", "2 2", "2,2"] {
+        let mut s = server.connect();
+        let req = format!("PUT /mmds HTTP/1.1\r\nContent-Length: {bad}\r\n\r\n{{}}");
+        s.write_all(req.as_bytes()).expect("send");
+        let text = String::from_utf8(read_to_close(&mut s)).expect("ascii");
+        assert!(text.starts_with("HTTP/1.1 400 \r\n"), "{bad}: {text}");
+        assert!(text.contains("Invalid Content-Length"), "{bad}: {text}");
+    }
 }
 
 #[test]

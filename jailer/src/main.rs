@@ -22,9 +22,11 @@
 //!    (`--daemonize`); when it forks, the parent writes the child's pid to
 //!    `/<exec-file-name>.pid` inside the jail and exits 0;
 //! 9. drops every privilege (empty bounding set and groups, setresgid,
-//!    setresuid, no-new-privs) and execs `/<exec-file-name> --id ID ARGS...`
-//!    with only `RUST_LOG`/`RUST_BACKTRACE` kept from the environment. Paths
-//!    given to xenia after `--` are therefore relative to the jail root.
+//!    setresuid, no-new-privs) and execs `/<exec-file-name> --id ID
+//!    --start-time-us T --start-time-cpu-us C --parent-cpu-time-us P ARGS...`
+//!    (the launch's start times, see [`timing`]) with only
+//!    `RUST_LOG`/`RUST_BACKTRACE` kept from the environment. Paths given to
+//!    xenia after `--` are therefore relative to the jail root.
 //!
 //! A failure before step 7 removes what this start created. Whatever is left
 //! behind (a jail whose process ended, or a failure after step 7) does not
@@ -46,6 +48,7 @@ mod limits;
 mod netns;
 mod privileges;
 mod sys;
+mod timing;
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -77,7 +80,8 @@ enum JailerError {
 }
 
 fn main() -> ExitCode {
-    match run(std::env::args_os().skip(1).collect()) {
+    let times = timing::StartTimes::now();
+    match run(std::env::args_os().skip(1).collect(), times) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let _ = writeln!(std::io::stderr(), "xenia-jailer: error: {e}");
@@ -86,7 +90,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(argv: Vec<OsString>) -> Result<(), JailerError> {
+fn run(argv: Vec<OsString>, times: timing::StartTimes) -> Result<(), JailerError> {
     let args = match args::parse(argv)? {
         Parsed::Jail(a) => *a,
         Parsed::Help => {
@@ -114,7 +118,7 @@ fn run(argv: Vec<OsString>) -> Result<(), JailerError> {
     let paths = JailPaths::new(&args.chroot_base, &args.exec_file_name, &args.id);
     match args.action {
         Action::Cleanup => cleanup(&args, &paths),
-        Action::Run => jail_and_exec(&args, &paths),
+        Action::Run => jail_and_exec(&args, &paths, times),
     }
 }
 
@@ -128,7 +132,11 @@ fn cleanup(args: &JailerArgs, paths: &JailPaths) -> Result<(), JailerError> {
     Ok(())
 }
 
-fn jail_and_exec(args: &JailerArgs, paths: &JailPaths) -> Result<(), JailerError> {
+fn jail_and_exec(
+    args: &JailerArgs,
+    paths: &JailPaths,
+    mut times: timing::StartTimes,
+) -> Result<(), JailerError> {
     let mut rollback = Rollback::default();
     let prepared = prepare(args, paths, &mut rollback);
     let (lock, dev_null) = match prepared {
@@ -142,11 +150,22 @@ fn jail_and_exec(args: &JailerArgs, paths: &JailPaths) -> Result<(), JailerError
     // leftover is rebuilt by the next start.
     let pid_file = paths.pid_file_in_jail();
     let mut forks = privileges::Forks::default();
+    // Each step may fork; the child goes on (a changed pid says it did).
+    let pid = std::process::id();
+    let spent = times.cpu_spent();
     if args.new_pid_ns {
         privileges::enter_new_pid_ns(&pid_file, &mut forks)?;
     }
+    if std::process::id() != pid {
+        times.forked(spent);
+    }
+    let pid = std::process::id();
+    let spent = times.cpu_spent();
     if args.daemonize {
         privileges::daemonize(&dev_null, &pid_file, &mut forks)?;
+    }
+    if std::process::id() != pid {
+        times.forked(spent);
     }
     drop(dev_null);
     privileges::drop_all(args.uid, args.gid)?;
@@ -155,6 +174,7 @@ fn jail_and_exec(args: &JailerArgs, paths: &JailPaths) -> Result<(), JailerError
         OsString::from("--id"),
         OsString::from(&args.id),
     ];
+    argv.extend(times.args());
     argv.extend(args.exec_args.iter().cloned());
     Err(privileges::exec(&paths.exec_in_jail(), &argv, &lock).into())
 }

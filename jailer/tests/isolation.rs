@@ -55,10 +55,27 @@ fn probe_runs_as_tenant_without_privileges_in_its_own_root() {
     assert_eq!(running.value("open /dev/kvm"), "ok");
     assert_eq!(running.value("open /dev/net/tun"), "ok");
     assert_eq!(running.value("open /"), "ok");
-    // The arguments after `--` follow `--id ID`.
+    // The arguments after `--` follow `--id ID` and the launch's start times (Firecracker's
+    // jailer's flags), which are numbers of microseconds.
+    let argv = running.value("argv");
+    let words: Vec<&str> = argv.split(' ').collect();
+    assert_eq!(words.len(), 12, "{argv}");
+    assert_eq!(words[..2], ["--id", jail.id.as_str()], "{argv}");
+    for (i, flag) in [
+        "--start-time-us",
+        "--start-time-cpu-us",
+        "--parent-cpu-time-us",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        assert_eq!(words[2 + 2 * i], flag, "{argv}");
+        assert!(words[3 + 2 * i].parse::<u64>().is_ok(), "{argv}");
+    }
     assert_eq!(
-        running.value("argv"),
-        format!("--id {} /etc/shadow /dev/kvm /dev/net/tun /", jail.id)
+        words[8..],
+        ["/etc/shadow", "/dev/kvm", "/dev/net/tun", "/"],
+        "{argv}"
     );
 
     // The copy is a real copy (not a link to the host's file), not writable by the tenant.
@@ -175,6 +192,14 @@ fn new_pid_ns_makes_the_probe_pid_1() {
     let jail = Jail::new("pidns", 40031);
     let mut running = jail.start(&["--new-pid-ns"], &[]);
     assert_eq!(running.value("pid"), "1");
+    // The child's CPU clock restarted at the fork: it counts from 0, and what the jailer had
+    // spent before (building the jail) is passed as the parent's CPU time.
+    let argv = running.value("argv");
+    let words: Vec<&str> = argv.split(' ').collect();
+    assert_eq!(words[4..6], ["--start-time-cpu-us", "0"], "{argv}");
+    assert_eq!(words[6], "--parent-cpu-time-us", "{argv}");
+    let parent: u64 = words[7].parse().unwrap();
+    assert!((1..60_000_000).contains(&parent), "{argv}");
     // The jailer forked, wrote the child's pid into the jail and exited 0.
     assert!(running.wait_jailer().success());
     let pid_file = jail.root().join(format!("{PROBE_NAME}.pid"));

@@ -23,6 +23,20 @@ Usage: xenia [OPTIONS]
   --show-level         show the level in log lines
   --show-log-origin    show the source file and line in log lines
   --boot-timer         log the time from start to the guest's boot-timer write (port 0x3f0)
+  --module MODULE      log only lines from modules whose path starts with MODULE
+  --start-time-us US   when the launcher started, in microseconds of CLOCK_MONOTONIC: the
+                       time to API readiness is reported as api_server.process_startup_time_us
+  --start-time-cpu-us US
+                       the launcher's process CPU time at that moment, in microseconds:
+                       api_server.process_startup_time_cpu_us counts the CPU spent since
+  --parent-cpu-time-us US
+                       CPU time a forking launcher spent in its parent, in microseconds,
+                       added to api_server.process_startup_time_cpu_us
+  --mmds-size-limit BYTES
+                       largest MMDS data store (default: the API payload limit); accepted
+                       and checked, for when MMDS is supported
+  --metadata FILE      initial MMDS contents: refused, MMDS is not supported yet
+  --enable-pci         refused: xenia has no PCI transport yet (virtio-mmio only)
   --seccomp-filter FILE
                        use the seccomp filters in FILE (JSON, the format of
                        resources/seccomp/x86_64.json, one filter each for vmm, api, vcpu
@@ -55,6 +69,12 @@ pub enum CliError {
     BadValue { flag: &'static str, reason: String },
     #[error("{0} was given twice")]
     Duplicate(&'static str),
+    /// A Firecracker flag for a feature xenia does not have yet.
+    #[error("{flag}: {reason}")]
+    Unsupported {
+        flag: &'static str,
+        reason: &'static str,
+    },
 }
 
 /// Parsed arguments.
@@ -71,6 +91,20 @@ pub struct CliArgs {
     pub show_level: bool,
     pub show_log_origin: bool,
     pub boot_timer: bool,
+    /// Logger module filter (`--module`), over the config file's `logger.module`.
+    pub module: Option<String>,
+    /// `--start-time-us`: the launcher's start, microseconds of CLOCK_MONOTONIC.
+    pub start_time_us: Option<u64>,
+    /// `--start-time-cpu-us`: the launcher's process CPU time then, in microseconds.
+    pub start_time_cpu_us: Option<u64>,
+    /// `--parent-cpu-time-us`: CPU time of a forking launcher's parent, in microseconds.
+    pub parent_cpu_time_us: Option<u64>,
+    /// `--mmds-size-limit`: kept for the MMDS data store (see [`CliArgs::mmds_size_limit`]).
+    pub mmds_size_limit: Option<usize>,
+    /// `--metadata`: a file with the initial MMDS contents (refused until MMDS exists).
+    pub metadata: Option<String>,
+    /// `--enable-pci` (refused: no PCI transport).
+    pub enable_pci: bool,
     pub seccomp_filter: Option<String>,
     pub no_seccomp: bool,
     pub version: bool,
@@ -91,6 +125,13 @@ impl Default for CliArgs {
             show_level: false,
             show_log_origin: false,
             boot_timer: false,
+            module: None,
+            start_time_us: None,
+            start_time_cpu_us: None,
+            parent_cpu_time_us: None,
+            mmds_size_limit: None,
+            metadata: None,
+            enable_pci: false,
             seccomp_filter: None,
             no_seccomp: false,
             version: false,
@@ -105,6 +146,32 @@ fn set_once<T>(slot: &mut Option<T>, flag: &'static str, value: T) -> Result<(),
     }
     *slot = Some(value);
     Ok(())
+}
+
+/// A count of microseconds (any u64: a clock reading may be large, zero is valid).
+fn micros(flag: &'static str, value: &str) -> Result<u64, CliError> {
+    digits(value)
+        .and_then(|_| value.parse::<u64>().ok())
+        .ok_or_else(|| CliError::BadValue {
+            flag,
+            reason: format!("`{value}` is not a number of microseconds"),
+        })
+}
+
+/// A positive number of bytes.
+fn bytes(flag: &'static str, value: &str) -> Result<usize, CliError> {
+    digits(value)
+        .and_then(|_| value.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .ok_or_else(|| CliError::BadValue {
+            flag,
+            reason: format!("`{value}` is not a positive number of bytes"),
+        })
+}
+
+/// Only ASCII digits (Rust's parser would also take a leading `+`).
+fn digits(value: &str) -> Option<()> {
+    value.bytes().all(|b| b.is_ascii_digit()).then_some(())
 }
 
 fn non_empty(flag: &'static str, value: String) -> Result<String, CliError> {
@@ -149,14 +216,30 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<CliArgs, CliErro
             )?,
             "--http-api-max-payload-size" => {
                 const FLAG: &str = "--http-api-max-payload-size";
-                let v = value(FLAG)?;
-                let n = v.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| {
-                    CliError::BadValue {
-                        flag: FLAG,
-                        reason: format!("`{v}` is not a positive number of bytes"),
-                    }
-                })?;
+                let n = bytes(FLAG, &value(FLAG)?)?;
                 set_once(&mut out.max_payload, FLAG, n)?;
+            }
+            "--mmds-size-limit" => {
+                const FLAG: &str = "--mmds-size-limit";
+                let n = bytes(FLAG, &value(FLAG)?)?;
+                set_once(&mut out.mmds_size_limit, FLAG, n)?;
+            }
+            "--module" => set_once(&mut out.module, "--module", value("--module")?)?,
+            "--metadata" => set_once(&mut out.metadata, "--metadata", value("--metadata")?)?,
+            "--start-time-us" => {
+                const FLAG: &str = "--start-time-us";
+                let n = micros(FLAG, &value(FLAG)?)?;
+                set_once(&mut out.start_time_us, FLAG, n)?;
+            }
+            "--start-time-cpu-us" => {
+                const FLAG: &str = "--start-time-cpu-us";
+                let n = micros(FLAG, &value(FLAG)?)?;
+                set_once(&mut out.start_time_cpu_us, FLAG, n)?;
+            }
+            "--parent-cpu-time-us" => {
+                const FLAG: &str = "--parent-cpu-time-us";
+                let n = micros(FLAG, &value(FLAG)?)?;
+                set_once(&mut out.parent_cpu_time_us, FLAG, n)?;
             }
             "--log-path" => set_once(&mut out.log_path, "--log-path", value("--log-path")?)?,
             "--seccomp-filter" => set_once(
@@ -173,7 +256,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<CliArgs, CliErro
                 set_once(&mut out.level, "--level", level)?;
             }
             flag @ ("--no-api" | "--show-level" | "--show-log-origin" | "--boot-timer"
-            | "--no-seccomp" | "--version" | "--help") => {
+            | "--no-seccomp" | "--enable-pci" | "--version" | "--help") => {
                 if inline.is_some() {
                     return Err(CliError::Unknown(arg));
                 }
@@ -183,6 +266,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<CliArgs, CliErro
                     "--show-log-origin" => out.show_log_origin = true,
                     "--boot-timer" => out.boot_timer = true,
                     "--no-seccomp" => out.no_seccomp = true,
+                    "--enable-pci" => out.enable_pci = true,
                     "--version" => out.version = true,
                     _ => out.help = true,
                 }
@@ -207,6 +291,33 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<CliArgs, CliErro
 }
 
 impl CliArgs {
+    /// Refuses Firecracker flags whose feature xenia does not have yet, naming it.
+    pub fn check_supported(&self) -> Result<(), CliError> {
+        if self.enable_pci {
+            return Err(CliError::Unsupported {
+                flag: "--enable-pci",
+                reason: "xenia has no PCI transport yet: its virtio devices are on virtio-mmio, \
+                         so the flag cannot be honoured",
+            });
+        }
+        if self.metadata.is_some() {
+            return Err(CliError::Unsupported {
+                flag: "--metadata",
+                reason: "the MMDS (microVM metadata service) is not supported by this version \
+                         of xenia, so there is no data store to load the file into",
+            });
+        }
+        Ok(())
+    }
+
+    /// The MMDS data store limit: `--mmds-size-limit`, else the API payload limit (as in
+    /// Firecracker, so that a `PUT /mmds` the API accepts also fits the store).
+    pub fn mmds_size_limit(&self) -> usize {
+        self.mmds_size_limit
+            .or(self.max_payload)
+            .unwrap_or(DEFAULT_MAX_PAYLOAD)
+    }
+
     /// The socket to serve the API on; `None` with `--no-api`.
     pub fn api_socket(&self) -> Option<&str> {
         if self.no_api {
@@ -261,6 +372,68 @@ mod tests {
         assert_eq!(a.max_payload, Some(1024));
         assert_eq!(a.api_socket(), Some("/s"));
         assert!(a.show_level && a.show_log_origin && a.boot_timer);
+    }
+
+    #[test]
+    fn firecracker_launcher_flags() {
+        let a = p(&[
+            "--start-time-us",
+            "123456789",
+            "--start-time-cpu-us=42",
+            "--parent-cpu-time-us",
+            "0",
+            "--module",
+            "vmm::rpc",
+            "--mmds-size-limit",
+            "4096",
+        ])
+        .unwrap();
+        assert_eq!(a.start_time_us, Some(123_456_789));
+        assert_eq!(a.start_time_cpu_us, Some(42));
+        assert_eq!(a.parent_cpu_time_us, Some(0));
+        assert_eq!(a.module.as_deref(), Some("vmm::rpc"));
+        assert_eq!(a.mmds_size_limit(), 4096);
+        assert_eq!(a.check_supported(), Ok(()));
+        for bad in ["-1", "+5", "1.5", "soon", "99999999999999999999999"] {
+            assert!(
+                matches!(
+                    p(&["--start-time-us", bad]),
+                    Err(CliError::BadValue {
+                        flag: "--start-time-us",
+                        ..
+                    })
+                ),
+                "{bad}"
+            );
+        }
+        assert!(p(&["--mmds-size-limit", "0"]).is_err());
+        assert!(p(&["--mmds-size-limit", "+9"]).is_err());
+        assert_eq!(
+            p(&["--parent-cpu-time-us", "1", "--parent-cpu-time-us", "2"]),
+            Err(CliError::Duplicate("--parent-cpu-time-us"))
+        );
+    }
+
+    #[test]
+    fn mmds_size_limit_defaults_to_the_payload_limit() {
+        assert_eq!(p(&[]).unwrap().mmds_size_limit(), DEFAULT_MAX_PAYLOAD);
+        let a = p(&["--http-api-max-payload-size", "1000"]).unwrap();
+        assert_eq!(a.mmds_size_limit(), 1000);
+    }
+
+    #[test]
+    fn flags_for_missing_features_are_refused_by_name() {
+        let a = p(&["--enable-pci"]).unwrap();
+        let e = a.check_supported().unwrap_err().to_string();
+        assert!(e.starts_with("--enable-pci: ") && e.contains("PCI"), "{e}");
+        assert_eq!(
+            p(&["--enable-pci=1"]),
+            Err(CliError::Unknown("--enable-pci=1".into()))
+        );
+        let a = p(&["--metadata", "/m.json"]).unwrap();
+        assert_eq!(a.metadata.as_deref(), Some("/m.json"));
+        let e = a.check_supported().unwrap_err().to_string();
+        assert!(e.starts_with("--metadata: ") && e.contains("MMDS"), "{e}");
     }
 
     #[test]

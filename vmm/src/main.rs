@@ -35,7 +35,7 @@ fn logger_settings(args: &CliArgs, config: Option<&VmConfig>) -> LoggerSettings 
         show_level: args.show_level || section.show_level.unwrap_or(false),
         show_origin: args.show_log_origin || section.show_log_origin.unwrap_or(false),
         log_path: args.log_path.clone().or(section.log_path),
-        module: section.module,
+        module: args.module.clone().or(section.module),
     }
 }
 
@@ -107,6 +107,12 @@ fn prepare(args: &CliArgs, start: Instant) -> Result<ControlLoop, String> {
             ApiThread::spawn(server, filter_hook(ThreadKind::Api)).map_err(|e| e.to_string())?;
         control.attach_api(api).map_err(|e| e.to_string())?;
     }
+    // Ready to serve: how long it took since the launcher started us (when it said).
+    vmm::metrics::global().startup.record(
+        args.start_time_us,
+        args.start_time_cpu_us,
+        args.parent_cpu_time_us,
+    );
     // Last: starting the VM installs the VMM thread's filter, which threads started after it
     // would inherit.
     if args.config_file.is_some() {
@@ -131,6 +137,9 @@ fn run(start: Instant) -> ExitCode {
     }
     // Log to stderr until the configuration says otherwise.
     if let Err(e) = logger::configure(logger_settings(&args, None)) {
+        return fail(&e.to_string());
+    }
+    if let Err(e) = args.check_supported() {
         return fail(&e.to_string());
     }
     if args.no_api && args.config_file.is_none() {

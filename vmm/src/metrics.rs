@@ -100,6 +100,86 @@ pub struct SerialMetrics {
     pub dropped_bytes: Counter,
 }
 
+/// Requests that used a deprecated field or path (Firecracker's names).
+#[derive(Debug, Default, Serialize)]
+pub struct DeprecatedApiMetrics {
+    pub deprecated_http_api_calls: Counter,
+}
+
+/// How long the process took to get ready to serve, measured from the start times a launcher
+/// passes (`--start-time-us`, `--start-time-cpu-us`, `--parent-cpu-time-us`); written under
+/// `api_server` with Firecracker's names. 0 until known.
+#[derive(Debug, Default)]
+pub struct StartupMetrics {
+    pub process_startup_time_us: AtomicU64,
+    pub process_startup_time_cpu_us: AtomicU64,
+}
+
+impl StartupMetrics {
+    /// Records the time from the launcher's start (`--start-time-us`, CLOCK_MONOTONIC) and
+    /// the CPU time since its CPU reading (`--start-time-cpu-us`, plus `--parent-cpu-time-us`
+    /// spent by a forking launcher's parent) to now. Call it once the VMM is ready to serve.
+    /// A value the launcher did not pass is left at 0, as Firecracker does.
+    pub fn record(
+        &self,
+        start_us: Option<u64>,
+        start_cpu_us: Option<u64>,
+        parent_cpu_us: Option<u64>,
+    ) {
+        let (wall, cpu) = startup_times(
+            clock_us(libc::CLOCK_MONOTONIC),
+            clock_us(libc::CLOCK_PROCESS_CPUTIME_ID),
+            start_us,
+            start_cpu_us,
+            parent_cpu_us,
+        );
+        if let Some(us) = wall {
+            self.process_startup_time_us.store(us, Ordering::Relaxed);
+            log::info!("process startup time: {us} us");
+        }
+        if let Some(us) = cpu {
+            self.process_startup_time_cpu_us
+                .store(us, Ordering::Relaxed);
+            log::info!("process startup CPU time: {us} us");
+        }
+    }
+}
+
+/// The startup times from clock readings (`now_us`, `now_cpu_us`) and the launcher's values.
+/// A launcher time in the future (a clock mix-up) gives 0 rather than a huge number.
+fn startup_times(
+    now_us: Option<u64>,
+    now_cpu_us: Option<u64>,
+    start_us: Option<u64>,
+    start_cpu_us: Option<u64>,
+    parent_cpu_us: Option<u64>,
+) -> (Option<u64>, Option<u64>) {
+    let wall = start_us
+        .zip(now_us)
+        .map(|(start, now)| now.saturating_sub(start));
+    let cpu = start_cpu_us.zip(now_cpu_us).map(|(start, now)| {
+        now.saturating_sub(start)
+            .saturating_add(parent_cpu_us.unwrap_or(0))
+    });
+    (wall, cpu)
+}
+
+/// A clock's reading in microseconds, or None if the clock cannot be read.
+fn clock_us(clock: libc::clockid_t) -> Option<u64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime(2) writes one timespec, which lives on this stack frame.
+    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
+    if rc != 0 {
+        return None;
+    }
+    let secs = u64::try_from(ts.tv_sec).ok()?;
+    let nanos = u64::try_from(ts.tv_nsec).ok()?;
+    Some(secs.saturating_mul(1_000_000).saturating_add(nanos / 1_000))
+}
+
 type DeviceSource = Box<dyn Fn() -> Value + Send + Sync>;
 
 /// Every metric of one VMM process.
@@ -107,6 +187,8 @@ type DeviceSource = Box<dyn Fn() -> Value + Send + Sync>;
 pub struct Metrics {
     pub vcpu: VcpuMetrics,
     pub serial: SerialMetrics,
+    pub deprecated_api: DeprecatedApiMetrics,
+    pub startup: StartupMetrics,
     pub logger: LoggerMetrics,
     api: Mutex<BTreeMap<String, RouteStats>>,
     devices: Mutex<Vec<(String, DeviceSource)>>,
@@ -147,10 +229,24 @@ impl Metrics {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
-        let api = self.api.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let routes = self.api.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        // Route keys look like "GET /": they cannot collide with the two startup keys.
+        let mut api = json!(routes);
+        if let Value::Object(map) = &mut api {
+            let startup = &self.startup;
+            map.insert(
+                "process_startup_time_us".into(),
+                json!(startup.process_startup_time_us.load(Ordering::Relaxed)),
+            );
+            map.insert(
+                "process_startup_time_cpu_us".into(),
+                json!(startup.process_startup_time_cpu_us.load(Ordering::Relaxed)),
+            );
+        }
         let mut out = json!({
             "utc_timestamp_ms": u64::try_from(now.as_millis()).unwrap_or(u64::MAX),
             "api_server": api,
+            "deprecated_api": &self.deprecated_api,
             "vcpu": &self.vcpu,
             "uart": &self.serial,
             "logger": &self.logger,
@@ -288,6 +384,42 @@ mod tests {
         assert_eq!(lines[0]["id"], "vm-7");
         assert_eq!(lines[0]["properties"]["az"], "eu-1");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn startup_times_from_launcher_values() {
+        assert_eq!(
+            startup_times(Some(5_000), Some(900), Some(1_000), Some(100), Some(50)),
+            (Some(4_000), Some(850))
+        );
+        assert_eq!(
+            startup_times(Some(5_000), Some(900), None, None, Some(50)),
+            (None, None)
+        );
+        // A start in the future (another clock) is clamped, not wrapped.
+        assert_eq!(
+            startup_times(Some(5), Some(5), Some(10), Some(10), None),
+            (Some(0), Some(0))
+        );
+    }
+
+    #[test]
+    fn recorded_startup_times_appear_under_api_server() {
+        let m = Metrics::default();
+        let s = m.snapshot();
+        assert_eq!(s["api_server"]["process_startup_time_us"], 0);
+        let now = clock_us(libc::CLOCK_MONOTONIC).unwrap();
+        let cpu = clock_us(libc::CLOCK_PROCESS_CPUTIME_ID).unwrap();
+        m.startup
+            .record(Some(now - 2_000_000), Some(cpu), Some(1_000_000));
+        let s = m.snapshot();
+        let wall = s["api_server"]["process_startup_time_us"].as_u64().unwrap();
+        let cpu = s["api_server"]["process_startup_time_cpu_us"]
+            .as_u64()
+            .unwrap();
+        assert!((2_000_000..60_000_000).contains(&wall), "{wall}");
+        assert!((1_000_000..60_000_000).contains(&cpu), "{cpu}");
+        assert_eq!(s["deprecated_api"]["deprecated_http_api_calls"], 0);
     }
 
     #[test]

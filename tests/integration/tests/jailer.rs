@@ -202,6 +202,12 @@ fn jailed_api_sees_only_the_jail_and_boots_through_the_socket() {
         r#"{"drive_id": "data", "path_on_host": "/disk.img", "is_root_device": false}"#,
         204,
     );
+    api.expect(
+        "PUT",
+        "/metrics",
+        r#"{"metrics_path": "/metrics.json"}"#,
+        204,
+    );
     let boot = json!({"kernel_image_path": "/probe.elf", "boot_args": probe_args("blk-write:0:8:3,blk-read:0:8:3,idle")});
     api.expect("PUT", "/boot-source", &boot.to_string(), 204);
     api.expect(
@@ -225,6 +231,16 @@ fn jailed_api_sees_only_the_jail_and_boots_through_the_socket() {
     assert_eq!(api.expect("GET", "/", "", 200).json()["state"], "Running");
     // The socket the host sees is the one inside the jail.
     assert!(jail.root().join("api.sock").exists());
+    // The jailer passed the launch's start times: the startup metrics cover it.
+    api.expect("PUT", "/actions", r#"{"action_type": "FlushMetrics"}"#, 204);
+    let text = std::fs::read_to_string(jail.root().join("metrics.json")).expect("metrics file");
+    let line: serde_json::Value =
+        serde_json::from_str(text.lines().next().unwrap_or_default()).expect("a JSON line");
+    let startup = &line["api_server"];
+    let wall = startup["process_startup_time_us"].as_u64().unwrap_or(0);
+    let cpu = startup["process_startup_time_cpu_us"].as_u64().unwrap_or(0);
+    assert!((1..60_000_000).contains(&wall), "{line}");
+    assert!((1..60_000_000).contains(&cpu), "{line}");
 }
 
 #[test]

@@ -12,9 +12,10 @@ pub const MAX_BOOT_ARGS_LEN: usize = 1536;
 #[serde(deny_unknown_fields)]
 pub struct BootSourceConfig {
     pub kernel_image_path: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Written as `null` when unset, as in Firecracker's export.
+    #[serde(default)]
     pub initrd_path: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub boot_args: Option<String>,
 }
 

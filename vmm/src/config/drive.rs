@@ -19,9 +19,9 @@ pub struct DriveConfig {
     pub partuuid: Option<String>,
     #[serde(default)]
     pub is_read_only: Option<bool>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::export::null_as_default")]
     pub cache_type: CacheType,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::export::null_as_default")]
     pub io_engine: IoEngine,
     /// xenia extension: `Raw` (default, omitted from `GET /vm/config`) or `Qcow2`. Never
     /// probed from the file.

@@ -8,6 +8,7 @@
 
 mod boot_source;
 mod drive;
+mod export;
 mod logger;
 mod machine_config;
 mod metrics;
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 pub use boot_source::BootSourceConfig;
 pub use drive::{CacheType, DriveConfig, DriveUpdate, ImageFormat, IoEngine};
+pub(crate) use export::array_used_as_object;
 pub use logger::{LogLevel, LoggerConfig};
 pub use machine_config::{HugePages, MachineConfig, MachineConfigUpdate, MAX_VCPUS};
 pub use metrics::MetricsConfig;
@@ -86,46 +88,93 @@ pub(crate) fn validate_path(field: &str, path: &str) -> Result<(), ConfigError> 
 
 /// A whole VM configuration: the `--config-file` schema and the `GET /vm/config` answer.
 ///
+/// It is written in Firecracker's export shape, so that each VMM loads the other's export:
+/// every section is present, `boot-source` and `machine-config` show the defaults when
+/// unset (an empty kernel path; 1 vCPU, 128 MiB), list sections are `[]`, the others `null`.
+/// The xenia-only `serial` section is written only when set, out of the way of parsers that
+/// refuse unknown sections.
+///
 /// Sections xenia does not implement yet are kept as raw JSON so that they are reported as
-/// "not supported" (rather than "unknown field") and appear as `null` in `GET /vm/config`.
+/// "not supported" (rather than "unknown field"); `null` or `[]` asks for nothing and is
+/// accepted, as Firecracker's own export contains them.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VmConfig {
-    #[serde(rename = "boot-source")]
+    #[serde(
+        rename = "boot-source",
+        default,
+        serialize_with = "export::boot_source_or_empty"
+    )]
     pub boot_source: Option<BootSourceConfig>,
-    #[serde(rename = "machine-config", default)]
+    #[serde(
+        rename = "machine-config",
+        default,
+        serialize_with = "export::machine_config_or_default"
+    )]
     pub machine_config: Option<MachineConfig>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "export::null_as_empty")]
     pub drives: Vec<DriveConfig>,
-    #[serde(rename = "network-interfaces", default)]
+    #[serde(
+        rename = "network-interfaces",
+        default,
+        deserialize_with = "export::null_as_empty"
+    )]
     pub network_interfaces: Vec<NetworkInterfaceConfig>,
     #[serde(default)]
     pub logger: Option<LoggerConfig>,
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
-    #[serde(default)]
+    /// xenia only (Firecracker has `PUT /serial` but no such section in its export).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial: Option<SerialConfig>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "export::unless_empty")]
     pub balloon: Option<serde_json::Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "export::unless_empty")]
     pub vsock: Option<serde_json::Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "export::unless_empty")]
     pub entropy: Option<serde_json::Value>,
-    #[serde(rename = "mmds-config", default)]
+    #[serde(
+        rename = "mmds-config",
+        default,
+        deserialize_with = "export::unless_empty"
+    )]
     pub mmds_config: Option<serde_json::Value>,
-    #[serde(rename = "cpu-config", default)]
+    #[serde(
+        rename = "cpu-config",
+        default,
+        deserialize_with = "export::unless_empty"
+    )]
     pub cpu_config: Option<serde_json::Value>,
-    #[serde(default)]
+    /// A list in Firecracker's schema: written as `[]`.
+    #[serde(
+        default,
+        deserialize_with = "export::unless_empty",
+        serialize_with = "export::list_or_empty"
+    )]
     pub pmem: Option<serde_json::Value>,
-    #[serde(rename = "memory-hotplug", default)]
+    #[serde(
+        rename = "memory-hotplug",
+        default,
+        deserialize_with = "export::unless_empty"
+    )]
     pub memory_hotplug: Option<serde_json::Value>,
 }
 
 impl VmConfig {
     /// Parses and validates a configuration file's text.
     pub fn from_json(text: &str) -> Result<Self, ConfigError> {
-        let config: VmConfig =
+        let value: serde_json::Value =
             serde_json::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        export::check_objects(&value)?;
+        let config: VmConfig =
+            serde_json::from_value(value.clone()).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let written =
+            serde_json::to_value(&config).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        if let Some(path) = export::array_used_as_object(&value, &written) {
+            return Err(ConfigError::Parse(format!(
+                "`{path}` must be a JSON object, not an array"
+            )));
+        }
         config.validate()?;
         Ok(config)
     }
@@ -199,23 +248,153 @@ mod tests {
         assert_eq!(e, ConfigError::Unsupported("vsock"));
     }
 
+    /// The sections of Firecracker's `FullVmConfiguration` (its OpenAPI document).
+    const FIRECRACKER_SECTIONS: &[&str] = &[
+        "balloon",
+        "drives",
+        "boot-source",
+        "cpu-config",
+        "logger",
+        "machine-config",
+        "metrics",
+        "memory-hotplug",
+        "mmds-config",
+        "network-interfaces",
+        "pmem",
+        "vsock",
+        "entropy",
+    ];
+
     #[test]
-    fn serializes_every_section_with_null_where_unset() {
+    fn a_fresh_export_has_firecrackers_shape() {
         let v = serde_json::to_value(VmConfig::default()).unwrap();
-        for key in [
-            "boot-source",
-            "machine-config",
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut want = FIRECRACKER_SECTIONS.to_vec();
+        want.sort_unstable();
+        let mut got = keys.clone();
+        got.sort_unstable();
+        assert_eq!(got, want, "exactly Firecracker's sections: {v}");
+        assert_eq!(
+            v["boot-source"],
+            serde_json::json!({"kernel_image_path": "", "initrd_path": null, "boot_args": null})
+        );
+        assert_eq!(
+            v["machine-config"],
+            serde_json::json!({"vcpu_count": 1, "mem_size_mib": 128, "smt": false,
+                               "track_dirty_pages": false, "huge_pages": "None"})
+        );
+        for list in ["drives", "network-interfaces", "pmem"] {
+            assert_eq!(v[list], serde_json::json!([]), "{list}");
+        }
+        for object in [
+            "balloon",
+            "cpu-config",
             "logger",
             "metrics",
+            "memory-hotplug",
+            "mmds-config",
             "vsock",
-            "balloon",
+            "entropy",
         ] {
-            assert!(
-                v.get(key).is_some_and(|x| x.is_null()),
-                "{key} missing: {v}"
-            );
+            assert!(v[object].is_null(), "{object}: {v}");
         }
-        assert_eq!(v["drives"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn the_serial_section_is_written_only_when_set() {
+        let c = VmConfig {
+            serial: Some(SerialConfig::default()),
+            ..Default::default()
+        };
+        let v = serde_json::to_value(&c).unwrap();
+        assert!(v["serial"].is_object(), "{v}");
+    }
+
+    #[test]
+    fn firecrackers_export_is_accepted() {
+        let text = include_str!("../../../tests/integration/fixtures/firecracker-vm-config.json")
+            .replace("@KERNEL@", "/k")
+            .replace("@BOOT_ARGS@", "console=ttyS0")
+            .replace("@DISK@", "/d.img");
+        let c = VmConfig::from_json(&text).unwrap();
+        assert_eq!(c.boot_source.as_ref().unwrap().kernel_image_path, "/k");
+        assert_eq!(c.machine_config.as_ref().unwrap().vcpu_count, 2);
+        assert_eq!(c.drives.len(), 1);
+        assert!(c.drives[0].read_only());
+        assert!(c.pmem.is_none() && c.vsock.is_none());
+        // Our export of it parses again to the same thing.
+        let again = VmConfig::from_json(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(c, again);
+    }
+
+    #[test]
+    fn our_fresh_export_parses_back_except_for_the_missing_kernel() {
+        let text = serde_json::to_string(&VmConfig::default()).unwrap();
+        let e = VmConfig::from_json(&text).unwrap_err().to_string();
+        assert!(e.contains("kernel_image_path"), "{e}");
+        let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v["boot-source"]["kernel_image_path"] = "/k".into();
+        let c = VmConfig::from_json(&v.to_string()).unwrap();
+        assert_eq!(c.machine_config, Some(MachineConfig::default()));
+    }
+
+    #[test]
+    fn unimplemented_sections_asking_for_nothing_are_accepted() {
+        for empty in ["null", "[]"] {
+            for section in [
+                "balloon",
+                "vsock",
+                "entropy",
+                "mmds-config",
+                "cpu-config",
+                "pmem",
+                "memory-hotplug",
+            ] {
+                let text = format!(r#"{{"{section}": {empty}}}"#);
+                let c = VmConfig::from_json(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+                assert_eq!(c, VmConfig::default(), "{text}");
+            }
+        }
+        assert_eq!(
+            VmConfig::from_json(r#"{"pmem": [{"id": "p", "path_on_host": "/p"}]}"#).unwrap_err(),
+            ConfigError::Unsupported("pmem")
+        );
+        assert_eq!(
+            VmConfig::from_json(r#"{"balloon": {"amount_mib": 0}}"#).unwrap_err(),
+            ConfigError::Unsupported("balloon")
+        );
+        let c = VmConfig::from_json(r#"{"drives": null, "network-interfaces": null}"#).unwrap();
+        assert!(c.drives.is_empty() && c.network_interfaces.is_empty());
+    }
+
+    #[test]
+    fn sections_must_be_objects_not_arrays() {
+        for (text, needle) in [
+            ("[]", "must be a JSON object, not an array"),
+            (
+                r#"{"machine-config": [2, 256]}"#,
+                "`machine-config` must be a JSON object",
+            ),
+            (
+                r#"{"boot-source": ["/k"]}"#,
+                "`boot-source` must be a JSON object",
+            ),
+            (r#"{"logger": []}"#, "`logger` must be a JSON object"),
+            (r#"{"vsock": [3, "/v"]}"#, "`vsock` must be a JSON object"),
+            (r#"{"drives": [["d", "/d", true]]}"#, "`drives`: each entry"),
+            (
+                r#"{"drives": {"drive_id": "d"}}"#,
+                "`drives` must be a list",
+            ),
+            (
+                r#"{"drives": [{"drive_id": "d", "path_on_host": "/d", "is_root_device": false,
+                    "rate_limiter": {"bandwidth": [100, 0, 10]}}]}"#,
+                "`drives[0].rate_limiter.bandwidth` must be a JSON object",
+            ),
+        ] {
+            let e = VmConfig::from_json(text).unwrap_err().to_string();
+            assert!(e.contains(needle), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use api_socket::{Request, Response};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::response::{response_for, ActionError, VmmData};
-use super::routes::parse_request;
+use super::routes::{note_deprecations, parse_request};
 use super::VmmAction;
 
 /// One action for the VMM thread and where to send its outcome.
@@ -32,6 +32,8 @@ pub fn api_handler(to_vmm: Sender<ApiRequest>, wake: EventFd) -> impl FnMut(Requ
                 return e.into();
             }
         };
+        note_deprecations(&parsed);
+        let deprecated = parsed.is_deprecated();
         let (reply, answer) = channel();
         let sent = to_vmm.send(ApiRequest {
             action: parsed.action,
@@ -44,7 +46,7 @@ pub fn api_handler(to_vmm: Sender<ApiRequest>, wake: EventFd) -> impl FnMut(Requ
             Ok(result) => response_for(result),
             Err(_) => Response::fault(500, "Internal error: the VMM thread did not answer."),
         };
-        if parsed.deprecated {
+        if deprecated {
             response.deprecated()
         } else {
             response

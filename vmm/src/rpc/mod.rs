@@ -17,7 +17,9 @@ pub use execute::{Vmm, VmmError, APP_NAME};
 pub use thread::{instrumented, route_key, ApiThread, ApiThreadError, ThreadStartHook};
 
 pub use response::{response_for, ActionError, InstanceInfo, InstanceState, VersionInfo, VmmData};
-pub use routes::{parse_request, ParsedRequest, RouteError, ROUTES, UNSUPPORTED_ROUTES};
+pub use routes::{
+    note_deprecations, parse_request, ParsedRequest, RouteError, ROUTES, UNSUPPORTED_ROUTES,
+};
 
 use serde::{Deserialize, Serialize};
 

@@ -136,7 +136,12 @@ mod tests {
     fn full_config_lists_every_section() {
         let r = response_for(Ok(VmmData::FullConfig(Box::default())));
         let v = body_json(&r);
-        assert!(v["boot-source"].is_null() && v["vsock"].is_null(), "{v}");
+        assert_eq!(v["boot-source"]["kernel_image_path"], "", "{v}");
+        assert_eq!(v["machine-config"]["vcpu_count"], 1, "{v}");
+        assert!(
+            v["vsock"].is_null() && v["pmem"] == serde_json::json!([]),
+            "{v}"
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use api_socket::{Method, Request, Response};
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{VmState, VmmAction};
 use crate::config::ConfigError;
@@ -45,15 +45,64 @@ pub const UNSUPPORTED_ROUTES: &[&str] = &[
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParsedRequest {
     pub action: VmmAction,
-    /// The request used a deprecated field: answer with `Deprecation: true`.
-    pub deprecated: bool,
+    /// What the request used that is deprecated, one message each (e.g. "PUT /machine-config:
+    /// the cpu_template field is deprecated."). Non-empty: the answer carries
+    /// `Deprecation: true` and each message is logged as a warning the first time it occurs.
+    pub deprecations: Vec<&'static str>,
+}
+
+impl ParsedRequest {
+    /// Whether the answer must carry `Deprecation: true`.
+    pub fn is_deprecated(&self) -> bool {
+        !self.deprecations.is_empty()
+    }
+
+    /// Marks the request as using something deprecated when `used` holds. Route arms call
+    /// this for each deprecated field or path they see: `message` names the route and what
+    /// is deprecated (a static string, so that it can be logged once per process).
+    pub fn deprecated_if(mut self, used: bool, message: &'static str) -> Self {
+        if used && !self.deprecations.contains(&message) {
+            self.deprecations.push(message);
+        }
+        self
+    }
 }
 
 impl From<VmmAction> for ParsedRequest {
     fn from(action: VmmAction) -> Self {
         ParsedRequest {
             action,
-            deprecated: false,
+            deprecations: Vec::new(),
+        }
+    }
+}
+
+/// The messages of [`ParsedRequest::deprecations`] already logged: each is logged once per
+/// process, so a client repeating a deprecated call cannot flood the log.
+fn first_sighting(message: &'static str) -> bool {
+    static SEEN: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    if seen.contains(&message) {
+        false
+    } else {
+        seen.push(message);
+        true
+    }
+}
+
+/// Logs each deprecation of `parsed` the first time it is seen and counts every deprecated
+/// request in the metrics (`deprecated_api.deprecated_http_api_calls`, Firecracker's name).
+pub fn note_deprecations(parsed: &ParsedRequest) {
+    if !parsed.is_deprecated() {
+        return;
+    }
+    crate::metrics::global()
+        .deprecated_api
+        .deprecated_http_api_calls
+        .inc();
+    for message in &parsed.deprecations {
+        if first_sighting(message) {
+            log::warn!("{message}");
         }
     }
 }
@@ -67,6 +116,16 @@ pub enum RouteError {
     Unsupported { feature: String },
     #[error("The request body is empty; {method} {path} needs a JSON body.")]
     EmptyBody { method: Method, path: String },
+    /// Firecracker's words for a PATCH that changes nothing.
+    #[error("Empty PATCH request.")]
+    EmptyPatch,
+    #[error("Please specify at least one property to patch: {0}.")]
+    NothingToPatch(&'static str),
+    /// serde would fill a struct from an array in field order; Firecracker refuses that.
+    #[error("The request body must be a JSON object, not {0}.")]
+    NotAnObject(&'static str),
+    #[error("`{0}` must be a JSON object, not an array.")]
+    ArrayForObject(String),
     /// serde's message, passed through as Firecracker does.
     #[error("{0}")]
     Json(String),
@@ -85,13 +144,13 @@ impl From<RouteError> for Response {
 }
 
 /// The body of `PUT /actions`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ActionBody {
     action_type: ActionType,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 enum ActionType {
     InstanceStart,
     SendCtrlAltDel,
@@ -99,7 +158,7 @@ enum ActionType {
 }
 
 /// The body of `PATCH /vm`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct VmStateBody {
     state: VmState,
@@ -145,9 +204,19 @@ fn route(method: Method, path: &str, body: &[u8]) -> Result<ParsedRequest, Route
         (Put, "machine-config") => {
             let config: crate::config::MachineConfig = json("machine-config").parse()?;
             config.validate()?;
-            A::PutMachineConfig(config)
+            let old_template = config.cpu_template.is_some();
+            return Ok(ParsedRequest::from(A::PutMachineConfig(config))
+                .deprecated_if(old_template, CPU_TEMPLATE_PUT_DEPRECATED));
         }
-        (Patch, "machine-config") => A::PatchMachineConfig(json("machine-config").parse()?),
+        (Patch, "machine-config") => {
+            let update: crate::config::MachineConfigUpdate = json("machine-config").parse()?;
+            if update == crate::config::MachineConfigUpdate::default() {
+                return Err(RouteError::EmptyPatch);
+            }
+            let old_template = update.cpu_template.is_some();
+            return Ok(ParsedRequest::from(A::PatchMachineConfig(update))
+                .deprecated_if(old_template, CPU_TEMPLATE_PATCH_DEPRECATED));
+        }
         (Put, "logger") => {
             let config: crate::config::LoggerConfig = json("logger").parse()?;
             config.validate()?;
@@ -174,6 +243,9 @@ fn route(method: Method, path: &str, body: &[u8]) -> Result<ParsedRequest, Route
             let id = second.ok_or(RouteError::MissingId("drive id"))?;
             let update: crate::config::DriveUpdate = json("drives").parse()?;
             check_id(id, &update.drive_id)?;
+            if update.path_on_host.is_none() && update.rate_limiter.is_none() {
+                return Err(RouteError::NothingToPatch("path_on_host, rate_limiter"));
+            }
             update.validate()?;
             A::PatchDrive(update)
         }
@@ -211,6 +283,12 @@ fn check_id(path_id: &str, body_id: &str) -> Result<(), RouteError> {
     }
 }
 
+/// The deprecation messages of `machine-config`'s static CPU template field.
+const CPU_TEMPLATE_PUT_DEPRECATED: &str =
+    "PUT /machine-config: the cpu_template field is deprecated.";
+const CPU_TEMPLATE_PATCH_DEPRECATED: &str =
+    "PATCH /machine-config: the cpu_template field is deprecated.";
+
 /// A request body on its way to a typed value.
 struct JsonBody<'a> {
     method: Method,
@@ -219,14 +297,43 @@ struct JsonBody<'a> {
 }
 
 impl JsonBody<'_> {
-    fn parse<T: DeserializeOwned>(&self) -> Result<T, RouteError> {
-        if self.body.iter().all(u8::is_ascii_whitespace) {
+    fn parse<T: DeserializeOwned + Serialize>(&self) -> Result<T, RouteError> {
+        let Some(first) = self.body.iter().find(|b| !b.is_ascii_whitespace()) else {
+            if self.method == Method::Patch {
+                return Err(RouteError::EmptyPatch);
+            }
             return Err(RouteError::EmptyBody {
                 method: self.method,
                 path: self.path.to_string(),
             });
+        };
+        // Every body is an object. Anything else is refused before serde sees it: serde
+        // would fill a struct from an array in field order (`[2, 256]` as a machine-config).
+        let kind = match first {
+            b'{' => None,
+            b'[' => Some("an array"),
+            b'"' => Some("a string"),
+            b'n' => Some("null"),
+            b't' | b'f' => Some("a boolean"),
+            b'-' | b'0'..=b'9' => Some("a number"),
+            _ => None, // not JSON at all: serde's syntax error says where
+        };
+        if let Some(kind) = kind {
+            return Err(RouteError::NotAnObject(kind));
         }
-        serde_json::from_slice(self.body).map_err(|e| RouteError::Json(e.to_string()))
+        let value: T =
+            serde_json::from_slice(self.body).map_err(|e| RouteError::Json(e.to_string()))?;
+        // Nested objects too: `"rate_limiter": {"bandwidth": [100, 0, 10]}` must not become
+        // a token bucket. Both steps succeed for anything serde accepted above.
+        if let (Ok(input), Ok(written)) = (
+            serde_json::from_slice::<serde_json::Value>(self.body),
+            serde_json::to_value(&value),
+        ) {
+            if let Some(path) = crate::config::array_used_as_object(&input, &written) {
+                return Err(RouteError::ArrayForObject(path));
+            }
+        }
+        Ok(value)
     }
 }
 

@@ -359,7 +359,7 @@ fn parse_request_reads_the_http_request() {
         body: MACHINE.as_bytes().to_vec(),
     };
     let parsed = parse_request(&req).expect("parses");
-    assert!(!parsed.deprecated);
+    assert!(!parsed.is_deprecated());
     assert!(matches!(parsed.action, VmmAction::PutMachineConfig(_)));
 }
 
@@ -437,4 +437,140 @@ fn every_listed_route_is_served() {
             _ => {}
         }
     }
+}
+
+#[test]
+fn bodies_that_are_not_objects_are_refused() {
+    for (path, body, kind) in [
+        ("/boot-source", r#"["/path"]"#, "an array"),
+        ("/logger", "[]", "an array"),
+        (
+            "/machine-config",
+            r#"[2, 256, false, false, "None"]"#,
+            "an array",
+        ),
+        ("/actions", r#""InstanceStart""#, "a string"),
+        ("/metrics", "null", "null"),
+        ("/serial", " true", "a boolean"),
+        ("/machine-config", "\n 12", "a number"),
+        ("/drives/rootfs", "-1", "a number"),
+    ] {
+        assert_eq!(
+            err(Method::Put, path, body),
+            RouteError::NotAnObject(kind),
+            "PUT {path} {body}"
+        );
+    }
+    assert_eq!(
+        err(Method::Patch, "/vm", r#"["Paused"]"#),
+        RouteError::NotAnObject("an array")
+    );
+    let e = err(Method::Put, "/logger", "[]");
+    assert_eq!(
+        e.to_string(),
+        "The request body must be a JSON object, not an array."
+    );
+    // Nested objects too.
+    assert_eq!(
+        err(
+            Method::Put,
+            "/drives/rootfs",
+            r#"{"drive_id": "rootfs", "path_on_host": "/r", "is_root_device": true,
+                "rate_limiter": {"bandwidth": [100, 0, 10]}}"#
+        ),
+        RouteError::ArrayForObject("rate_limiter.bandwidth".into())
+    );
+    assert_eq!(
+        err(
+            Method::Patch,
+            "/network-interfaces/eth0",
+            r#"{"iface_id": "eth0", "rx_rate_limiter": [null, null]}"#
+        )
+        .to_string(),
+        "`rx_rate_limiter` must be a JSON object, not an array."
+    );
+    // Not JSON at all is still serde's syntax error.
+    assert!(matches!(
+        err(Method::Put, "/logger", "x"),
+        RouteError::Json(_)
+    ));
+}
+
+#[test]
+fn an_empty_patch_is_refused_with_firecrackers_words() {
+    for body in ["{}", " { } ", ""] {
+        let e = err(Method::Patch, "/machine-config", body);
+        assert_eq!(e, RouteError::EmptyPatch, "{body:?}");
+        assert_eq!(e.to_string(), "Empty PATCH request.");
+    }
+    assert_eq!(err(Method::Patch, "/vm", ""), RouteError::EmptyPatch);
+    assert_eq!(
+        err(Method::Patch, "/drives/rootfs", r#"{"drive_id": "rootfs"}"#).to_string(),
+        "Please specify at least one property to patch: path_on_host, rate_limiter."
+    );
+    // PUT keeps its own message.
+    assert!(matches!(
+        err(Method::Put, "/machine-config", ""),
+        RouteError::EmptyBody { .. }
+    ));
+}
+
+#[test]
+fn cpu_template_marks_the_request_deprecated() {
+    let parsed = route(
+        Method::Put,
+        "/machine-config",
+        br#"{"vcpu_count": 1, "mem_size_mib": 128, "cpu_template": "None"}"#,
+    )
+    .expect("parses");
+    assert!(parsed.is_deprecated());
+    assert_eq!(
+        parsed.deprecations,
+        vec!["PUT /machine-config: the cpu_template field is deprecated."]
+    );
+    let parsed = route(
+        Method::Patch,
+        "/machine-config",
+        br#"{"cpu_template": "None"}"#,
+    )
+    .expect("parses");
+    assert!(parsed.is_deprecated());
+    for (method, body) in [
+        (Method::Put, MACHINE),
+        (Method::Patch, r#"{"vcpu_count": 2}"#),
+        (
+            Method::Put,
+            r#"{"vcpu_count": 1, "mem_size_mib": 8, "cpu_template": null}"#,
+        ),
+    ] {
+        let parsed = route(method, "/machine-config", body.as_bytes()).expect("parses");
+        assert!(!parsed.is_deprecated(), "{method} {body}");
+    }
+}
+
+#[test]
+fn deprecations_are_recorded_once_each() {
+    let parsed = ParsedRequest::from(VmmAction::GetVersion)
+        .deprecated_if(false, "never")
+        .deprecated_if(true, "test: a is deprecated.")
+        .deprecated_if(true, "test: a is deprecated.")
+        .deprecated_if(true, "test: b is deprecated.");
+    assert_eq!(
+        parsed.deprecations,
+        vec!["test: a is deprecated.", "test: b is deprecated."]
+    );
+    let before = crate::metrics::global()
+        .deprecated_api
+        .deprecated_http_api_calls
+        .get();
+    note_deprecations(&parsed);
+    note_deprecations(&parsed);
+    let after = crate::metrics::global()
+        .deprecated_api
+        .deprecated_http_api_calls
+        .get();
+    assert!(after >= before + 2, "{before} -> {after}");
+    assert!(!first_sighting("test: a is deprecated."));
+    assert!(first_sighting("test: c is deprecated."));
+    assert!(!first_sighting("test: c is deprecated."));
 }

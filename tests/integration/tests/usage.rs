@@ -8,6 +8,7 @@
 
 mod block_common;
 mod net_common;
+mod snapshot_common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -481,4 +482,59 @@ fn usage_report_bills_a_clone_once_and_honours_the_window() {
     // 2000..3000: the original's third second and the clone's first second.
     let window = report(&["--from", "2000", "--to", "3000", &a, &b]);
     assert_eq!(window["t1"]["vcpu_cpu_s"], 2.0, "{window:?}");
+}
+
+#[test]
+fn a_restore_continues_the_counters_and_each_clone_has_its_own_identity() {
+    use snapshot_common::{boot, next_tick, SnapshotFiles};
+    let (mut x, api) = Xenia::with_api(&[]);
+    boot(&api, "burn:1000,memtick:1", 64, false);
+    x.wait_for_line("PROBE memtick n=2 ", BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    api.expect("PATCH", "/vm", r#"{"state": "Paused"}"#, 204);
+    let before = usage(&api);
+    let files = SnapshotFiles::new();
+    api.expect("PUT", "/snapshot/create", &files.create_body("Full"), 204);
+    let after = usage(&api);
+    drop(x);
+    assert!(vcpu_ns(&before, 0) >= 200_000_000, "the burn: {before}");
+
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let (mut y, api2) = Xenia::with_api(&[]);
+        api2.expect("PUT", "/snapshot/load", &files.load_body(true), 204);
+        next_tick(&mut y);
+        let u = usage(&api2);
+        eprintln!("{u}");
+        assert_eq!(u["parent_usage_id"], before["usage_id"], "{u}");
+        assert_eq!(u["usage_epoch"], 1, "{u}");
+        assert_ne!(u["usage_id"], before["usage_id"], "{u}");
+        // The snapshot's counters, taken while paused: between the reads around create.
+        let inherited = &u["inherited"];
+        let saved = inherited["vcpus"][0]["cpu_total_ns"]
+            .as_u64()
+            .expect("saved");
+        assert!(
+            vcpu_ns(&before, 0) <= saved && saved <= vcpu_ns(&after, 0),
+            "{before}\n{inherited}\n{after}"
+        );
+        assert_eq!(
+            inherited["wall"]["running_ms"], before["counters"]["wall"]["running_ms"],
+            "no running time passes while paused"
+        );
+        // Not billed from zero: the counters continue from the snapshot's.
+        assert!(vcpu_ns(&u, 0) >= saved, "{u}");
+        assert!(
+            u64_at(&u, &["counters", "wall", "running_ms"])
+                > u64_at(inherited, &["wall", "running_ms"]),
+            "{u}"
+        );
+        assert!(
+            u["counters"]["memory"]["resident_mib_seconds"].as_f64()
+                >= inherited["memory"]["resident_mib_seconds"].as_f64(),
+            "{u}"
+        );
+        ids.push(u["usage_id"].clone());
+    }
+    assert_ne!(ids[0], ids[1], "two clones, two identities");
 }

@@ -5,6 +5,7 @@
 //! - [`mmio`]: virtio-mmio windows and IRQs, ioeventfd/irqfd wiring, `virtio_mmio.device=`.
 //! - [`block`]: drives as virtio-blk devices, their runtime updates and metrics.
 //! - [`net`]: network interfaces as virtio-net devices over taps, limiter updates, metrics.
+//! - [`persist`]: saving and restoring every device's state (snapshots).
 //!
 //! Everything is attached before the vCPUs start: each vCPU holds a clone of the buses.
 
@@ -13,6 +14,7 @@ pub mod block;
 pub mod legacy;
 pub mod mmio;
 pub mod net;
+pub mod persist;
 
 use devices::Bus;
 

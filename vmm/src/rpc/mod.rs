@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{
     BootSourceConfig, DriveConfig, DriveUpdate, LoggerConfig, MachineConfig, MachineConfigUpdate,
     MetricsConfig, NetworkInterfaceConfig, NetworkInterfaceUpdate, SerialConfig,
+    SnapshotCreateConfig, SnapshotLoadConfig,
 };
 
 /// The state `PATCH /vm` asks for.
@@ -76,4 +77,8 @@ pub enum VmmAction {
     PutNetworkInterface(NetworkInterfaceConfig),
     /// `PATCH /network-interfaces/{id}`
     PatchNetworkInterface(NetworkInterfaceUpdate),
+    /// `PUT /snapshot/create` (paused VM only)
+    CreateSnapshot(SnapshotCreateConfig),
+    /// `PUT /snapshot/load` (fresh process only)
+    LoadSnapshot(Box<SnapshotLoadConfig>),
 }

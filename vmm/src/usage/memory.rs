@@ -9,7 +9,8 @@
 
 use std::time::Instant;
 
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use virtio::GuestMemoryMmap;
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 const PAGE_SIZE: usize = 4096;
 const MIB: f64 = 1024.0 * 1024.0;

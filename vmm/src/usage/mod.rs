@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use virtio::block::BlockMetrics;
 use virtio::net::NetMetrics;
-use vm_memory::GuestMemoryMmap;
+use virtio::GuestMemoryMmap;
 
 pub use cpu::{register_current, CpuTime, ThreadCpu, ThreadRole};
 pub use state::{

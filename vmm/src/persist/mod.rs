@@ -291,6 +291,25 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn usage_counters_ride_along_and_are_checked() {
+        let mut s = sample_snapshot();
+        let mut usage = crate::usage::UsageState {
+            usage_id: "00112233445566778899aabbccddeeff".into(),
+            usage_epoch: 3,
+            ..Default::default()
+        };
+        usage.counters.wall.running_ms = 1234;
+        usage.counters.memory.resident_mib_seconds = 5.5;
+        s.usage = Some(usage.clone());
+        let back = decode(&encode(&s).unwrap()).unwrap();
+        assert!(back.validate().is_ok());
+        assert_eq!(back.usage, Some(usage.clone()));
+        usage.usage_id = "not-an-id".into();
+        s.usage = Some(usage);
+        assert!(matches!(s.validate(), Err(ValidateError::Usage(_))));
+    }
+
+    #[test]
     fn inconsistent_snapshots_are_refused() {
         let mut s = sample_snapshot();
         s.regions[0].size = 32 << 20;

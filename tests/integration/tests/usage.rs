@@ -193,9 +193,10 @@ fn cpu_time_goes_to_the_burning_vcpu_and_paused_time_is_not_billed() {
         before <= burner && burner <= after,
         "{before} <= {burner} <= {after}"
     );
-    // Generous: the machine is shared, the vCPU may get a fraction of a core.
+    // Generous: the burn is TSC time and includes the 1.5 s pause, and on a shared machine
+    // the vCPU may get a fraction of a core (the exact check is the /proc one above).
     assert!(
-        burner >= BURN_MS * 1_000_000 / 5,
+        burner >= BURN_MS * 1_000_000 / 10,
         "vCPU 0 ran {burner} ns for a {BURN_MS} ms burn"
     );
     assert!(burner <= wall_ns + 100_000_000, "{burner} > wall {wall_ns}");

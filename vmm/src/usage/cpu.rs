@@ -194,11 +194,14 @@ pub fn sample_all() -> Vec<(ThreadRole, CpuTime)> {
 mod tests {
     use super::*;
 
+    /// Spins until the calling thread has run `ms` of CPU time by its own clock (a wall-clock
+    /// spin would give less CPU time on a loaded machine).
     fn burn(ms: u64) {
-        let start = std::time::Instant::now();
         let mut x = 0u64;
-        while start.elapsed() < std::time::Duration::from_millis(ms) {
-            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        while read_clock(libc::CLOCK_THREAD_CPUTIME_ID).unwrap_or(u64::MAX) < ms * 1_000_000 {
+            for _ in 0..1000 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+            }
         }
     }
 
@@ -208,14 +211,14 @@ mod tests {
         let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
         let t = std::thread::spawn(move || {
             let slot = register_current(ThreadRole::Vcpu(200));
-            burn(120);
+            burn(100);
             tx.send(slot.clone()).unwrap();
             go_rx.recv().unwrap();
             slot.sample_self();
         });
         let slot = rx.recv().unwrap();
         let live = slot.sample();
-        assert!(live.cpu_total_ns >= 80_000_000, "{live:?}");
+        assert!(live.cpu_total_ns >= 100_000_000, "{live:?}");
         assert!(
             live.cpu_user_ns + live.cpu_system_ns >= live.cpu_total_ns / 2,
             "{live:?}"

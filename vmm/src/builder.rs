@@ -211,9 +211,14 @@ pub(crate) fn start_io_thread(
     io: IoThread,
     hook: Option<ThreadStartHook>,
 ) -> Result<IoThreadHandle, StartError> {
-    Ok(io.start(move || match hook {
-        Some(hook) => hook(),
-        None => Ok(()),
+    Ok(io.start(move || {
+        // The io thread never ends before the VMM has written its final usage record (it
+        // is stopped when the VM is dropped), so its clock is read live.
+        crate::usage::register_current(crate::usage::ThreadRole::Io);
+        match hook {
+            Some(hook) => hook(),
+            None => Ok(()),
+        }
     })?)
 }
 
@@ -222,6 +227,8 @@ pub(crate) type StartedVcpus = (Vec<VcpuHandle>, Receiver<(u8, VcpuExitReason)>,
 
 /// Starts every vCPU thread (paused with `paused`), with the exit channel the VMM watches.
 pub(crate) fn start_vcpus(vcpus: Vec<Vcpu>, paused: bool) -> Result<StartedVcpus, StartError> {
+    // These vCPUs register their own CPU clocks; slots of an earlier, failed attempt go.
+    crate::usage::cpu::forget_vcpus();
     register_kick_signal_handler()?;
     let vcpu_exit_evt = EventFd::new(EFD_NONBLOCK).map_err(StartError::ExitEvent)?;
     let (exit_tx, vcpu_exits) = channel();

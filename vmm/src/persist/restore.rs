@@ -147,13 +147,16 @@ fn apply_overrides(config: &mut VmConfig, overrides: &[(String, String)]) -> Res
         .map_err(|e| LoadError::BadOverride(e.to_string()))
 }
 
-/// A restored VM, its vCPUs started and paused, and the configuration it was built from
-/// (the saved one with the overrides applied).
+/// What a load produced.
+pub type Loaded = (RunningVm, VmConfig, Option<crate::usage::UsageState>);
+
+/// A restored VM, its vCPUs started and paused, the configuration it was built from (the
+/// saved one with the overrides applied) and the usage counters saved with it (validated).
 pub fn load_snapshot(
     options: &LoadOptions,
     build: BuildOptions,
     hooks: BootHooks,
-) -> Result<(RunningVm, VmConfig), LoadError> {
+) -> Result<Loaded, LoadError> {
     let path = &options.snapshot_path;
     let t0 = std::time::Instant::now();
     let snapshot = read_state_file(path)?;
@@ -269,5 +272,6 @@ pub fn load_snapshot(
             track_dirty_pages: options.track_dirty_pages,
         },
         config,
+        snapshot.usage,
     ))
 }

@@ -45,6 +45,8 @@ pub enum VmmAction {
     GetVersion,
     /// `GET /vm/config`
     GetFullConfig,
+    /// `GET /usage` (xenia extension)
+    GetUsage,
     /// `GET /machine-config`
     GetMachineConfig,
     /// `PUT /boot-source`

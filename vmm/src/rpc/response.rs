@@ -38,6 +38,8 @@ pub enum VmmData {
     Version(VersionInfo),
     MachineConfig(MachineConfig),
     FullConfig(Box<VmConfig>),
+    /// `GET /usage`
+    Usage(Box<crate::usage::UsageRecord>),
 }
 
 /// Why an action failed. Everything but `Internal` is the client's fault (400).
@@ -84,6 +86,7 @@ pub fn response_for(result: Result<VmmData, ActionError>) -> Response {
         Ok(VmmData::Version(v)) => json(&v),
         Ok(VmmData::MachineConfig(m)) => json(&m),
         Ok(VmmData::FullConfig(c)) => json(&c),
+        Ok(VmmData::Usage(u)) => json(&u),
         Err(e) => Response::fault(e.status(), &e.to_string()),
     }
 }

@@ -24,6 +24,7 @@ pub const ROUTES: &[(Method, &str)] = &[
     (Method::Put, "/network-interfaces/{iface_id}"),
     (Method::Patch, "/network-interfaces/{iface_id}"),
     (Method::Put, "/serial"),
+    (Method::Get, "/usage"),
     (Method::Put, "/snapshot/create"),
     (Method::Put, "/snapshot/load"),
     (Method::Get, "/version"),
@@ -178,6 +179,7 @@ fn route(method: Method, path: &str, body: &[u8]) -> Result<ParsedRequest, Route
     let action = match (method, first) {
         (Get, "") => A::GetInstanceInfo,
         (Get, "version") => A::GetVersion,
+        (Get, "usage") => A::GetUsage,
         (Get, "vm") if second == Some("config") => A::GetFullConfig,
         (Patch, "vm") if second != Some("config") => {
             A::PatchVmState(json("vm").parse::<VmStateBody>()?.state)

@@ -34,6 +34,7 @@ pub fn run(cmd: Command<'_>) {
         b"acpi-garbage" => crate::acpi_cmds::garbage(),
         b"smp" => smp(cmd.arg),
         b"tick" => tick(cmd.arg),
+        b"burn" => burn(cmd.arg),
         b"memtick" => crate::snap_cmds::memtick(cmd.arg),
         b"print" => print(cmd.arg),
         b"idle" => {
@@ -329,6 +330,39 @@ fn tick(arg: Option<&[u8]>) {
         n,
         freq.khz,
         freq.source
+    );
+}
+
+/// Keeps this vCPU busy for `ms` milliseconds of TSC time, never halting or pausing, so the
+/// host sees it as one CPU-bound thread (usage metering tests). Ring 0 is enough: under PVM
+/// it is emulated, which only makes each iteration slower, not the thread less busy.
+fn burn(arg: Option<&[u8]>) {
+    let Some(ms) = arg.and_then(parse_u64).filter(|ms| *ms <= 600_000) else {
+        sprintln!("PROBE burn FAIL bad-argument");
+        return;
+    };
+    let Some(freq) = timer::tsc_freq() else {
+        sprintln!("PROBE burn FAIL no-tsc-calibration");
+        return;
+    };
+    let ticks = ms * freq.khz;
+    let start = cpu::rdtsc();
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut iterations = 0u64;
+    while cpu::rdtsc().wrapping_sub(start) < ticks {
+        for _ in 0..64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+        }
+        iterations += 1;
+    }
+    // Printing x keeps the loop from being optimised away.
+    sprintln!(
+        "PROBE burn ok ms={} iterations={} x={:#x}",
+        ms,
+        iterations,
+        x
     );
 }
 

@@ -17,17 +17,19 @@ use serde_json::json;
 
 /// Ticks the original VM prints before the plan pauses and snapshots it.
 const TICKS_BEFORE_SNAPSHOT: u64 = 5;
-/// Ticks a restored guest prints after it saw its reseed, before it checks and powers off.
+/// Ticks a restored guest counts from the one after which it saw its reseed, before it
+/// checks and powers off (the first of them was usually printed by the original).
 const TICKS_AFTER_RESTORE: u64 = 3;
 /// The clones restored from the one snapshot, one after the other.
 const CLONES: [&str; 2] = ["clone1", "clone2"];
 
 /// The L2 side. Before the snapshot: makes the CRNG ready (so a VM fork reseeds it and says
-/// so), mounts the data disk, writes `before.bin`, starts a writer loop on the disk, then
-/// ticks every 0.2 s. A tick after the kernel logged "crng reseeded due to virtual machine
+/// so), mounts the data disk, writes `before.bin`, starts a writer loop on the disk (unless
+/// the scenario is the idle one), then ticks every 0.2 s. A tick after the kernel logged "crng reseeded due to virtual machine
 /// fork" (the vmgenid driver, on the generation ID change a restore makes) means "I am a
-/// restored copy": a few more ticks, then the writer is stopped, a file written and synced,
-/// the disk remounted and both files read back, and the guest powers off (ACPI). A guest
+/// restored copy": a few more ticks, 16 bytes from /dev/urandom (hashed), then the writer is
+/// stopped, a file written and synced, the disk remounted and both files read back, and the
+/// guest powers off (ACPI). A guest
 /// that never sees the reseed gives up after 150 ticks and reports `restored=no`.
 const L2_SCRIPT: &str = r#"
 reseed="crng reseeded due to virtual machine fork"
@@ -36,16 +38,17 @@ echo "L2-FACT crng_ready=$(dmesg | grep -c 'crng init done') reseeds_at_boot=$(d
 mkdir -p /mnt
 if mount -t ext4 /dev/vda /mnt; then disk=yes; else disk=no; fi
 echo "L2-FACT disk=$disk"
+writer=""
 if [ "$disk" = yes ]; then
 	head -c 262144 /dev/urandom >/mnt/before.bin
 	sync
 	echo "L2-FACT before_md5=$(md5sum </mnt/before.bin | cut -d' ' -f1)"
-	(
+	[ WRITER = yes ] && (
 		while [ ! -e /tmp/stop-writer ]; do
 			dd if=/dev/urandom of=/mnt/churn.bin bs=4096 count=32 conv=fsync 2>/dev/null || echo "L2-FACT churn=failed"
 		done
 	) &
-	writer=$!
+	[ WRITER = yes ] && writer=$!
 fi
 i=0
 after=0
@@ -57,10 +60,11 @@ while [ "$i" -lt 150 ] && [ "$after" -lt AFTER ]; do
 done
 restored=no
 [ "$after" -gt 0 ] && restored=yes
-echo "L2-FACT restored=$restored reseeds=$(dmesg | grep -c "$reseed") last_tick=$i"
+echo "L2-FACT restored=$restored reseeds=$(dmesg | grep -c "$reseed") last_tick=$i writer=${writer:+running}"
+echo "L2-FACT urandom=$(head -c 16 /dev/urandom | md5sum | cut -d' ' -f1)"
 if [ "$disk" = yes ]; then
 	touch /tmp/stop-writer
-	wait "$writer"
+	[ -n "$writer" ] && wait "$writer"
 	if sync; then echo "L2-FACT sync=ok"; else echo "L2-FACT sync=failed"; fi
 	if dd if=/dev/urandom of=/mnt/after.bin bs=4096 count=32 conv=fsync 2>/dev/null; then
 		echo "L2-FACT after_write=ok after_md5=$(md5sum </mnt/after.bin | cut -d' ' -f1)"
@@ -113,7 +117,14 @@ for clone in CLONES; do
 done
 "#;
 
-fn host_script() -> String {
+/// Whether the guest writes to its disk in a loop while it is snapshotted.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Disk {
+    Idle,
+    Writing,
+}
+
+fn host_script(disk: Disk) -> String {
     let mut vm = PlanVm::new(L2_BOOTSTRAP);
     vm.initrd = Some("$L2/initramfs.cpio".into());
     vm.drives = vec![
@@ -125,7 +136,9 @@ fn host_script() -> String {
     HOST_SCRIPT
         .replace(
             "$(L2_SCRIPT)",
-            &L2_SCRIPT.replace("AFTER", &TICKS_AFTER_RESTORE.to_string()),
+            &L2_SCRIPT
+                .replace("AFTER", &TICKS_AFTER_RESTORE.to_string())
+                .replace("WRITER", if disk == Disk::Writing { "yes" } else { "no" }),
         )
         .replace("$(WRITE_CONFIG)", &vm.write_config("\"$WORK/vm.json\""))
         .replace("TICKS", &TICKS_BEFORE_SNAPSHOT.to_string())
@@ -153,17 +166,30 @@ fn context(outcome: &PlanOutcome) -> String {
 /// A running Linux L2, writing to its disk in a loop, is paused, snapshotted (Full) and
 /// killed; two clones restored from the snapshot in new processes carry on: the tick
 /// counter continues where it stopped (not from 1), the kernel logs the CRNG reseed the new
-/// VM generation ID causes, `sync` works, a file written before the snapshot and one
-/// written after the restore read back from the disk with their MD5s, no I/O errors, and
-/// `poweroff -f` ends each clone's xenia with status 0.
+/// VM generation ID causes (and the clones' /dev/urandom differ), `sync` works, a file
+/// written before the snapshot and one written after the restore read back from the disk
+/// with their MD5s, no I/O errors, and `poweroff -f` ends each clone's xenia with status 0.
 #[test]
-fn a_restored_linux_clone_carries_on_and_reseeds_its_rng() {
-    let script = host_script();
+fn a_linux_writing_to_its_disk_is_restored_twice_and_carries_on() {
+    check(Disk::Writing);
+}
+
+/// The same with an idle disk (mounted, nothing in flight at the snapshot).
+#[test]
+fn an_idle_linux_is_restored_twice_and_carries_on() {
+    check(Disk::Idle);
+}
+
+fn check(disk: Disk) {
+    let name = match disk {
+        Disk::Idle => "snapshot-idle",
+        Disk::Writing => "snapshot-writing",
+    };
     let Some(outcome) = plan::run(&Plan {
-        name: "snapshot-clones",
-        script,
+        name,
+        script: host_script(disk),
     })
-    .unwrap_or_else(|e| panic!("plan snapshot-clones: {e}")) else {
+    .unwrap_or_else(|e| panic!("plan {name}: {e}")) else {
         return;
     };
     assert!(
@@ -240,6 +266,12 @@ fn a_restored_linux_clone_carries_on_and_reseeds_its_rng() {
             "no CRNG reseed\n{}",
             why()
         );
+        assert_eq!(
+            fact(vm, "writer").as_deref(),
+            Some(if disk == Disk::Writing { "running" } else { "" }),
+            "{}",
+            why()
+        );
         assert!(
             vm.has_line("L2-FACT restored=yes reseeds=1 "),
             "the kernel did not log one reseed\n{}",
@@ -271,6 +303,18 @@ fn a_restored_linux_clone_carries_on_and_reseeds_its_rng() {
         );
         assert_eq!(vm.status, Some(0), "xenia did not exit 0\n{}", why());
     }
+    let urandom: Vec<Option<String>> = CLONES
+        .iter()
+        .map(|clone| outcome.vm(clone).fact("L2-FACT", "urandom"))
+        .collect();
+    assert!(
+        urandom
+            .iter()
+            .all(|u| u.as_ref().is_some_and(|u| u.len() == 32))
+            && urandom[0] != urandom[1],
+        "the clones' /dev/urandom gave {urandom:?}\n{}",
+        context(&outcome)
+    );
 }
 
 #[test]

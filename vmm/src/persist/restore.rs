@@ -236,9 +236,6 @@ pub fn load_snapshot(
     }
     .restore_state(&snapshot.devices)?;
     restore_vm(vm.fd(), &snapshot.vm, options.clock_realtime)?;
-    // Every restore is a new generation: a new id, and the GED interrupt (now that the
-    // IOAPIC state is in place) that makes the guest read it.
-    acpi.vmgenid.regenerate(&memory)?;
     mark("device and VM state applied", t0);
 
     let persist = Arc::new(VcpuPersistContext::new(&kvm.kvm, vm.fd()));
@@ -249,6 +246,11 @@ pub fn load_snapshot(
         vcpu.set_persist_context(persist.clone());
         vcpus.push(vcpu);
     }
+    // Every restore is a new generation: a new id, and the GED interrupt that makes the
+    // guest read it. Raised only now, with the IOAPIC and every vCPU's LAPIC restored and
+    // before any vCPU runs: the (edge-triggered) interrupt needs a LAPIC to land in, and
+    // restoring a LAPIC afterwards would overwrite the pending bit with the snapshot's.
+    acpi.vmgenid.regenerate(&memory)?;
     let io_thread = start_io_thread(io, hooks.io_thread)?;
     mark("vCPUs restored, io thread started", t0);
     let (handles, vcpu_exits, vcpu_exit_evt) = start_vcpus(vcpus, true)?;

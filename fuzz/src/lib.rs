@@ -72,6 +72,11 @@ pub const TARGETS: &[Target] = &[
         seeds: targets::virtio_net_tx::seeds,
     },
     Target {
+        name: "qcow2",
+        run: targets::qcow2::run,
+        seeds: no_seeds,
+    },
+    Target {
         name: "snapshot_state",
         run: targets::snapshot_state::run,
         seeds: no_seeds,

@@ -60,6 +60,11 @@ fn config() {
 }
 
 #[test]
+fn qcow2() {
+    replay("qcow2");
+}
+
+#[test]
 fn rate_limiter() {
     replay("rate_limiter");
 }

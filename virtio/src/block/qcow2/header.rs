@@ -14,8 +14,11 @@ pub const MAX_VIRTUAL_SIZE: u64 = 64 << 40;
 pub const MAX_L1_BYTES: u64 = 32 << 20;
 /// Largest refcount table (QEMU's limit too).
 pub const MAX_REFTABLE_BYTES: u64 = 8 << 20;
-/// Cluster sizes accepted: 512 B to 2 MiB (the qcow2 specification's range).
-pub const MIN_CLUSTER_BITS: u32 = 9;
+/// Cluster sizes accepted: 4 KiB to 2 MiB. The specification allows 512 B, but with clusters
+/// that small imago's cluster allocator recursed without bound growing the refcount
+/// structures (found by the `qcow2` fuzz target: a guest write into a qemu-img overlay with
+/// 512-byte clusters overflowed the io thread's stack); real images use 64 KiB.
+pub const MIN_CLUSTER_BITS: u32 = 12;
 pub const MAX_CLUSTER_BITS: u32 = 21;
 /// Longest backing file name the format allows.
 pub const MAX_BACKING_NAME: u32 = 1023;

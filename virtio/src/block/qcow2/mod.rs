@@ -74,6 +74,8 @@ pub struct Qcow2Disk {
     top: File,
     virtual_size: u64,
     chain_len: usize,
+    /// Whether the top image was opened for writing.
+    writable: bool,
 }
 
 impl std::fmt::Debug for Qcow2Disk {
@@ -156,6 +158,7 @@ impl Qcow2Disk {
             top,
             virtual_size,
             chain_len,
+            writable,
         })
     }
 
@@ -211,11 +214,29 @@ impl Qcow2Disk {
         offset: u64,
         bufs: &[(GuestAddress, u32)],
     ) -> Result<(), DiskError> {
+        self.check_writable(offset)?;
         let slices = Self::slices(mem, bufs)?;
         let (iov, _guard) = IoVector::from_volatile_slice(slices.iter());
         self.access
             .writev(iov, offset)
             .map_err(|source| DiskError::Io { offset, source })
+    }
+
+    /// A read-only image is never asked to change: imago would still try to allocate for a
+    /// write on an image opened read-only (found by the `qcow2` fuzz target, where a crafted
+    /// image made that allocation recurse without bound).
+    fn check_writable(&self, offset: u64) -> Result<(), DiskError> {
+        if self.writable {
+            Ok(())
+        } else {
+            Err(DiskError::Io {
+                offset,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    "the qcow2 image is open read-only",
+                ),
+            })
+        }
     }
 
     fn datasync(&self) -> Result<(), DiskError> {
@@ -248,6 +269,7 @@ impl Qcow2Disk {
         if len == 0 {
             return Ok(());
         }
+        self.check_writable(offset)?;
         self.access
             .discard_to_zero(offset, len)
             .map_err(|source| DiskError::Io { offset, source })
@@ -258,6 +280,7 @@ impl Qcow2Disk {
         if len == 0 {
             return Ok(());
         }
+        self.check_writable(offset)?;
         if unmap {
             return self.discard(offset, len);
         }

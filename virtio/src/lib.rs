@@ -5,6 +5,7 @@
 //! transport's per-queue [`EventFd`](vmm_sys_util::eventfd::EventFd)s into ioeventfds and its
 //! interrupt EventFd into an irqfd.
 
+pub mod active;
 pub mod block;
 pub mod device;
 pub mod indirect;
@@ -12,6 +13,7 @@ pub mod io_thread;
 pub mod mmio;
 pub mod net;
 pub mod rate_limiter;
+pub mod rng;
 
 #[cfg(test)]
 pub(crate) mod test_utils;

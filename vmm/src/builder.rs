@@ -24,6 +24,7 @@ use crate::device_manager::block::{
     attach_drives, check_drives, drive_cmdline_args, register_drive_metrics, update_drive,
     BlockDevice, DriveError,
 };
+use crate::device_manager::entropy::{attach_entropy, EntropyDevice, EntropyError};
 use crate::device_manager::legacy::{attach_legacy_devices, LegacyDevices, LegacyError};
 use crate::device_manager::mmio::{MmioAllocator, MmioSlot};
 use crate::device_manager::net::{
@@ -82,6 +83,8 @@ pub enum StartError {
     Drive(#[from] DriveError),
     #[error(transparent)]
     Net(#[from] NetDeviceError),
+    #[error("entropy: {0}")]
+    Entropy(#[from] EntropyError),
     #[error("io thread: {0}")]
     IoThread(#[from] IoThreadError),
 }
@@ -134,6 +137,8 @@ pub struct RunningVm {
     pub drives: Vec<BlockDevice>,
     /// virtio-net devices, in configuration order (after the drives on the MMIO bus).
     pub nets: Vec<NetDevice>,
+    /// The virtio-rng device, when configured (after the network interfaces on the bus).
+    pub entropy: Option<EntropyDevice>,
     /// The loop serving every virtio device; stopped and joined on drop.
     pub io_thread: Option<IoThreadHandle>,
 }
@@ -224,6 +229,14 @@ pub fn build_and_boot_with(
         &config.network_interfaces,
     )?;
     register_net_metrics(&nets, metrics::global());
+    let entropy = match &config.entropy {
+        Some(cfg) => {
+            let dev = attach_entropy(&vm, &mut buses, &mut allocator, &memory, cfg)?;
+            dev.register_metrics(metrics::global());
+            Some(dev)
+        }
+        None => None,
+    };
     let mut io = IoThread::new()?;
     for d in &drives {
         io.add_subscriber(d.subscriber());
@@ -231,11 +244,15 @@ pub fn build_and_boot_with(
     for n in &nets {
         io.add_subscriber(n.subscriber());
     }
+    if let Some(e) = &entropy {
+        io.add_subscriber(e.subscriber());
+    }
 
     let slots: Vec<MmioSlot> = drives
         .iter()
         .map(|d| d.mmio.slot)
         .chain(nets.iter().map(|n| n.mmio.slot))
+        .chain(entropy.iter().map(|e| e.mmio.slot))
         .collect();
     let poweroff = EventFdTrigger::new(
         legacy
@@ -334,6 +351,7 @@ pub fn build_and_boot_with(
         vcpu_exit_evt,
         drives,
         nets,
+        entropy,
         io_thread: Some(io_thread),
     })
 }

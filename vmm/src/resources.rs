@@ -146,6 +146,14 @@ impl VmResources {
         self.set_machine_config(merged)
     }
 
+    /// `PUT /entropy`: adds the entropy device, or replaces its settings.
+    pub fn set_entropy(
+        &mut self,
+        entropy: crate::config::EntropyDeviceConfig,
+    ) -> Result<(), ResourceError> {
+        self.update(|c| c.entropy = Some(entropy))
+    }
+
     /// Adds a drive, or replaces the one with the same id (Firecracker's semantics).
     pub fn set_drive(&mut self, drive: DriveConfig) -> Result<(), ResourceError> {
         drive.validate()?;

@@ -56,6 +56,20 @@ pub(super) fn null_as_empty<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
 }
 
+/// Reads an object section that Firecracker's clients may also send as `[]` (as they do for
+/// sections they leave unset): `null` and an empty list become `None`.
+pub(super) fn null_or_empty_list<'de, D: Deserializer<'de>, T: serde::de::DeserializeOwned>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    match Option::<Value>::deserialize(d)? {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(items)) if items.is_empty() => Ok(None),
+        Some(v) => serde_json::from_value(v)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+    }
+}
+
 /// Reads a section xenia does not implement: `null` and an empty list ask for nothing and
 /// become `None`; anything else is kept so that validation can refuse it by name.
 pub(super) fn unless_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {

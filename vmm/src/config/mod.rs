@@ -8,6 +8,7 @@
 
 mod boot_source;
 mod drive;
+mod entropy;
 mod export;
 mod logger;
 mod machine_config;
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 pub use boot_source::BootSourceConfig;
 pub use drive::{CacheType, DriveConfig, DriveUpdate, ImageFormat, IoEngine};
+pub use entropy::EntropyDeviceConfig;
 pub(crate) use export::array_used_as_object;
 pub use logger::{LogLevel, LoggerConfig};
 pub use machine_config::{HugePages, MachineConfig, MachineConfigUpdate, MAX_VCPUS};
@@ -131,8 +133,8 @@ pub struct VmConfig {
     pub balloon: Option<serde_json::Value>,
     #[serde(default, deserialize_with = "export::unless_empty")]
     pub vsock: Option<serde_json::Value>,
-    #[serde(default, deserialize_with = "export::unless_empty")]
-    pub entropy: Option<serde_json::Value>,
+    #[serde(default, deserialize_with = "export::null_or_empty_list")]
+    pub entropy: Option<EntropyDeviceConfig>,
     #[serde(
         rename = "mmds-config",
         default,
@@ -184,7 +186,6 @@ impl VmConfig {
         let unsupported = [
             ("balloon", self.balloon.is_some()),
             ("vsock", self.vsock.is_some()),
-            ("entropy", self.entropy.is_some()),
             ("mmds-config", self.mmds_config.is_some()),
             ("cpu-config", self.cpu_config.is_some()),
             ("pmem", self.pmem.is_some()),
@@ -207,6 +208,9 @@ impl VmConfig {
         }
         if let Some(s) = &self.serial {
             s.validate()?;
+        }
+        if let Some(e) = &self.entropy {
+            e.validate()?;
         }
         drive::validate_drive_set(&self.drives)?;
         net::validate_interface_set(&self.network_interfaces)?;

@@ -227,6 +227,13 @@ impl Vmm {
                 self.resources.set_drive(drive).map_err(|e| failed(&e))?;
                 Ok(VmmData::Empty)
             }
+            A::PutEntropy(entropy) => {
+                self.pre_boot()?;
+                self.resources
+                    .set_entropy(entropy)
+                    .map_err(|e| failed(&e))?;
+                Ok(VmmData::Empty)
+            }
             A::PutNetworkInterface(iface) => {
                 self.pre_boot()?;
                 self.resources

@@ -24,8 +24,9 @@ pub use routes::{
 use serde::{Deserialize, Serialize};
 
 use crate::config::{
-    BootSourceConfig, DriveConfig, DriveUpdate, LoggerConfig, MachineConfig, MachineConfigUpdate,
-    MetricsConfig, NetworkInterfaceConfig, NetworkInterfaceUpdate, SerialConfig,
+    BootSourceConfig, DriveConfig, DriveUpdate, EntropyDeviceConfig, LoggerConfig, MachineConfig,
+    MachineConfigUpdate, MetricsConfig, NetworkInterfaceConfig, NetworkInterfaceUpdate,
+    SerialConfig,
 };
 
 /// The state `PATCH /vm` asks for.
@@ -74,4 +75,6 @@ pub enum VmmAction {
     PutNetworkInterface(NetworkInterfaceConfig),
     /// `PATCH /network-interfaces/{id}`
     PatchNetworkInterface(NetworkInterfaceUpdate),
+    /// `PUT /entropy`
+    PutEntropy(EntropyDeviceConfig),
 }

@@ -15,6 +15,7 @@ pub const ROUTES: &[(Method, &str)] = &[
     (Method::Put, "/boot-source"),
     (Method::Put, "/drives/{drive_id}"),
     (Method::Patch, "/drives/{drive_id}"),
+    (Method::Put, "/entropy"),
     (Method::Put, "/logger"),
     (Method::Get, "/machine-config"),
     (Method::Put, "/machine-config"),
@@ -32,7 +33,6 @@ pub const ROUTES: &[(Method, &str)] = &[
 pub const UNSUPPORTED_ROUTES: &[&str] = &[
     "balloon",
     "cpu-config",
-    "entropy",
     "hotplug",
     "mmds",
     "pmem",
@@ -229,6 +229,11 @@ fn route(method: Method, path: &str, body: &[u8]) -> Result<ParsedRequest, Route
             let config: crate::config::SerialConfig = json("serial").parse()?;
             config.validate()?;
             A::PutSerial(config)
+        }
+        (Put, "entropy") => {
+            let config: crate::config::EntropyDeviceConfig = json("entropy").parse()?;
+            config.validate()?;
+            A::PutEntropy(config)
         }
         (Put, "drives") => {
             let id = second.ok_or(RouteError::MissingId("drive id"))?;

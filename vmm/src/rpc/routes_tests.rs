@@ -300,7 +300,6 @@ fn unsupported_features_are_refused_by_name_never_accepted() {
         (Method::Put, "/vsock/vsock0"),
         (Method::Put, "/balloon"),
         (Method::Get, "/balloon/statistics"),
-        (Method::Put, "/entropy"),
         (Method::Put, "/mmds"),
         (Method::Put, "/mmds/config"),
         (Method::Put, "/snapshot/create"),
@@ -573,4 +572,33 @@ fn deprecations_are_recorded_once_each() {
     assert!(!first_sighting("test: a is deprecated."));
     assert!(first_sighting("test: c is deprecated."));
     assert!(!first_sighting("test: c is deprecated."));
+}
+
+#[test]
+fn put_entropy_takes_an_optional_rate_limiter_and_refuses_unknown_fields() {
+    let r = |body: &str| {
+        parse_request(&Request {
+            method: Method::Put,
+            path: "/entropy".into(),
+            query: None,
+            headers: Vec::new(),
+            body: body.as_bytes().to_vec(),
+        })
+    };
+    let Ok(p) = r("{}") else {
+        panic!("an empty entropy body is valid")
+    };
+    assert_eq!(
+        p.action,
+        VmmAction::PutEntropy(crate::config::EntropyDeviceConfig::default())
+    );
+    let Ok(p) = r(r#"{"rate_limiter": {"ops": {"size": 10, "refill_time": 1000}}}"#) else {
+        panic!("a limited entropy body is valid")
+    };
+    let VmmAction::PutEntropy(c) = p.action else {
+        panic!("not PutEntropy")
+    };
+    assert_eq!(c.rate_limiter.and_then(|l| l.ops).map(|o| o.size), Some(10));
+    let e = r(r#"{"bytes_per_s": 1}"#).unwrap_err().to_string();
+    assert!(e.contains("unknown field `bytes_per_s`"), "{e}");
 }

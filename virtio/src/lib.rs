@@ -6,6 +6,7 @@
 //! interrupt EventFd into an irqfd.
 
 pub mod active;
+pub mod balloon;
 pub mod block;
 pub mod device;
 pub mod indirect;

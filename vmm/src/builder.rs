@@ -20,6 +20,7 @@ use crate::console::ConsoleWriter;
 use crate::device_manager::acpi::{
     attach_acpi, register_acpi_metrics, AcpiDeviceError, AcpiDevices,
 };
+use crate::device_manager::balloon::{attach_balloon, BalloonDevice, BalloonDeviceError};
 use crate::device_manager::block::{
     attach_drives, check_drives, drive_cmdline_args, register_drive_metrics, update_drive,
     BlockDevice, DriveError,
@@ -85,6 +86,8 @@ pub enum StartError {
     Net(#[from] NetDeviceError),
     #[error("entropy: {0}")]
     Entropy(#[from] EntropyError),
+    #[error("balloon: {0}")]
+    Balloon(#[from] BalloonDeviceError),
     #[error("io thread: {0}")]
     IoThread(#[from] IoThreadError),
 }
@@ -139,6 +142,8 @@ pub struct RunningVm {
     pub nets: Vec<NetDevice>,
     /// The virtio-rng device, when configured (after the network interfaces on the bus).
     pub entropy: Option<EntropyDevice>,
+    /// The memory balloon, when configured (after the entropy device on the bus).
+    pub balloon: Option<BalloonDevice>,
     /// The loop serving every virtio device; stopped and joined on drop.
     pub io_thread: Option<IoThreadHandle>,
 }
@@ -237,6 +242,14 @@ pub fn build_and_boot_with(
         }
         None => None,
     };
+    let balloon = match &config.balloon {
+        Some(cfg) => {
+            let dev = attach_balloon(&vm, &mut buses, &mut allocator, &memory, cfg)?;
+            dev.register_metrics(metrics::global());
+            Some(dev)
+        }
+        None => None,
+    };
     let mut io = IoThread::new()?;
     for d in &drives {
         io.add_subscriber(d.subscriber());
@@ -247,12 +260,16 @@ pub fn build_and_boot_with(
     if let Some(e) = &entropy {
         io.add_subscriber(e.subscriber());
     }
+    if let Some(b) = &balloon {
+        io.add_subscriber(b.subscriber());
+    }
 
     let slots: Vec<MmioSlot> = drives
         .iter()
         .map(|d| d.mmio.slot)
         .chain(nets.iter().map(|n| n.mmio.slot))
         .chain(entropy.iter().map(|e| e.mmio.slot))
+        .chain(balloon.iter().map(|b| b.mmio.slot))
         .collect();
     let poweroff = EventFdTrigger::new(
         legacy
@@ -352,6 +369,7 @@ pub fn build_and_boot_with(
         drives,
         nets,
         entropy,
+        balloon,
         io_thread: Some(io_thread),
     })
 }

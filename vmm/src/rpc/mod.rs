@@ -24,9 +24,9 @@ pub use routes::{
 use serde::{Deserialize, Serialize};
 
 use crate::config::{
-    BootSourceConfig, DriveConfig, DriveUpdate, EntropyDeviceConfig, LoggerConfig, MachineConfig,
-    MachineConfigUpdate, MetricsConfig, NetworkInterfaceConfig, NetworkInterfaceUpdate,
-    SerialConfig,
+    BalloonDeviceConfig, BalloonStatsUpdate, BalloonUpdate, BootSourceConfig, DriveConfig,
+    DriveUpdate, EntropyDeviceConfig, LoggerConfig, MachineConfig, MachineConfigUpdate,
+    MetricsConfig, NetworkInterfaceConfig, NetworkInterfaceUpdate, SerialConfig,
 };
 
 /// The state `PATCH /vm` asks for.
@@ -77,4 +77,14 @@ pub enum VmmAction {
     PatchNetworkInterface(NetworkInterfaceUpdate),
     /// `PUT /entropy`
     PutEntropy(EntropyDeviceConfig),
+    /// `PUT /balloon`
+    PutBalloon(BalloonDeviceConfig),
+    /// `PATCH /balloon`
+    PatchBalloon(BalloonUpdate),
+    /// `GET /balloon`
+    GetBalloonConfig,
+    /// `GET /balloon/statistics`
+    GetBalloonStats,
+    /// `PATCH /balloon/statistics`
+    PatchBalloonStats(BalloonStatsUpdate),
 }

@@ -13,7 +13,9 @@
 //! - `net.rs`: virtio-net driver; `netstack.rs`: Ethernet/ARP/IPv4/ICMP/UDP
 //!   frames by hand; `net_cmds.rs`: its commands.
 //! - `rng.rs`: virtio-rng driver and the `rng-*` commands.
+//! - `balloon.rs`: virtio-balloon driver and the `balloon-*` commands.
 
+pub mod balloon;
 pub mod bench;
 pub mod blk;
 pub mod blk_cmds;
@@ -120,7 +122,8 @@ fn split_index(name: &[u8]) -> Option<(&[u8], usize)> {
 pub fn run(cmd: Command<'_>) -> bool {
     if !(cmd.name.starts_with(b"blk-")
         || cmd.name.starts_with(b"net-")
-        || cmd.name.starts_with(b"rng-"))
+        || cmd.name.starts_with(b"rng-")
+        || cmd.name.starts_with(b"balloon-"))
     {
         return false;
     }
@@ -131,6 +134,8 @@ pub fn run(cmd: Command<'_>) -> bool {
     dma::reset();
     if name.starts_with(b"blk-") {
         blk_cmds::run(as_text(name), index, cmd.arg);
+    } else if name.starts_with(b"balloon-") {
+        balloon::run(as_text(name), index, cmd.arg);
     } else if name.starts_with(b"rng-") {
         rng::run(as_text(name), index, cmd.arg);
     } else {

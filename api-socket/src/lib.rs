@@ -15,7 +15,9 @@
 mod connection;
 mod http;
 mod parse;
+mod replay;
 mod server;
 
 pub use http::{Method, Request, Response};
+pub use replay::serve_stream;
 pub use server::{ApiServer, ApiServerError, ServerOptions};

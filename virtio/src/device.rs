@@ -81,6 +81,15 @@ impl IrqTrigger {
         self.needs_reset.load(Ordering::Acquire)
     }
 
+    /// Puts back a saved `InterruptStatus`, config generation and needs-reset flag
+    /// (snapshot restore; the caller validated them).
+    pub(crate) fn restore(&self, status: u32, config_generation: u32, needs_reset: bool) {
+        self.status.store(status, Ordering::Release);
+        self.config_generation
+            .store(config_generation, Ordering::Release);
+        self.needs_reset.store(needs_reset, Ordering::Release);
+    }
+
     /// Back to the power-on state (device reset by the driver).
     pub fn reset(&self) {
         self.status.store(0, Ordering::Release);

@@ -13,9 +13,14 @@ pub mod indirect;
 pub mod io_thread;
 pub mod mmio;
 pub mod net;
+pub mod persist;
 pub mod rate_limiter;
 pub mod rng;
 
+#[cfg(test)]
+mod persist_tests;
+#[cfg(test)]
+pub(crate) mod test_rings;
 #[cfg(test)]
 pub(crate) mod test_utils;
 
@@ -23,10 +28,19 @@ pub use device::{
     ActivateContext, ActivateError, InterruptType, IrqTrigger, VirtioDevice, VirtioInterrupt,
 };
 pub use io_thread::{IoSubscriber, IoThread, IoThreadError, IoThreadHandle};
+pub use mmio::persist::{MmioTransportState, QueueRegsState, TransportStateError};
 pub use mmio::{MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
+pub use persist::{
+    QueueState, QueueStateError, VirtioDeviceState, VirtioPersist, VirtioStateError,
+};
 
-/// The guest memory type every device works with.
-pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
+/// Guest memory as every device sees it. The bitmap records each page written through
+/// vm-memory (used rings, request status bytes, sync-engine reads into the guest) and, marked
+/// by hand, the buffers io_uring and the tap fill through raw pointers: the pages the VMM's
+/// threads write, which KVM's dirty log does not see. Diff snapshots OR the two.
+pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<vm_memory::bitmap::AtomicBitmap>;
+/// One region of [`GuestMemoryMmap`].
+pub type GuestRegionMmap = vm_memory::GuestRegionMmap<vm_memory::bitmap::AtomicBitmap>;
 
 /// Feature bits shared by every device (virtio 1.2, section 6).
 pub mod features {

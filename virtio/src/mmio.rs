@@ -544,6 +544,9 @@ pub(crate) fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+#[path = "mmio_persist.rs"]
+pub mod persist;
+
 #[cfg(test)]
 #[path = "mmio_tests.rs"]
 mod tests;

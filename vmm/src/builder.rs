@@ -1,12 +1,13 @@
 //! The one place that turns a configuration into a running VM.
 
 use std::sync::mpsc::{channel, Receiver};
+use std::sync::Arc;
 use std::time::Instant;
 
 use devices::legacy::SerialOut;
 use devices::EventFdTrigger;
+use virtio::GuestMemoryMmap;
 use virtio::{IoThread, IoThreadError, IoThreadHandle};
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::arch::boot_params::{write_pvh_info, write_zero_page, BootInfo, BootParamsError};
@@ -33,6 +34,7 @@ use crate::device_manager::net::{
 };
 use crate::device_manager::DeviceBuses;
 use crate::metrics;
+use crate::persist::memory::MemorySource;
 use crate::sink::open_nonblocking;
 use crate::vstate::kvm::{KvmContext, KvmError};
 use crate::vstate::memory::{create_guest_memory, MemoryError};
@@ -40,6 +42,7 @@ use crate::vstate::vcpu::{
     register_kick_signal_handler, Vcpu, VcpuError, VcpuEvent, VcpuExitReason, VcpuExitSink,
     VcpuHandle, VcpuResponse,
 };
+use crate::vstate::vcpu_state::VcpuPersistContext;
 use crate::vstate::vm::{Vm, VmError};
 
 /// Kernel command line used when the configuration gives none.
@@ -146,6 +149,136 @@ pub struct RunningVm {
     pub balloon: Option<BalloonDevice>,
     /// The loop serving every virtio device; stopped and joined on drop.
     pub io_thread: Option<IoThreadHandle>,
+    /// Host facts for saving vCPU states.
+    pub persist: Arc<VcpuPersistContext>,
+    /// For a restored VM: the memory file its RAM maps (pages not faulted in yet live there).
+    pub memory_source: Option<MemorySource>,
+    /// KVM logs dirty pages (machine-config.track_dirty_pages or the load's
+    /// track_dirty_pages): Diff snapshots are possible.
+    pub track_dirty_pages: bool,
+    /// Uffd backend: the connection to the page-fault handler (kept open for the life of the
+    /// VM, as Firecracker does) and xenia's copy of the userfaultfd.
+    pub uffd: Option<(
+        std::os::unix::net::UnixStream,
+        crate::persist::uffd::UffdHandle,
+    )>,
+}
+
+/// The devices of a VM, created from its configuration; the same for a cold boot and a
+/// restore (which then applies saved states on top).
+pub(crate) struct Devices {
+    pub buses: DeviceBuses,
+    pub legacy: LegacyDevices,
+    pub drives: Vec<BlockDevice>,
+    pub nets: Vec<NetDevice>,
+    pub entropy: Option<EntropyDevice>,
+    pub balloon: Option<BalloonDevice>,
+    pub io: IoThread,
+}
+
+/// Creates every device of `config` on `vm` with `memory`, in the fixed order that decides
+/// their MMIO windows and IRQs: legacy devices, drives, network interfaces, the entropy
+/// device, the balloon.
+pub(crate) fn create_devices(
+    config: &VmConfig,
+    vm: &Vm,
+    memory: &GuestMemoryMmap,
+    options: BuildOptions,
+) -> Result<Devices, StartError> {
+    check_drives(&config.drives)?;
+    let serial_out = serial_output(config)?;
+    let mut buses = DeviceBuses::default();
+    let legacy = attach_legacy_devices(vm, &mut buses, serial_out, options.boot_timer)?;
+    let mut allocator = MmioAllocator::default();
+    let drives = attach_drives(vm, &mut buses, &mut allocator, memory, &config.drives)?;
+    register_drive_metrics(&drives, metrics::global());
+    let nets = attach_net_devices(
+        vm,
+        &mut buses,
+        &mut allocator,
+        memory,
+        &config.network_interfaces,
+    )?;
+    register_net_metrics(&nets, metrics::global());
+    let entropy = match &config.entropy {
+        Some(cfg) => {
+            let dev = attach_entropy(vm, &mut buses, &mut allocator, memory, cfg)?;
+            dev.register_metrics(metrics::global());
+            Some(dev)
+        }
+        None => None,
+    };
+    let balloon = match &config.balloon {
+        Some(cfg) => {
+            let dev = attach_balloon(vm, &mut buses, &mut allocator, memory, cfg)?;
+            dev.register_metrics(metrics::global());
+            Some(dev)
+        }
+        None => None,
+    };
+    let mut io = IoThread::new()?;
+    for d in &drives {
+        io.add_subscriber(d.subscriber());
+    }
+    for n in &nets {
+        io.add_subscriber(n.subscriber());
+    }
+    if let Some(e) = &entropy {
+        io.add_subscriber(e.subscriber());
+    }
+    if let Some(b) = &balloon {
+        io.add_subscriber(b.subscriber());
+    }
+    Ok(Devices {
+        buses,
+        legacy,
+        drives,
+        nets,
+        entropy,
+        balloon,
+        io,
+    })
+}
+
+/// Starts the `io` thread with its start-up hook.
+pub(crate) fn start_io_thread(
+    io: IoThread,
+    hook: Option<ThreadStartHook>,
+) -> Result<IoThreadHandle, StartError> {
+    Ok(io.start(move || match hook {
+        Some(hook) => hook(),
+        None => Ok(()),
+    })?)
+}
+
+/// Started vCPU threads with the channel and eventfd through which they report exits.
+pub(crate) type StartedVcpus = (Vec<VcpuHandle>, Receiver<(u8, VcpuExitReason)>, EventFd);
+
+/// Starts every vCPU thread (paused with `paused`), with the exit channel the VMM watches.
+pub(crate) fn start_vcpus(vcpus: Vec<Vcpu>, paused: bool) -> Result<StartedVcpus, StartError> {
+    register_kick_signal_handler()?;
+    let vcpu_exit_evt = EventFd::new(EFD_NONBLOCK).map_err(StartError::ExitEvent)?;
+    let (exit_tx, vcpu_exits) = channel();
+    let sink = VcpuExitSink::new(
+        exit_tx,
+        vcpu_exit_evt.try_clone().map_err(StartError::ExitEvent)?,
+    );
+    // If a vCPU cannot start, the handles of those already running are dropped on the way
+    // out, which stops and joins them before anything else of this build is released.
+    let mut handles = Vec::with_capacity(vcpus.len());
+    let mut pauses = Vec::new();
+    for v in vcpus {
+        let (handle, pause) = v.start_with(sink.try_clone()?, paused)?;
+        pauses.extend(pause.map(|p| (handles.len(), p)));
+        handles.push(handle);
+    }
+    for (i, pause) in pauses {
+        let h: &VcpuHandle = &handles[i];
+        if h.response(pause, VCPU_RESPONSE_TIMEOUT)? != VcpuResponse::Paused {
+            return Err(VcpuError::NoResponse(h.index()).into());
+        }
+    }
+    Ok((handles, vcpu_exits, vcpu_exit_evt))
 }
 
 fn serial_output(config: &VmConfig) -> Result<SerialOut, StartError> {
@@ -206,10 +339,8 @@ pub fn build_and_boot_with(
         .boot_source
         .as_ref()
         .ok_or(StartError::MissingBootSource)?;
-    check_drives(&config.drives)?;
     let machine = config.machine_config.clone().unwrap_or_default();
     let mem_size = machine.mem_size_bytes();
-    let serial_out = serial_output(config)?;
 
     let kvm = KvmContext::open()?;
     let supported_cpuid = kvm.supported_cpuid()?;
@@ -221,48 +352,15 @@ pub fn build_and_boot_with(
     let memory = create_guest_memory(mem_size, machine.huge_pages)?;
     vm.register_memory(&memory, machine.track_dirty_pages)?;
 
-    let mut buses = DeviceBuses::default();
-    let legacy = attach_legacy_devices(&vm, &mut buses, serial_out, options.boot_timer)?;
-    let mut allocator = MmioAllocator::default();
-    let drives = attach_drives(&vm, &mut buses, &mut allocator, &memory, &config.drives)?;
-    register_drive_metrics(&drives, metrics::global());
-    let nets = attach_net_devices(
-        &vm,
-        &mut buses,
-        &mut allocator,
-        &memory,
-        &config.network_interfaces,
-    )?;
-    register_net_metrics(&nets, metrics::global());
-    let entropy = match &config.entropy {
-        Some(cfg) => {
-            let dev = attach_entropy(&vm, &mut buses, &mut allocator, &memory, cfg)?;
-            dev.register_metrics(metrics::global());
-            Some(dev)
-        }
-        None => None,
-    };
-    let balloon = match &config.balloon {
-        Some(cfg) => {
-            let dev = attach_balloon(&vm, &mut buses, &mut allocator, &memory, cfg)?;
-            dev.register_metrics(metrics::global());
-            Some(dev)
-        }
-        None => None,
-    };
-    let mut io = IoThread::new()?;
-    for d in &drives {
-        io.add_subscriber(d.subscriber());
-    }
-    for n in &nets {
-        io.add_subscriber(n.subscriber());
-    }
-    if let Some(e) = &entropy {
-        io.add_subscriber(e.subscriber());
-    }
-    if let Some(b) = &balloon {
-        io.add_subscriber(b.subscriber());
-    }
+    let Devices {
+        mut buses,
+        legacy,
+        drives,
+        nets,
+        entropy,
+        balloon,
+        io,
+    } = create_devices(config, &vm, &memory, options)?;
 
     let slots: Vec<MmioSlot> = drives
         .iter()
@@ -315,16 +413,14 @@ pub fn build_and_boot_with(
     write_boot_tables(&memory, kernel.protocol)?;
     setup_mptable(&memory, machine.vcpu_count)?;
 
-    let io_hook = hooks.io_thread;
-    let io_thread = io.start(move || match io_hook {
-        Some(hook) => hook(),
-        None => Ok(()),
-    })?;
+    let io_thread = start_io_thread(io, hooks.io_thread)?;
 
+    let persist = Arc::new(VcpuPersistContext::new(&kvm.kvm, vm.fd()));
     let topology = Topology::new(machine.vcpu_count, machine.smt);
     let mut vcpus = Vec::with_capacity(usize::from(machine.vcpu_count));
     for index in 0..machine.vcpu_count {
-        let vcpu = Vcpu::new(&vm, index, buses.pio.clone(), buses.mmio.clone())?;
+        let mut vcpu = Vcpu::new(&vm, index, buses.pio.clone(), buses.mmio.clone())?;
+        vcpu.set_persist_context(persist.clone());
         let boot = (index == 0).then(|| {
             (
                 kernel.protocol,
@@ -336,19 +432,7 @@ pub fn build_and_boot_with(
         vcpus.push(vcpu);
     }
 
-    register_kick_signal_handler()?;
-    let vcpu_exit_evt = EventFd::new(EFD_NONBLOCK).map_err(StartError::ExitEvent)?;
-    let (exit_tx, vcpu_exits) = channel();
-    let sink = VcpuExitSink::new(
-        exit_tx,
-        vcpu_exit_evt.try_clone().map_err(StartError::ExitEvent)?,
-    );
-    // If a vCPU cannot start, the handles of those already running are dropped inside
-    // `collect`, which stops and joins them before anything else of this build is released.
-    let handles = vcpus
-        .into_iter()
-        .map(|v| v.start(sink.try_clone()?))
-        .collect::<Result<Vec<_>, VcpuError>>()?;
+    let (handles, vcpu_exits, vcpu_exit_evt) = start_vcpus(vcpus, false)?;
     if let Some(start) = options.boot_timer {
         // Same level as the guest boot-time line, so a benchmark sees both by default.
         log::warn!(
@@ -371,6 +455,10 @@ pub fn build_and_boot_with(
         entropy,
         balloon,
         io_thread: Some(io_thread),
+        persist,
+        memory_source: None,
+        track_dirty_pages: machine.track_dirty_pages,
+        uffd: None,
     })
 }
 

@@ -45,6 +45,11 @@ Usage: xenia [OPTIONS]
   --no-seccomp         run every thread without a seccomp filter: for debugging only, it
                        leaves the whole kernel interface open to a guest that escapes
   --version            print the version and exit
+  --snapshot-version   print the snapshot state-file format version this xenia writes and
+                       reads, and exit
+  --describe-snapshot FILE
+                       check a snapshot state file (header, checksum, every value) and
+                       print what it holds as JSON, then exit (status 1 if it is refused)
   --help               print this help and exit
 
 Exit status: 0 after a guest reset (i8042) or power-off, or SIGTERM/SIGINT; 1 for a bad
@@ -108,6 +113,8 @@ pub struct CliArgs {
     pub seccomp_filter: Option<String>,
     pub no_seccomp: bool,
     pub version: bool,
+    pub snapshot_version: bool,
+    pub describe_snapshot: Option<String>,
     pub help: bool,
 }
 
@@ -135,6 +142,8 @@ impl Default for CliArgs {
             seccomp_filter: None,
             no_seccomp: false,
             version: false,
+            snapshot_version: false,
+            describe_snapshot: None,
             help: false,
         }
     }
@@ -241,6 +250,11 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<CliArgs, CliErro
                 let n = micros(FLAG, &value(FLAG)?)?;
                 set_once(&mut out.parent_cpu_time_us, FLAG, n)?;
             }
+            "--describe-snapshot" => set_once(
+                &mut out.describe_snapshot,
+                "--describe-snapshot",
+                value("--describe-snapshot")?,
+            )?,
             "--log-path" => set_once(&mut out.log_path, "--log-path", value("--log-path")?)?,
             "--seccomp-filter" => set_once(
                 &mut out.seccomp_filter,
@@ -256,7 +270,8 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<CliArgs, CliErro
                 set_once(&mut out.level, "--level", level)?;
             }
             flag @ ("--no-api" | "--show-level" | "--show-log-origin" | "--boot-timer"
-            | "--no-seccomp" | "--enable-pci" | "--version" | "--help") => {
+            | "--no-seccomp" | "--enable-pci" | "--version" | "--snapshot-version"
+            | "--help") => {
                 if inline.is_some() {
                     return Err(CliError::Unknown(arg));
                 }
@@ -268,6 +283,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<CliArgs, CliErro
                     "--no-seccomp" => out.no_seccomp = true,
                     "--enable-pci" => out.enable_pci = true,
                     "--version" => out.version = true,
+                    "--snapshot-version" => out.snapshot_version = true,
                     _ => out.help = true,
                 }
             }
@@ -446,6 +462,15 @@ mod tests {
         );
         assert!(p(&["--http-api-max-payload-size", "0"]).is_err());
         assert!(p(&["--http-api-max-payload-size", "lots"]).is_err());
+    }
+
+    #[test]
+    fn snapshot_flags() {
+        assert!(p(&["--snapshot-version"]).unwrap().snapshot_version);
+        assert!(p(&["--snapshot-version=1"]).is_err());
+        let a = p(&["--describe-snapshot", "/s.state"]).unwrap();
+        assert_eq!(a.describe_snapshot.as_deref(), Some("/s.state"));
+        assert!(p(&["--describe-snapshot"]).is_err());
     }
 
     #[test]

@@ -59,6 +59,8 @@ pub enum Token {
     Api = 5,
     /// The periodic metrics flush.
     MetricsTimer = 6,
+    /// The Uffd page-fault handler's connection (a restored VM's): hang-up means it died.
+    UffdHandler = 7,
 }
 
 impl Token {
@@ -70,6 +72,7 @@ impl Token {
             Token::Stdin,
             Token::Api,
             Token::MetricsTimer,
+            Token::UffdHandler,
         ]
         .into_iter()
         .find(|t| *t as u64 == v)
@@ -176,6 +179,19 @@ impl ControlLoop {
         );
         self.watch(reset, Token::Reset)?;
         self.watch(exit, Token::VcpuExit)?;
+        if let Some((stream, _)) = &vm.uffd {
+            // Nothing is ever sent on it: readable or hung up both mean the handler is gone.
+            self.epoll
+                .ctl(
+                    ControlOperation::Add,
+                    stream.as_raw_fd(),
+                    EpollEvent::new(
+                        EventSet::IN | EventSet::READ_HANG_UP | EventSet::HANG_UP,
+                        Token::UffdHandler as u64,
+                    ),
+                )
+                .map_err(ControlError::Epoll)?;
+        }
         self.vm_watched = true;
         Ok(())
     }
@@ -256,6 +272,16 @@ impl ControlLoop {
                 None
             }
             Token::Api => self.serve_api(),
+            Token::UffdHandler => {
+                log::error!(
+                    "the Uffd page-fault handler closed its connection: guest pages not yet \
+                     faulted in can no longer be served and a vCPU touching one would hang; \
+                     stopping the VM"
+                );
+                // A vCPU blocked on a fault nobody will serve cannot be joined.
+                self.vmm.abandon_vm();
+                Some(ExitCode::GuestCrash)
+            }
             Token::MetricsTimer => {
                 let _ = self.metrics_timer.wait();
                 self.vmm.flush_metrics_if_configured();

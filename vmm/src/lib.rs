@@ -9,6 +9,7 @@ pub mod control;
 pub mod device_manager;
 pub mod logger;
 pub mod metrics;
+pub mod persist;
 pub mod resources;
 pub mod rpc;
 pub mod seccomp;

@@ -121,6 +121,21 @@ fn prepare(args: &CliArgs, start: Instant) -> Result<ControlLoop, String> {
     Ok(control)
 }
 
+/// `--describe-snapshot FILE`: the checked contents as JSON on stdout.
+#[allow(clippy::print_stdout)]
+fn describe_snapshot(path: &str) -> ExitCode {
+    let described = vmm::persist::restore::read_state_bytes(path)
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| vmm::persist::describe(&bytes));
+    match described {
+        Ok(v) => {
+            println!("{v:#}");
+            ExitCode::Ok
+        }
+        Err(e) => fail(&format!("{path}: {e}")),
+    }
+}
+
 #[allow(clippy::print_stdout)]
 fn run(start: Instant) -> ExitCode {
     let args = match cli::parse(std::env::args().skip(1)) {
@@ -134,6 +149,13 @@ fn run(start: Instant) -> ExitCode {
     if args.version {
         println!("xenia v{}", env!("CARGO_PKG_VERSION"));
         return ExitCode::Ok;
+    }
+    if args.snapshot_version {
+        println!("{}", vmm::persist::SNAPSHOT_FORMAT_VERSION);
+        return ExitCode::Ok;
+    }
+    if let Some(path) = &args.describe_snapshot {
+        return describe_snapshot(path);
     }
     // Log to stderr until the configuration says otherwise.
     if let Err(e) = logger::configure(logger_settings(&args, None)) {

@@ -62,6 +62,40 @@ impl Serialize for Counter {
     }
 }
 
+/// The last value measured (e.g. a latency), readable from any thread.
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicU64);
+
+impl Gauge {
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+    /// Records `elapsed` in microseconds.
+    pub fn set_duration(&self, elapsed: Duration) {
+        self.set(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX));
+    }
+}
+
+impl Serialize for Gauge {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.get())
+    }
+}
+
+/// How long the last lifecycle operations took on the VMM thread, in microseconds
+/// (Firecracker's `latencies_us` names).
+#[derive(Debug, Default, Serialize)]
+pub struct LatencyMetrics {
+    pub full_create_snapshot: Gauge,
+    pub diff_create_snapshot: Gauge,
+    pub load_snapshot: Gauge,
+    pub pause_vm: Gauge,
+    pub resume_vm: Gauge,
+}
+
 /// Request count and latency for one API route.
 #[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
 pub struct RouteStats {
@@ -189,6 +223,7 @@ pub struct Metrics {
     pub serial: SerialMetrics,
     pub deprecated_api: DeprecatedApiMetrics,
     pub startup: StartupMetrics,
+    pub latencies_us: LatencyMetrics,
     pub logger: LoggerMetrics,
     api: Mutex<BTreeMap<String, RouteStats>>,
     devices: Mutex<Vec<(String, DeviceSource)>>,
@@ -249,6 +284,7 @@ impl Metrics {
             "deprecated_api": &self.deprecated_api,
             "vcpu": &self.vcpu,
             "uart": &self.serial,
+            "latencies_us": &self.latencies_us,
             "logger": &self.logger,
         });
         let devices = self.devices.lock().unwrap_or_else(|e| e.into_inner());

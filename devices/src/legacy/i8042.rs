@@ -21,17 +21,17 @@ const DATA_OFFSET: u64 = 0;
 const COMMAND_OFFSET: u64 = 4;
 
 const CMD_READ_CTR: u8 = 0x20;
-const CMD_WRITE_CTR: u8 = 0x60;
+pub(super) const CMD_WRITE_CTR: u8 = 0x60;
 const CMD_READ_OUTP: u8 = 0xD0;
-const CMD_WRITE_OUTP: u8 = 0xD1;
-const CMD_WRITE_AUX: u8 = 0xD4;
+pub(super) const CMD_WRITE_OUTP: u8 = 0xD1;
+pub(super) const CMD_WRITE_AUX: u8 = 0xD4;
 const CMD_RESET_CPU: u8 = 0xFE;
 
 /// Status register bits.
-const SB_OUT_DATA_AVAIL: u8 = 0x01;
-const SB_SYSTEM_FLAG: u8 = 0x04;
-const SB_LAST_WAS_COMMAND: u8 = 0x08;
-const SB_KBD_ENABLED: u8 = 0x10;
+pub(super) const SB_OUT_DATA_AVAIL: u8 = 0x01;
+pub(super) const SB_SYSTEM_FLAG: u8 = 0x04;
+pub(super) const SB_LAST_WAS_COMMAND: u8 = 0x08;
+pub(super) const SB_KBD_ENABLED: u8 = 0x10;
 
 /// Control register bits.
 const CB_KBD_INT: u8 = 0x01;
@@ -47,20 +47,20 @@ const CTRL_ALT_DEL: [u8; 11] = [
     0xE0, 0xF0, 0x71, 0xF0, 0x11, 0xF0, 0x14, // break: Del, Alt, Ctrl
 ];
 
-const OUTPUT_LIMIT: usize = 64;
+pub(super) const OUTPUT_LIMIT: usize = 64;
 
 /// The i8042 controller.
 #[derive(Debug)]
 pub struct I8042 {
     reset_evt: EventFdTrigger,
     kbd_interrupt: EventFdTrigger,
-    status: u8,
-    control: u8,
-    output_port: u8,
+    pub(super) status: u8,
+    pub(super) control: u8,
+    pub(super) output_port: u8,
     /// The data byte that follows a two-byte command goes to this command.
-    pending_cmd: Option<u8>,
-    output: VecDeque<u8>,
-    reset_requested: bool,
+    pub(super) pending_cmd: Option<u8>,
+    pub(super) output: VecDeque<u8>,
+    pub(super) reset_requested: bool,
 }
 
 impl I8042 {
@@ -90,7 +90,7 @@ impl I8042 {
         self.raise_kbd_interrupt()
     }
 
-    fn raise_kbd_interrupt(&self) -> io::Result<()> {
+    pub(super) fn raise_kbd_interrupt(&self) -> io::Result<()> {
         if self.control & CB_KBD_INT != 0 && !self.output.is_empty() {
             self.kbd_interrupt.trigger()?;
         }

@@ -3,6 +3,7 @@
 mod acpi_power;
 mod boot_timer;
 mod i8042;
+pub mod persist;
 mod serial;
 
 pub use acpi_power::{

@@ -22,15 +22,15 @@ pub const COM1_PORT_LEN: u64 = 8;
 pub const COM1_IRQ: u32 = 4;
 
 /// Input kept beyond the FIFO; older input beyond this is dropped (a console, not a pipe).
-const MAX_BACKLOG: usize = 64 * 1024;
+pub(super) const MAX_BACKLOG: usize = 64 * 1024;
 
 /// The sink the guest's console output goes to.
 pub type SerialOut = Box<dyn Write + Send>;
 
 /// A 16550A UART with an input backlog.
 pub struct SerialConsole {
-    uart: Serial<EventFdTrigger, NoEvents, SerialOut>,
-    backlog: VecDeque<u8>,
+    pub(super) uart: Serial<EventFdTrigger, NoEvents, SerialOut>,
+    pub(super) backlog: VecDeque<u8>,
     /// A failing sink fails on every byte the guest writes: say so once a period.
     write_err_log: LogLimiter,
 }

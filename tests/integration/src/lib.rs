@@ -392,3 +392,9 @@ pub fn run_to_exit(args: &[String], timeout: Duration) -> (ExitStatus, String) {
     let err = x.stderr();
     (status, err)
 }
+
+/// A workspace tool binary (built with xenia by [`xenia_binary`]), e.g. `snapshot-merge`.
+pub fn tool_binary(name: &str) -> PathBuf {
+    xenia_binary();
+    target_dir().join("debug").join(name)
+}

@@ -217,3 +217,78 @@ fn hostile_inflate_chains_are_refused_and_counted() {
     assert_eq!(m["pages_released"], kinds.len(), "{m}");
     assert_eq!(m["queue_errors"], 0, "{m}");
 }
+
+/// A snapshot taken while the probe holds 16 MiB in the balloon (and with an entropy device
+/// configured) restores in a new process: the restored balloon deflates on `PATCH`, every
+/// page reads zero (released before the snapshot, holes in the memory file), statistics keep
+/// coming, and the entropy device serves the probe's next command.
+#[test]
+fn a_restored_balloon_and_entropy_device_keep_working() {
+    let files = snapshot_files();
+    let (mut x, api) = Xenia::with_api(&[]);
+    api.expect("PUT", "/entropy", "{}", 204);
+    api.expect(
+        "PUT",
+        "/balloon",
+        r#"{"amount_mib": 16, "deflate_on_oom": false, "stats_polling_interval_s": 1}"#,
+        204,
+    );
+    let boot = json!({"kernel_image_path": probe().pvh,
+                      "boot_args": probe_args("balloon-serve:12:32,rng-read:65536")});
+    api.expect("PUT", "/boot-source", &boot.to_string(), 204);
+    api.expect(
+        "PUT",
+        "/actions",
+        r#"{"action_type": "InstanceStart"}"#,
+        204,
+    );
+    let line = wait(&mut x, "PROBE balloon-inflated");
+    assert_eq!(field(&line, "actual"), 16 * 256, "{line}");
+    // Let a statistics round trip happen, so the device holds the guest's buffer.
+    std::thread::sleep(Duration::from_millis(1500));
+    api.expect("PATCH", "/vm", r#"{"state": "Paused"}"#, 204);
+    api.expect("PUT", "/snapshot/create", &files.0.to_string(), 204);
+    drop(x);
+
+    let (mut y, api2) = Xenia::with_api(&[]);
+    api2.expect("PUT", "/snapshot/load", &files.1.to_string(), 204);
+    let config = api2.expect("GET", "/balloon", "", 200).json();
+    assert_eq!(config["amount_mib"], 16, "{config}");
+    let s = api2.expect("GET", "/balloon/statistics", "", 200).json();
+    assert_eq!(
+        (&s["actual_mib"], &s["target_mib"]),
+        (&json!(16), &json!(16)),
+        "{s}"
+    );
+    api2.expect("PATCH", "/balloon", r#"{"amount_mib": 0}"#, 204);
+    let line = wait(&mut y, "PROBE balloon-deflated");
+    assert_eq!(field(&line, "actual"), 0, "{line}");
+    assert_eq!(field(&line, "zero_pages"), 16 * 256, "{line}");
+    let before = api2.expect("GET", "/balloon/statistics", "", 200).json()["minor_faults"].as_u64();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now =
+            api2.expect("GET", "/balloon/statistics", "", 200).json()["minor_faults"].as_u64();
+        if now > before {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no statistics after the restore");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let rng = wait(&mut y, "PROBE rng-read");
+    assert!(rng.contains(" ok ") && rng.contains("bytes=65536"), "{rng}");
+}
+
+/// The bodies of `PUT /snapshot/create` and `PUT /snapshot/load` for files in a fresh
+/// directory (removed with the returned guard).
+fn snapshot_files() -> (Value, Value, TempDir) {
+    let dir = TempDir::new();
+    let state = dir.path().join("vm.state");
+    let mem = dir.path().join("vm.mem");
+    (
+        json!({"snapshot_path": state, "mem_file_path": mem, "snapshot_type": "Full"}),
+        json!({"snapshot_path": state, "mem_backend": {"backend_type": "File", "backend_path": mem},
+               "resume_vm": true}),
+        dir,
+    )
+}

@@ -60,6 +60,23 @@ impl RaceCapture {
                     std::mem::size_of::<libc::c_int>() as u32,
                 )
             };
+            // The loop below ends on a receive timeout once stopped (packet_socket itself no
+            // longer sets one).
+            let tv = libc::timeval {
+                tv_sec: 0,
+                tv_usec: 100_000,
+            };
+            // SAFETY: setsockopt(2) with a timeval that lives across the call.
+            let rc = unsafe {
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVTIMEO,
+                    (&tv as *const libc::timeval).cast(),
+                    std::mem::size_of::<libc::timeval>() as u32,
+                )
+            };
+            assert_eq!(rc, 0, "SO_RCVTIMEO: {}", std::io::Error::last_os_error());
             let _ = ready_tx.send(());
             let mut seen = Seen::default();
             let mut buf = [0u8; 2048];

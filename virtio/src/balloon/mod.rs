@@ -10,6 +10,7 @@
 //! - `queues.rs`: what runs on the `io` thread for each queue, PFN validation and release.
 //! - `stats.rs`: the statistics buffer and its tags.
 
+mod persist;
 mod queues;
 mod stats;
 #[cfg(test)]
@@ -31,6 +32,7 @@ use crate::device::{
 use crate::features::{has, VIRTIO_F_VERSION_1};
 use devices::log_limiter::{LogLimiter, GUEST_LOG_PERIOD};
 
+pub use persist::{BalloonState, BalloonStateError};
 pub use stats::BalloonStats;
 
 /// virtio device id of a memory balloon.
@@ -135,6 +137,8 @@ pub struct Balloon {
     /// The stats buffer the device holds until the next poll (its chain head).
     pub(crate) stats_head: Option<u16>,
     pub(crate) latest_stats: BalloonStats,
+    /// The held statistics head of a restored device, taken over at its re-activation.
+    restored_stats_head: Option<u16>,
     /// Whether the interval changed and the io thread must re-arm the timer.
     timer_dirty: bool,
     pub(crate) metrics: Arc<BalloonMetrics>,
@@ -193,6 +197,7 @@ impl Balloon {
             broken: false,
             stats_head: None,
             latest_stats: BalloonStats::default(),
+            restored_stats_head: None,
             timer_dirty: true,
             metrics: Arc::new(BalloonMetrics::default()),
             guest_log: LogLimiter::new(GUEST_LOG_PERIOD),
@@ -213,6 +218,12 @@ impl Balloon {
 
     pub fn actual_pages(&self) -> u32 {
         self.actual_pages
+    }
+
+    /// Sizes from a snapshot (the driver saw them before).
+    fn restore_sizes(&mut self, target_pages: u32, actual_pages: u32) {
+        self.target_pages = target_pages;
+        self.actual_pages = actual_pages;
     }
 
     /// `PATCH /balloon`: a new target; the driver learns it through a config interrupt.
@@ -340,7 +351,7 @@ impl VirtioDevice for Balloon {
         self.layout = layout;
         self.active = Some(active);
         self.broken = false;
-        self.stats_head = None;
+        self.stats_head = self.restored_stats_head.take();
         self.timer_dirty = true;
         self.ctrl_evt.write(1).map_err(ActivateError::Notify)
     }
@@ -352,6 +363,7 @@ impl VirtioDevice for Balloon {
         self.acked_features = 0;
         self.broken = false;
         self.stats_head = None;
+        self.restored_stats_head = None;
         self.timer_dirty = true;
         if let Err(e) = self.ctrl_evt.write(1) {
             log::error!("virtio-balloon: cannot signal reset to the io loop: {e}");

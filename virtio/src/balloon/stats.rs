@@ -5,6 +5,8 @@ use serde::Serialize;
 
 use super::PAGES_PER_MIB;
 
+/// Tags the spec defines (0..16).
+const NUM_TAGS: u16 = 16;
 /// Size of one entry.
 pub const STAT_ENTRY_LEN: usize = 10;
 /// Most entries read from one buffer: the spec defines 16 tags; more is not a valid buffer
@@ -61,9 +63,37 @@ impl BalloonStats {
         self.actual_mib = mib(actual_pages);
     }
 
+    /// The statistics the guest sent, as (tag, value): the snapshot encoding, which cannot
+    /// skip absent fields as the API's JSON does.
+    pub(crate) fn entries(&self) -> Vec<(u16, u64)> {
+        let mut copy = *self;
+        (0..NUM_TAGS)
+            .filter_map(|tag| copy.slot(tag).and_then(|v| v.map(|v| (tag, v))))
+            .collect()
+    }
+
+    /// Statistics from [`Self::entries`]; `None` for an unknown or repeated tag.
+    pub(crate) fn from_entries(entries: &[(u16, u64)]) -> Option<BalloonStats> {
+        let mut s = BalloonStats::default();
+        for &(tag, val) in entries {
+            let slot = s.slot(tag)?;
+            if slot.is_some() {
+                return None;
+            }
+            *slot = Some(val);
+        }
+        Some(s)
+    }
+
     /// Records one entry; unknown tags are ignored (a newer guest may send more).
     fn set(&mut self, tag: u16, val: u64) {
-        let slot = match tag {
+        if let Some(slot) = self.slot(tag) {
+            *slot = Some(val);
+        }
+    }
+
+    fn slot(&mut self, tag: u16) -> Option<&mut Option<u64>> {
+        Some(match tag {
             0 => &mut self.swap_in,
             1 => &mut self.swap_out,
             2 => &mut self.major_faults,
@@ -80,9 +110,8 @@ impl BalloonStats {
             13 => &mut self.direct_scan,
             14 => &mut self.async_reclaim,
             15 => &mut self.direct_reclaim,
-            _ => return,
-        };
-        *slot = Some(val);
+            _ => return None,
+        })
     }
 
     /// Parses a whole buffer (its length a multiple of the entry size, at most

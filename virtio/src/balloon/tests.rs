@@ -245,3 +245,89 @@ fn queue_numbers_follow_the_accepted_features() {
     let rep = QueueLayout::for_features(1 << feature::PAGE_REPORTING);
     assert_eq!((rep.stats, rep.reporting), (None, Some(2)));
 }
+
+mod persist {
+    use super::*;
+    use crate::persist::VirtioPersist;
+
+    fn stats_buffer(mem: &GuestMemoryMmap, at: u64, minor: u64) -> u32 {
+        let mut buf = Vec::new();
+        for (tag, val) in [(3u16, minor), (5, 64 << 20)] {
+            buf.extend_from_slice(&tag.to_le_bytes());
+            buf.extend_from_slice(&val.to_le_bytes());
+        }
+        mem.write_slice(&buf, GuestAddress(at)).unwrap();
+        buf.len() as u32
+    }
+
+    #[test]
+    fn the_held_stats_buffer_sizes_and_stats_survive_a_save_and_restore() {
+        let mem = guest_memory();
+        let mut h = Harness::new(&mem, stats_config());
+        let len = stats_buffer(&mem, 0x50_0000, 7);
+        h.add(2, 0x50_0000, len, false);
+        h.dev.process_queue(2);
+        h.dev.write_config(4, &100u32.to_le_bytes());
+        let state = h.dev.save_state();
+        assert_eq!(state.stats_head, Some(0));
+        assert_eq!((state.target_pages, state.actual_pages), (1024, 100));
+        let text = serde_json::to_string(&state).unwrap();
+        let back: BalloonState = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, state);
+
+        // A fresh device built from the same configuration takes the state, then the
+        // transport re-activates it with the saved queues.
+        let mut fresh = Balloon::new(stats_config()).unwrap();
+        fresh.validate_state(&state).unwrap();
+        fresh.restore_state(&state).unwrap();
+        fresh.set_acked_features(state.virtio.acked_features);
+        let irq = Arc::new(RecordingInterrupt::default());
+        let queues = state
+            .virtio
+            .queues
+            .iter()
+            .map(|q| Queue::try_from(virtio_queue::QueueState::from(*q)).unwrap())
+            .collect();
+        fresh
+            .activate(ActivateContext {
+                mem: mem.clone(),
+                interrupt: irq,
+                queues,
+                queue_evts: (0..4)
+                    .map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap())
+                    .collect(),
+            })
+            .unwrap();
+        assert_eq!(fresh.actual_pages(), 100);
+        assert_eq!(fresh.statistics().unwrap().minor_faults, Some(7));
+        // The held buffer goes back to the guest at the next poll.
+        fresh.request_stats();
+        assert_eq!(h.used_idx(2), 1);
+    }
+
+    #[test]
+    fn bad_states_are_refused_by_field() {
+        let mem = guest_memory();
+        let h = Harness::new(&mem, stats_config());
+        let mut state = h.dev.save_state();
+        state.stats_head = Some(16);
+        let e = h.dev.validate_state(&state).unwrap_err().to_string();
+        assert!(e.contains("balloon.stats_head") && e.contains("16"), "{e}");
+        let plain = Balloon::new(BalloonConfig::default()).unwrap();
+        let mut state = plain.save_state();
+        state.stats_head = Some(0);
+        assert_eq!(
+            plain.validate_state(&state),
+            Err(BalloonStateError::StatsHeadInactive)
+        );
+        let mut state = h.dev.save_state();
+        state.virtio.device_type = 4;
+        let e = h.dev.validate_state(&state).unwrap_err().to_string();
+        assert!(e.contains("balloon.virtio.device_type"), "{e}");
+        let rng = crate::rng::Rng::new(None).unwrap();
+        let mut rs = rng.save_state();
+        rs.virtio.acked_features = 1 << 40;
+        let e = rng.validate_state(&rs).unwrap_err().to_string();
+        assert!(e.contains("entropy.virtio.acked_features"), "{e}");
+    }
+}

@@ -532,7 +532,8 @@ impl Block {
         self.signal_used(&mem);
     }
 
-    fn drain_async(&mut self) {
+    /// Completes every async operation in flight (before a file swap, a reset or a save).
+    pub(super) fn drain_async(&mut self) {
         if let Some(engine) = self.engine.as_mut() {
             let done = engine.drain();
             self.complete_async(done);

@@ -259,6 +259,11 @@ impl AsyncEngine {
             for &(addr, len) in &req.data {
                 let slice = GuestMemoryBackend::get_slice(mem, addr, len as usize)
                     .map_err(|_| AsyncError::Buffer { addr: addr.0, len })?;
+                if req.kind == RequestKind::In {
+                    // io_uring fills the buffer through the raw pointer, unseen by vm-memory's
+                    // dirty bitmap (Diff snapshots rely on it).
+                    vm_memory::bitmap::Bitmap::mark_dirty(slice.bitmap(), 0, len as usize);
+                }
                 iovecs.push(libc::iovec {
                     iov_base: slice.ptr_guard_mut().as_ptr().cast(),
                     iov_len: len as usize,

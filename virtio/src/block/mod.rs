@@ -5,6 +5,7 @@
 //! - `request.rs`: descriptor-chain parsing and validation.
 //! - `file.rs`: the image and the synchronous backend; `io_uring.rs`: the async engine.
 //! - `disk.rs`: raw or qcow2, as the drive's `image_format` says; `qcow2/`: overlays.
+//! - `persist.rs`: snapshot state.
 
 mod device;
 pub mod disk;
@@ -12,6 +13,7 @@ mod event_handler;
 pub mod file;
 pub mod io_uring;
 pub mod metrics;
+mod persist;
 pub mod qcow2;
 pub mod request;
 
@@ -26,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 pub use device::{Block, BlockError, BLOCK_QUEUE_SIZE};
 pub use metrics::{BlockMetrics, BlockMetricsSnapshot};
+pub use persist::{BlockState, BlockStateError};
 
 use crate::rate_limiter::RateLimiterConfig;
 

@@ -125,7 +125,7 @@ pub struct Net {
     queue_sizes: [u16; 2],
     pub(super) guest_mac: Option<[u8; 6]>,
     pub(super) allow_mac_spoofing: bool,
-    mtu: Option<u16>,
+    pub(super) mtu: Option<u16>,
     pub(super) ctrl_evt: EventFd,
     pub(super) active: Option<ActiveState>,
     pub(super) broken: bool,

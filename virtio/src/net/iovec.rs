@@ -67,9 +67,13 @@ pub struct IoVecs<'a, 'm> {
 }
 
 impl<'m> IoVecs<'_, 'm> {
-    /// Appends a guest-memory slice; `false` when the list is full.
+    /// Appends a guest-memory slice; `false` when the list is full. The slice is marked dirty
+    /// in the memory's bitmap: the tap writes rx frames through the raw pointer, which
+    /// vm-memory cannot see (tx slices are marked too: a few pages too many in a Diff
+    /// snapshot, never one too few).
     #[must_use]
     pub fn push_slice<B: BitmapSlice>(&mut self, s: &VolatileSlice<'m, B>) -> bool {
+        s.bitmap().mark_dirty(0, s.len());
         let guard = s.ptr_guard_mut();
         self.push_raw(guard.as_ptr(), s.len())
     }

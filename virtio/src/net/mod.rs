@@ -3,7 +3,7 @@
 //! - [`tap`]: the backend (`/dev/net/tun`, vnet header, offloads, readv/writev).
 //! - [`chain`]: guest descriptor validation; [`iovec`]: zero-copy iovec lists.
 //! - [`device`]: [`Net`], built from a [`NetConfig`]; rx/tx run on the io loop.
-//! - [`mac_filter`]: anti-spoofing; [`metrics`]: counters.
+//! - [`mac_filter`]: anti-spoofing; [`metrics`]: counters; `persist`: snapshot state.
 
 pub mod chain;
 pub mod device;
@@ -11,6 +11,7 @@ mod event_handler;
 pub mod iovec;
 pub mod mac_filter;
 pub mod metrics;
+mod persist;
 mod rx;
 pub mod tap;
 pub mod tx;
@@ -25,6 +26,7 @@ pub(crate) mod test_utils;
 
 pub use device::{Net, NetConfig, NetError, NET_QUEUE_SIZE};
 pub use metrics::{NetMetrics, NetMetricsSnapshot};
+pub use persist::{NetState, NetStateError};
 pub use tap::{Tap, TapError};
 
 /// The guest memory the device reads and writes.

@@ -6,6 +6,7 @@
 //! limiter (one operation and the bytes written); a throttled chain is put back and served
 //! when the limiter's timer fires. Runs on the `io` thread like every device backend.
 
+mod persist;
 #[cfg(test)]
 mod tests;
 
@@ -24,6 +25,8 @@ use crate::features::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::rate_limiter::{RateLimiter, RateLimiterConfig, RateLimiterError};
 use crate::GuestMemoryMmap;
 use devices::log_limiter::{LogLimiter, GUEST_LOG_PERIOD};
+
+pub use persist::{RngState, RngStateError};
 
 /// virtio device id of an entropy source.
 pub const VIRTIO_ID_RNG: u32 = 4;

@@ -17,6 +17,7 @@ mod metrics;
 mod net;
 mod rate_limiter;
 mod serial;
+mod snapshot;
 
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +34,10 @@ pub use metrics::MetricsConfig;
 pub use net::{MacAddr, NetworkInterfaceConfig, NetworkInterfaceUpdate};
 pub use rate_limiter::{bucket_is_active, limiter_is_active, RateLimiterConfig, TokenBucketConfig};
 pub use serial::SerialConfig;
+pub use snapshot::{
+    LoadHugePages, MemBackendConfig, MemBackendType, NetworkOverride, SnapshotCreateConfig,
+    SnapshotLoadConfig,
+};
 
 /// Most block devices one VM may have; each takes an MMIO window and an IRQ line.
 pub const MAX_DRIVES: usize = 16;

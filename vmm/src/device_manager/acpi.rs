@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use devices::legacy::{AcpiPower, AcpiPowerMetrics, ACPI_SLEEP_PORT_BASE, ACPI_SLEEP_PORT_LEN};
 use devices::{BusError, EventFdTrigger};
 use serde_json::json;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use virtio::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress};
 
 use super::mmio::GED_IRQ;
 use super::DeviceBuses;
@@ -146,6 +147,33 @@ pub fn attach_acpi(
     })
 }
 
+/// For a restored VM: the same devices as [`attach_acpi`] (sleep registers, GED line) without
+/// writing the tables, which are in the restored memory already. The caller then calls
+/// [`VmGenId::regenerate`] once the interrupt controllers are restored (restoring the IOAPIC
+/// would drop an interrupt raised earlier) and before any vCPU runs, so that the guest
+/// (Linux >= 5.18 with `CONFIG_VMGENID`) reseeds its RNG before it hands out a random number
+/// its clones would hand out too.
+pub fn attach_acpi_restored(
+    vm: &Vm,
+    buses: &mut DeviceBuses,
+    mem: &GuestMemoryMmap,
+    poweroff: EventFdTrigger,
+) -> Result<AcpiDevices, AcpiDeviceError> {
+    let power = Arc::new(Mutex::new(AcpiPower::new(poweroff)));
+    buses
+        .pio
+        .insert(power.clone(), ACPI_SLEEP_PORT_BASE, ACPI_SLEEP_PORT_LEN)
+        .map_err(AcpiDeviceError::Bus)?;
+    let ged = eventfd("the GED interrupt")?;
+    vm.register_irqfd(&ged, GED_IRQ)?;
+    let vmgenid = VmGenId::new(mem, ged)?;
+    Ok(AcpiDevices {
+        power,
+        vmgenid,
+        rsdp: acpi::RSDP_ADDR,
+    })
+}
+
 /// Adds the `acpi` object to the metrics line.
 pub fn register_acpi_metrics(devices: &AcpiDevices, metrics: &Metrics) {
     let m: Arc<AcpiPowerMetrics> = devices
@@ -178,7 +206,7 @@ mod tests {
 
     #[test]
     fn regenerate_writes_a_new_id_and_notifies() {
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
         let notify = EventFdTrigger::new_nonblocking().unwrap();
         let mut g = VmGenId::new(&mem, notify.try_clone().unwrap()).unwrap();
         let first = g.id();

@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde_json::Value;
 use virtio::balloon::{Balloon, BalloonConfig, BalloonError, BalloonStats};
+use virtio::GuestMemoryMmap;
 use virtio::IoSubscriber;
-use vm_memory::GuestMemoryMmap;
 
 use super::mmio::{attach_virtio_mmio, MmioAllocator, MmioDevice, MmioError};
 use super::DeviceBuses;

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde_json::Value;
 use virtio::block::{Block, BlockConfig, BlockError};
+use virtio::GuestMemoryMmap;
 use virtio::IoSubscriber;
-use vm_memory::GuestMemoryMmap;
 
 use super::mmio::{attach_virtio_mmio, MmioAllocator, MmioDevice, MmioError, MmioSlot};
 use super::DeviceBuses;

@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 use virtio::rng::{Rng, RngError};
+use virtio::GuestMemoryMmap;
 use virtio::IoSubscriber;
-use vm_memory::GuestMemoryMmap;
 
 use super::mmio::{attach_virtio_mmio, MmioAllocator, MmioDevice, MmioError};
 use super::DeviceBuses;

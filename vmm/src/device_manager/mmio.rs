@@ -9,8 +9,8 @@
 use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::IoEventAddress;
+use virtio::GuestMemoryMmap;
 use virtio::{MmioTransport, VirtioDevice, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
-use vm_memory::GuestMemoryMmap;
 
 use super::DeviceBuses;
 use crate::arch::x86_64::acpi::MmioDeviceInfo;

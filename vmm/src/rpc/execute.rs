@@ -1,10 +1,17 @@
 //! Executing actions on the VMM thread: the [`Vmm`] state (resources before boot, the running
 //! VM after it, the metrics sink, the logger settings) and what each [`VmmAction`] does to it.
 
+use std::time::Instant;
+
 use crate::builder::{build_and_boot_with, BootHooks, BuildOptions, RunningVm, ThreadStartHook};
-use crate::config::{LoggerConfig, MetricsConfig};
+use crate::config::{
+    LoggerConfig, MemBackendType, MetricsConfig, SnapshotCreateConfig, SnapshotLoadConfig, VmConfig,
+};
 use crate::logger::{self, LoggerSettings};
 use crate::metrics::{self, MetricsSink};
+use crate::persist::create::create_snapshot;
+use crate::persist::restore::{load_snapshot, LoadOptions, MemoryBackend};
+use crate::persist::SnapshotType;
 use crate::resources::VmResources;
 
 use super::response::{ActionError, InstanceInfo, InstanceState, VersionInfo, VmmData};
@@ -29,6 +36,8 @@ pub struct Vmm {
     resources: VmResources,
     vm: Option<RunningVm>,
     paused: bool,
+    /// Set by a snapshot load that did not resume: the first resume kicks every queue.
+    kick_on_resume: bool,
     metrics_sink: Option<MetricsSink>,
     build_options: BuildOptions,
     logger: LoggerSettings,
@@ -77,6 +86,7 @@ impl Vmm {
             resources,
             vm: None,
             paused: false,
+            kick_on_resume: false,
             metrics_sink: None,
             build_options,
             logger,
@@ -106,6 +116,15 @@ impl Vmm {
         self.vm.as_ref()
     }
 
+    /// Gives up the VM without the orderly shutdown (joining its threads): for a VM whose
+    /// vCPUs may be blocked forever, such as one whose Uffd page-fault handler died with a
+    /// fault pending. Only before the process exits, which reclaims everything.
+    pub fn abandon_vm(&mut self) {
+        if let Some(vm) = self.vm.take() {
+            std::mem::forget(vm);
+        }
+    }
+
     pub fn vm_mut(&mut self) -> Option<&mut RunningVm> {
         self.vm.as_mut()
     }
@@ -120,18 +139,16 @@ impl Vmm {
         Ok(())
     }
 
-    /// Builds and boots the VM from the gathered resources. On failure nothing is left
-    /// running and the resources are unchanged, so the caller may fix them and try again.
-    pub fn start(&mut self) -> Result<(), VmmError> {
-        self.resources.check_startable()?;
-        let hooks = self
-            .boot_hooks
+    /// The boot hooks for one start or restore.
+    fn hooks(&self) -> BootHooks {
+        self.boot_hooks
             .as_ref()
             .map(|make| make())
-            .unwrap_or_default();
-        let vm = build_and_boot_with(self.resources.config(), self.build_options, hooks)?;
-        log::info!("the microVM is running");
-        self.vm = Some(vm);
+            .unwrap_or_default()
+    }
+
+    /// Runs the after-start hook (the VMM thread's seccomp filter) once.
+    fn after_start(&mut self) -> Result<(), VmmError> {
         if let Some(hook) = self.after_start.take() {
             if let Err(e) = hook() {
                 self.fatal = Some(e.clone());
@@ -139,6 +156,123 @@ impl Vmm {
             }
         }
         Ok(())
+    }
+
+    /// `PUT /snapshot/create`: the VM must be paused.
+    fn create_snapshot(&mut self, params: &SnapshotCreateConfig) -> Result<(), ActionError> {
+        let vm = self.running_vm()?;
+        if !self.paused {
+            return Err(ActionError::Failed(
+                "Cannot create a snapshot of a running microVM: pause it first \
+                 (PATCH /vm {\"state\": \"Paused\"})."
+                    .into(),
+            ));
+        }
+        let start = Instant::now();
+        let stats = create_snapshot(
+            vm,
+            self.resources.config(),
+            &params.snapshot_path,
+            &params.mem_file_path,
+            params.snapshot_type,
+        )
+        .map_err(|e| ActionError::Failed(format!("Cannot create the snapshot: {e}")))?;
+        let latency = &metrics::global().latencies_us;
+        match params.snapshot_type {
+            SnapshotType::Full => latency.full_create_snapshot.set_duration(start.elapsed()),
+            SnapshotType::Diff => latency.diff_create_snapshot.set_duration(start.elapsed()),
+        }
+        log::info!(
+            "{:?} snapshot written in {} us: state {} bytes, memory {} of {} bytes",
+            params.snapshot_type,
+            start.elapsed().as_micros(),
+            stats.state_bytes,
+            stats.memory.bytes_written,
+            stats.memory.file_len
+        );
+        Ok(())
+    }
+
+    /// `PUT /snapshot/load`: only on a process where nothing but the logger and metrics was
+    /// configured. On failure nothing is kept: the VMM stays "Not started".
+    fn load_snapshot(&mut self, params: &SnapshotLoadConfig) -> Result<(), ActionError> {
+        self.pre_boot()?;
+        let process_only = VmConfig {
+            logger: self.resources.config().logger.clone(),
+            metrics: self.resources.config().metrics.clone(),
+            ..VmConfig::default()
+        };
+        if self.resources.config() != &process_only {
+            return Err(ActionError::Failed(
+                "Loading a snapshot is only allowed on a fresh microVM: resources other than \
+                 the logger and metrics were already configured."
+                    .into(),
+            ));
+        }
+        let backend = match (&params.mem_backend, &params.mem_file_path) {
+            (Some(b), _) if b.backend_type == MemBackendType::Uffd => {
+                MemoryBackend::Uffd(b.backend_path.clone())
+            }
+            (Some(b), _) => MemoryBackend::File(b.backend_path.clone()),
+            (None, Some(p)) => MemoryBackend::File(p.clone()),
+            (None, None) => {
+                return Err(ActionError::Failed(
+                    "mem_backend: exactly one of mem_backend and mem_file_path must be given"
+                        .into(),
+                ))
+            }
+        };
+        let options = LoadOptions {
+            snapshot_path: params.snapshot_path.clone(),
+            backend,
+            track_dirty_pages: params.dirty_tracking(),
+            network_overrides: params
+                .network_overrides
+                .iter()
+                .map(|o| (o.iface_id.clone(), o.host_dev_name.clone()))
+                .collect(),
+            clock_realtime: params.clock_realtime,
+        };
+        let start = Instant::now();
+        let hooks = self.hooks();
+        let (vm, mut config) = load_snapshot(&options, self.build_options, hooks)
+            .map_err(|e| ActionError::Failed(format!("Cannot load the snapshot: {e}")))?;
+        config.logger = process_only.logger;
+        config.metrics = process_only.metrics;
+        if params.resume_vm {
+            kick_queues(&vm);
+            vm.resume().map_err(|e| {
+                ActionError::Internal(format!("cannot resume the restored VM: {e}"))
+            })?;
+        }
+        self.kick_on_resume = !params.resume_vm;
+        metrics::global()
+            .latencies_us
+            .load_snapshot
+            .set_duration(start.elapsed());
+        self.resources = VmResources::from_config(config);
+        self.vm = Some(vm);
+        self.paused = !params.resume_vm;
+        log::info!(
+            "snapshot `{}` loaded in {} us; the microVM is {}",
+            params.snapshot_path,
+            start.elapsed().as_micros(),
+            if self.paused { "paused" } else { "running" }
+        );
+        self.after_start()
+            .map_err(|e| ActionError::Internal(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Builds and boots the VM from the gathered resources. On failure nothing is left
+    /// running and the resources are unchanged, so the caller may fix them and try again.
+    pub fn start(&mut self) -> Result<(), VmmError> {
+        self.resources.check_startable()?;
+        let hooks = self.hooks();
+        let vm = build_and_boot_with(self.resources.config(), self.build_options, hooks)?;
+        log::info!("the microVM is running");
+        self.vm = Some(vm);
+        self.after_start()
     }
 
     /// Writes a metrics line if metrics are configured (the periodic timer and exit).
@@ -323,13 +457,24 @@ impl Vmm {
                 Ok(VmmData::Empty)
             }
             A::PatchVmState(state) => {
+                let kick = state == VmState::Resumed && self.kick_on_resume;
                 let vm = self.running_vm()?;
+                let start = Instant::now();
+                if kick {
+                    kick_queues(vm);
+                }
                 match state {
                     VmState::Paused => vm.pause(),
                     VmState::Resumed => vm.resume(),
                 }
                 .map_err(|e| ActionError::Internal(e.to_string()))?;
+                let latency = &metrics::global().latencies_us;
+                match state {
+                    VmState::Paused => latency.pause_vm.set_duration(start.elapsed()),
+                    VmState::Resumed => latency.resume_vm.set_duration(start.elapsed()),
+                }
                 self.paused = state == VmState::Paused;
+                self.kick_on_resume &= !kick;
                 log::info!(
                     "the microVM is {}",
                     if self.paused { "paused" } else { "running" }
@@ -347,6 +492,14 @@ impl Vmm {
                     .update_drive(&update)
                     .map_err(|e| failed(&e))?;
                 self.resources.record_drive_update(&update);
+                Ok(VmmData::Empty)
+            }
+            A::CreateSnapshot(params) => {
+                self.create_snapshot(&params)?;
+                Ok(VmmData::Empty)
+            }
+            A::LoadSnapshot(params) => {
+                self.load_snapshot(&params)?;
                 Ok(VmmData::Empty)
             }
             A::PatchNetworkInterface(update) => {
@@ -391,6 +544,16 @@ impl Vmm {
             .set_logger(config)
             .map_err(|e| ActionError::Failed(e.to_string()))?;
         Ok(())
+    }
+}
+
+/// After a restore, before the guest runs again: notify every virtio queue and re-raise
+/// pending interrupts, so a guest that suppressed notifications (EVENT_IDX) while the
+/// snapshot was taken is not left waiting for a device that waits for it.
+fn kick_queues(vm: &RunningVm) {
+    match vm.devices().kick_all_queues() {
+        Ok(n) => log::debug!("restored VM: {n} virtio queues kicked"),
+        Err(e) => log::warn!("restored VM: {e}"),
     }
 }
 

@@ -27,6 +27,7 @@ use crate::config::{
     BalloonDeviceConfig, BalloonStatsUpdate, BalloonUpdate, BootSourceConfig, DriveConfig,
     DriveUpdate, EntropyDeviceConfig, LoggerConfig, MachineConfig, MachineConfigUpdate,
     MetricsConfig, NetworkInterfaceConfig, NetworkInterfaceUpdate, SerialConfig,
+    SnapshotCreateConfig, SnapshotLoadConfig,
 };
 
 /// The state `PATCH /vm` asks for.
@@ -87,4 +88,8 @@ pub enum VmmAction {
     GetBalloonStats,
     /// `PATCH /balloon/statistics`
     PatchBalloonStats(BalloonStatsUpdate),
+    /// `PUT /snapshot/create` (paused VM only)
+    CreateSnapshot(SnapshotCreateConfig),
+    /// `PUT /snapshot/load` (fresh process only)
+    LoadSnapshot(Box<SnapshotLoadConfig>),
 }

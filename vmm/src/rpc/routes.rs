@@ -29,14 +29,15 @@ pub const ROUTES: &[(Method, &str)] = &[
     (Method::Put, "/network-interfaces/{iface_id}"),
     (Method::Patch, "/network-interfaces/{iface_id}"),
     (Method::Put, "/serial"),
+    (Method::Put, "/snapshot/create"),
+    (Method::Put, "/snapshot/load"),
     (Method::Get, "/version"),
     (Method::Patch, "/vm"),
     (Method::Get, "/vm/config"),
 ];
 
 /// Firecracker paths (first segment) xenia recognises but does not implement yet.
-pub const UNSUPPORTED_ROUTES: &[&str] =
-    &["cpu-config", "hotplug", "mmds", "pmem", "snapshot", "vsock"];
+pub const UNSUPPORTED_ROUTES: &[&str] = &["cpu-config", "hotplug", "mmds", "pmem", "vsock"];
 
 /// A request the router accepted.
 #[derive(Debug, Clone, PartialEq)]
@@ -267,6 +268,20 @@ fn route(method: Method, path: &str, body: &[u8]) -> Result<ParsedRequest, Route
             update.validate()?;
             A::PatchNetworkInterface(update)
         }
+        (Put, "snapshot") if second == Some("create") => {
+            let config: crate::config::SnapshotCreateConfig = json("snapshot").parse()?;
+            config.validate()?;
+            A::CreateSnapshot(config)
+        }
+        (Put, "snapshot") if second == Some("load") => {
+            let config: crate::config::SnapshotLoadConfig = json("snapshot").parse()?;
+            config.validate()?;
+            let mem_file = config.mem_file_path.is_some();
+            let diff = config.enable_diff_snapshots;
+            return Ok(ParsedRequest::from(A::LoadSnapshot(Box::new(config)))
+                .deprecated_if(mem_file, SNAPSHOT_LOAD_MEM_FILE_DEPRECATED)
+                .deprecated_if(diff, SNAPSHOT_LOAD_DIFF_DEPRECATED));
+        }
         (_, feature) if UNSUPPORTED_ROUTES.contains(&feature) => {
             return Err(RouteError::Unsupported {
                 feature: format!("/{feature}"),
@@ -318,6 +333,12 @@ fn check_id(path_id: &str, body_id: &str) -> Result<(), RouteError> {
         Err(RouteError::IdMismatch)
     }
 }
+
+/// The deprecation messages of `PUT /snapshot/load`'s old field names.
+const SNAPSHOT_LOAD_MEM_FILE_DEPRECATED: &str =
+    "PUT /snapshot/load: the mem_file_path field is deprecated; use mem_backend.";
+const SNAPSHOT_LOAD_DIFF_DEPRECATED: &str =
+    "PUT /snapshot/load: the enable_diff_snapshots field is deprecated; use track_dirty_pages.";
 
 /// The deprecation messages of `machine-config`'s static CPU template field.
 const CPU_TEMPLATE_PUT_DEPRECATED: &str =

@@ -303,8 +303,6 @@ fn unsupported_features_are_refused_by_name_never_accepted() {
         (Method::Get, "/balloon/hinting/status"),
         (Method::Put, "/mmds"),
         (Method::Put, "/mmds/config"),
-        (Method::Put, "/snapshot/create"),
-        (Method::Put, "/snapshot/load"),
         (Method::Put, "/cpu-config"),
         (Method::Put, "/pmem/p0"),
         (Method::Patch, "/hotplug/memory"),
@@ -573,6 +571,47 @@ fn deprecations_are_recorded_once_each() {
     assert!(!first_sighting("test: a is deprecated."));
     assert!(first_sighting("test: c is deprecated."));
     assert!(!first_sighting("test: c is deprecated."));
+}
+
+#[test]
+fn snapshot_routes() {
+    let create = r#"{"snapshot_path": "/s", "mem_file_path": "/m", "snapshot_type": "Diff"}"#;
+    assert!(matches!(
+        ok(Method::Put, "/snapshot/create", create),
+        VmmAction::CreateSnapshot(_)
+    ));
+    let msg = json_err(
+        Method::Put,
+        "/snapshot/create",
+        r#"{"snapshot_path": "/s", "mem_file_path": "/m", "version": "1.0.0"}"#,
+    );
+    assert!(msg.contains("unknown field `version`"), "{msg}");
+    let load =
+        r#"{"snapshot_path": "/s", "mem_backend": {"backend_type": "File", "backend_path": "/m"}}"#;
+    let parsed = route(Method::Put, "/snapshot/load", load.as_bytes()).unwrap();
+    assert!(!parsed.is_deprecated());
+    assert!(matches!(parsed.action, VmmAction::LoadSnapshot(_)));
+    // The deprecated memory field answers with a Deprecation header.
+    let old = r#"{"snapshot_path": "/s", "mem_file_path": "/m", "enable_diff_snapshots": true}"#;
+    assert_eq!(
+        route(Method::Put, "/snapshot/load", old.as_bytes())
+            .unwrap()
+            .deprecations
+            .len(),
+        2
+    );
+    assert!(matches!(
+        err(Method::Put, "/snapshot/load", r#"{"snapshot_path": "/s"}"#),
+        RouteError::Invalid(_)
+    ));
+    assert!(matches!(
+        err(Method::Put, "/snapshot/other", "{}"),
+        RouteError::InvalidPathMethod { .. }
+    ));
+    assert!(matches!(
+        err(Method::Get, "/snapshot/create", ""),
+        RouteError::InvalidPathMethod { .. }
+    ));
 }
 
 #[test]

@@ -416,3 +416,50 @@ fn install_filters_only_the_calling_thread_and_lets_it_exit() {
         thread.join().expect("the filtered thread exits cleanly");
     }
 }
+
+/// `_IOC(dir, KVMIO, nr, size)` computed from the structure sizes this build uses, so a
+/// number typed into the JSON cannot drift from the real request.
+fn kvm_ioc(dir: u64, nr: u64, size: usize) -> u64 {
+    (dir << 30) | ((size as u64) << 16) | (0xae << 8) | nr
+}
+
+#[test]
+fn snapshot_ioctls_are_allowed_where_the_snapshot_code_runs() {
+    use kvm_bindings::*;
+    use std::mem::size_of;
+    let (r, w, rw) = (2, 1, 3);
+    let ioctl = |kind, request: u64| decide(kind, "ioctl", [9, request, 0, 0, 0, 0]);
+    let vcpu = [
+        kvm_ioc(r, 0x81, size_of::<kvm_regs>()),
+        kvm_ioc(r, 0x83, size_of::<kvm_sregs>()),
+        kvm_ioc(rw, 0x88, size_of::<kvm_msrs>()),
+        kvm_ioc(rw, 0x91, size_of::<kvm_cpuid2>()),
+        kvm_ioc(r, 0x8e, size_of::<kvm_lapic_state>()),
+        kvm_ioc(r, 0x98, size_of::<kvm_mp_state>()),
+        kvm_ioc(r, 0x9f, size_of::<kvm_vcpu_events>()),
+        kvm_ioc(r, 0xa1, size_of::<kvm_debugregs>()),
+        kvm_ioc(r, 0xa4, size_of::<kvm_xsave>()),
+        kvm_ioc(r, 0xa6, size_of::<kvm_xcrs>()),
+        kvm_ioc(r, 0xcf, size_of::<kvm_xsave>()),
+        kvm_ioc(0, 0xa3, 0),
+    ];
+    let vmm = [
+        kvm_ioc(r, 0x7c, size_of::<kvm_clock_data>()),
+        kvm_ioc(r, 0x9f, size_of::<kvm_pit_state2>()),
+        kvm_ioc(rw, 0x62, size_of::<kvm_irqchip>()),
+        kvm_ioc(w, 0x42, size_of::<kvm_dirty_log>()),
+    ];
+    for req in vcpu {
+        assert_eq!(ioctl(ThreadKind::Vcpu, req), RET_ALLOW, "vcpu {req:#x}");
+        assert_eq!(ioctl(ThreadKind::Api, req), RET_TRAP, "api {req:#x}");
+    }
+    for req in vmm {
+        assert_eq!(ioctl(ThreadKind::Vmm, req), RET_ALLOW, "vmm {req:#x}");
+        assert_eq!(ioctl(ThreadKind::Io, req), RET_TRAP, "io {req:#x}");
+    }
+    // Nothing that changes KVM state was opened up on the VMM thread.
+    assert_eq!(
+        ioctl(ThreadKind::Vmm, kvm_ioc(w, 0x63, size_of::<kvm_irqchip>())),
+        RET_TRAP
+    );
+}

@@ -1,8 +1,11 @@
 //! Guest RAM: anonymous mappings laid out by the architecture, backed by the page size the
 //! machine configuration asks for.
 
+use virtio::{GuestMemoryMmap, GuestRegionMmap};
+use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::mmap::MmapRegionBuilder;
-use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap};
+use vm_memory::mmap::NewBitmap;
+use vm_memory::GuestAddress;
 
 use crate::arch::arch_memory_regions;
 use crate::config::HugePages;
@@ -59,7 +62,7 @@ fn map_region(
         // Ordinary anonymous memory is only committed as the guest touches it.
         HugePages::None | HugePages::Transparent => (base | libc::MAP_NORESERVE, false),
     };
-    let region = MmapRegionBuilder::new(len)
+    let region = MmapRegionBuilder::new_with_bitmap(len, AtomicBitmap::with_len(len))
         .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
         .with_mmap_flags(flags)
         .with_hugetlbfs(hugetlb)

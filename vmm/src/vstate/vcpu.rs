@@ -17,6 +17,7 @@ use std::cell::Cell;
 use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -25,10 +26,11 @@ use kvm_bindings::{
     kvm_run, CpuId, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
-use vm_memory::GuestMemoryMmap;
+use virtio::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
+use super::vcpu_state::{restore_vcpu, save_vcpu, VcpuPersistContext, VcpuState, VcpuStateError};
 use super::vm::Vm;
 use crate::arch::cpuid::{self, CpuidError, Topology};
 use crate::arch::interrupts::{setup_lapic, LapicError};
@@ -69,6 +71,8 @@ pub enum VcpuError {
     NoResponse(u8),
     #[error("cannot clone the vCPU exit eventfd: {0}")]
     ExitEvent(std::io::Error),
+    #[error(transparent)]
+    State(#[from] VcpuStateError),
 }
 
 /// Why a vCPU stopped running the guest.
@@ -92,6 +96,8 @@ pub enum VcpuEvent {
     Pause,
     Resume,
     Stop,
+    /// Report the vCPU's state (on the handle's state channel); sent while paused.
+    SaveState,
 }
 
 /// Answers from a vCPU thread.
@@ -187,7 +193,11 @@ pub struct Vcpu {
     /// The VM's guest memory as registered with KVM: held by the vCPU (and its thread) so
     /// that the mapping KVM_RUN works on cannot be unmapped while this vCPU exists.
     _memory: GuestMemoryMmap,
+    /// What saving the state needs (host XSAVE size, MSR list); none: saving is refused.
+    persist: Option<Arc<VcpuPersistContext>>,
 }
+
+type StateResult = Result<VcpuState, VcpuStateError>;
 
 impl Vcpu {
     pub fn new(vm: &Vm, index: u8, pio: Bus, mmio: Bus) -> Result<Self, VcpuError> {
@@ -201,7 +211,26 @@ impl Vcpu {
             pio,
             mmio,
             _memory: vm.memory().clone(),
+            persist: None,
         })
+    }
+
+    /// Lets this vCPU save its state on request ([`VcpuEvent::SaveState`]).
+    pub fn set_persist_context(&mut self, ctx: Arc<VcpuPersistContext>) {
+        self.persist = Some(ctx);
+    }
+
+    /// Writes a saved state into this vCPU before it first runs (snapshot restore).
+    pub fn restore(&self, state: &VcpuState, ctx: &VcpuPersistContext) -> Result<(), VcpuError> {
+        if state.index != self.index {
+            return Err(VcpuStateError::Invalid {
+                index: self.index,
+                reason: format!("state of vCPU {} given", state.index),
+            }
+            .into());
+        }
+        restore_vcpu(&self.fd, state, ctx)?;
+        Ok(())
     }
 
     pub fn index(&self) -> u8 {
@@ -237,26 +266,65 @@ impl Vcpu {
 
     /// Starts the `vcpu N` thread.
     pub fn start(self, exits: VcpuExitSink) -> Result<VcpuHandle, VcpuError> {
+        Ok(self.start_with(exits, false)?.0)
+    }
+
+    /// Starts the `vcpu N` thread; with `paused` it is paused before its first KVM_RUN (a
+    /// restored VM starts paused) and the returned request waits for that Pause's answer.
+    pub fn start_with(
+        self,
+        exits: VcpuExitSink,
+        paused: bool,
+    ) -> Result<(VcpuHandle, Option<VcpuRequest>), VcpuError> {
         let index = self.index;
         let (event_tx, event_rx) = channel();
         let (response_tx, response_rx) = channel();
+        let (state_tx, state_rx) = channel();
+        let mut first = None;
+        if paused {
+            // Queued before the thread exists: it reads it before its first KVM_RUN.
+            let _ = event_tx.send((1, VcpuEvent::Pause));
+            first = Some(VcpuRequest(1));
+        }
         let thread = std::thread::Builder::new()
             .name(format!("vcpu {index}"))
-            .spawn(move || self.run(event_rx, response_tx, exits))
+            .spawn(move || self.run(event_rx, response_tx, state_tx, exits))
             .map_err(|source| VcpuError::Spawn { index, source })?;
-        Ok(VcpuHandle {
-            index,
-            events: event_tx,
-            responses: response_rx,
-            next_seq: AtomicU64::new(1),
-            thread: Some(thread),
-        })
+        Ok((
+            VcpuHandle {
+                index,
+                events: event_tx,
+                responses: response_rx,
+                states: state_rx,
+                next_seq: AtomicU64::new(if paused { 2 } else { 1 }),
+                thread: Some(thread),
+            },
+            first,
+        ))
+    }
+
+    /// Saves this vCPU's state from its own thread, outside KVM_RUN.
+    fn save(&mut self) -> StateResult {
+        let Some(ctx) = self.persist.clone() else {
+            return Err(VcpuStateError::Invalid {
+                index: self.index,
+                reason: "this vCPU was started without snapshot support".into(),
+            });
+        };
+        // A KVM_RUN with immediate_exit set completes an I/O exit handled last (KVM writes
+        // an IN's data to RAX and moves RIP only on the next entry) without entering the
+        // guest, so the saved registers are those after the instruction.
+        self.fd.set_kvm_immediate_exit(1);
+        let _ = self.fd.run();
+        self.fd.set_kvm_immediate_exit(0);
+        save_vcpu(&self.fd, self.index, &ctx)
     }
 
     fn run(
         mut self,
         events: Receiver<SeqEvent>,
         responses: Sender<SeqResponse>,
+        states: Sender<StateResult>,
         exits: VcpuExitSink,
     ) {
         // The filter goes on before the first KVM_RUN, i.e. before any guest input.
@@ -265,7 +333,7 @@ impl Vcpu {
             return;
         }
         KVM_RUN_PTR.with(|p| p.set(self.fd.get_kvm_run() as *mut kvm_run));
-        let reason = self.run_loop(&events, &responses);
+        let reason = self.run_loop(&events, &responses, &states);
         KVM_RUN_PTR.with(|p| p.set(std::ptr::null_mut()));
         match &reason {
             VcpuExitReason::Crash(why) => log::error!("vCPU {}: {why}", self.index),
@@ -284,13 +352,17 @@ impl Vcpu {
         &mut self,
         events: &Receiver<SeqEvent>,
         responses: &Sender<SeqResponse>,
+        states: &Sender<StateResult>,
     ) -> VcpuExitReason {
         loop {
             match events.try_recv() {
                 Ok((seq, VcpuEvent::Pause)) => {
-                    if let Some(reason) = self.paused(seq, events, responses) {
+                    if let Some(reason) = self.paused(seq, events, responses, states) {
                         return reason;
                     }
+                }
+                Ok((_, VcpuEvent::SaveState)) => {
+                    let _ = states.send(self.save());
                 }
                 Ok((seq, VcpuEvent::Resume)) => {
                     let _ = responses.send((seq, VcpuResponse::Resumed));
@@ -312,10 +384,14 @@ impl Vcpu {
         seq: u64,
         events: &Receiver<SeqEvent>,
         responses: &Sender<SeqResponse>,
+        states: &Sender<StateResult>,
     ) -> Option<VcpuExitReason> {
         let _ = responses.send((seq, VcpuResponse::Paused));
         loop {
             match events.recv() {
+                Ok((_, VcpuEvent::SaveState)) => {
+                    let _ = states.send(self.save());
+                }
                 Ok((seq, VcpuEvent::Resume)) => {
                     let _ = responses.send((seq, VcpuResponse::Resumed));
                     return None;
@@ -424,6 +500,9 @@ pub struct VcpuHandle {
     index: u8,
     events: Sender<SeqEvent>,
     responses: Receiver<SeqResponse>,
+    /// Saved states, answers to [`VcpuEvent::SaveState`] (one caller at a time: the VMM
+    /// thread, while the VM is paused).
+    states: Receiver<StateResult>,
     /// The sequence number of the next event.
     next_seq: AtomicU64,
     /// `None` once joined (in `drop`).
@@ -461,6 +540,16 @@ impl VcpuHandle {
             RecvTimeoutError::Timeout => VcpuError::NoResponse(self.index),
             RecvTimeoutError::Disconnected => VcpuError::Gone(self.index),
         })
+    }
+
+    /// Asks the (paused) vCPU for its state and waits for it.
+    pub fn save_state(&self, timeout: Duration) -> Result<VcpuState, VcpuError> {
+        let _ = self.send_event(VcpuEvent::SaveState)?;
+        let state = self.states.recv_timeout(timeout).map_err(|e| match e {
+            RecvTimeoutError::Timeout => VcpuError::NoResponse(self.index),
+            RecvTimeoutError::Disconnected => VcpuError::Gone(self.index),
+        })?;
+        Ok(state?)
     }
 
     /// Asks the thread to stop without waiting for it (drop waits).
@@ -505,7 +594,8 @@ impl Drop for VcpuHandle {
 mod tests {
     use std::sync::mpsc::Receiver;
 
-    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+    use virtio::GuestMemoryMmap;
+    use vm_memory::{Bytes, GuestAddress};
 
     use super::*;
     use crate::arch::regs::write_boot_tables;

@@ -33,6 +33,7 @@ pub fn run(cmd: Command<'_>) {
         b"acpi-garbage" => crate::acpi_cmds::garbage(),
         b"smp" => smp(cmd.arg),
         b"tick" => tick(cmd.arg),
+        b"memtick" => crate::snap_cmds::memtick(cmd.arg),
         b"print" => print(cmd.arg),
         b"idle" => {
             sprintln!("PROBE idle ok halting");
@@ -111,7 +112,7 @@ fn initrd(boot: &BootInfo) {
 }
 
 /// A u64 as exactly 16 lowercase hex digits.
-struct Hex16(u64);
+pub(crate) struct Hex16(pub u64);
 
 impl core::fmt::Display for Hex16 {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {

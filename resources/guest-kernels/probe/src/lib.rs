@@ -24,6 +24,7 @@ pub mod mem;
 pub mod mptable;
 pub mod serial;
 pub mod smp;
+pub mod snap_cmds;
 pub mod sync;
 pub mod timer;
 pub mod virtio;

@@ -15,6 +15,7 @@ use imago::io_buffers::{IoVector, IoVectorMut};
 use imago::qcow2::Qcow2;
 use imago::raw::Raw;
 use imago::{DenyImplicitOpenGate, FormatAccess, FormatDriverBuilder};
+use vm_memory::bitmap::{AtomicBitmap, BS};
 use vm_memory::{GuestAddress, GuestMemoryBackend, VolatileSlice};
 
 use super::file::DiskError;
@@ -176,7 +177,7 @@ impl Qcow2Disk {
     fn slices<'m>(
         mem: &'m GuestMemoryMmap,
         bufs: &[(GuestAddress, u32)],
-    ) -> Result<Vec<VolatileSlice<'m, ()>>, DiskError> {
+    ) -> Result<Vec<VolatileSlice<'m, BS<'m, AtomicBitmap>>>, DiskError> {
         let mut out = Vec::with_capacity(bufs.len());
         for &(addr, len) in bufs {
             for s in mem.get_slices(addr, len as usize) {

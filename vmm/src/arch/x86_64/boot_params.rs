@@ -8,7 +8,8 @@ use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header
 use linux_loader::loader::elf::start_info::{
     hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
 };
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use virtio::GuestMemoryMmap;
+use vm_memory::GuestAddress;
 
 use super::layout::{
     e820_map, E820Entry, CMDLINE_START, PVH_INFO_START, PVH_MEMMAP_START, ZERO_PAGE_START,

@@ -10,7 +10,8 @@ use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::bootparam::setup_header;
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::{self, BzImage, KernelLoader};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use virtio::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress};
 
 use super::layout::{low_memory_end, CMDLINE_MAX_SIZE, CMDLINE_START, HIMEM_START};
 use super::regs::EntryProtocol;

@@ -2,7 +2,8 @@
 //! vCPUs, the IOAPIC and the ISA bus. The floating pointer sits at the start of the EBDA,
 //! where Linux scans for it, and the configuration table follows it.
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use virtio::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress};
 
 use super::layout::{APIC_BASE, EBDA_START, HIMEM_START, IOAPIC_BASE};
 

@@ -2,7 +2,8 @@
 
 use kvm_bindings::{kvm_fpu, kvm_regs, kvm_sregs};
 use kvm_ioctls::VcpuFd;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use virtio::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress};
 
 use super::gdt::{kvm_segment_from_gdt, GDT_LONG_MODE, GDT_PVH};
 use super::layout::{

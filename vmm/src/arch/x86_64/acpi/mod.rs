@@ -17,7 +17,8 @@ use acpi_tables::rsdp::Rsdp;
 use acpi_tables::xsdt::XSDT;
 use acpi_tables::Aml;
 use devices::legacy::{ACPI_SLEEP_PORT_BASE, I8042_PORT_BASE};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use virtio::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress};
 
 use super::layout::{APIC_BASE, IOAPIC_BASE};
 use super::mptable::ioapic_id;

@@ -1,0 +1,4 @@
+//! libFuzzer driver for the `virtio_net_tx` target (built by `tools/fuzz`).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| xenia_fuzz::targets::virtio_net_tx::run(data));

@@ -220,8 +220,9 @@ fn hostile_inflate_chains_are_refused_and_counted() {
 
 /// A snapshot taken while the probe holds 16 MiB in the balloon (and with an entropy device
 /// configured) restores in a new process: the restored balloon deflates on `PATCH`, every
-/// page reads zero (released before the snapshot, holes in the memory file), statistics keep
-/// coming, and the entropy device serves the probe's next command.
+/// page reads zero (released before the snapshot, holes in the memory file), pages inflated
+/// from the memory file read zero after deflating too, statistics keep coming, and the
+/// entropy device serves the probe's next command.
 #[test]
 fn a_restored_balloon_and_entropy_device_keep_working() {
     let files = snapshot_files();
@@ -234,7 +235,7 @@ fn a_restored_balloon_and_entropy_device_keep_working() {
         204,
     );
     let boot = json!({"kernel_image_path": probe().pvh,
-                      "boot_args": probe_args("balloon-serve:12:32,rng-read:65536")});
+                      "boot_args": probe_args("balloon-serve:20:32,rng-read:65536")});
     api.expect("PUT", "/boot-source", &boot.to_string(), 204);
     api.expect(
         "PUT",
@@ -264,6 +265,14 @@ fn a_restored_balloon_and_entropy_device_keep_working() {
     let line = wait(&mut y, "PROBE balloon-deflated");
     assert_eq!(field(&line, "actual"), 0, "{line}");
     assert_eq!(field(&line, "zero_pages"), 16 * 256, "{line}");
+    // Inflating again now gives back pages mapped from the memory file, 8 MiB of them still
+    // holding the probe's pattern there: after deflating they read zero too, not the file.
+    api2.expect("PATCH", "/balloon", r#"{"amount_mib": 24}"#, 204);
+    let line = wait(&mut y, "PROBE balloon-inflated");
+    assert_eq!(field(&line, "actual"), 24 * 256, "{line}");
+    api2.expect("PATCH", "/balloon", r#"{"amount_mib": 0}"#, 204);
+    let line = wait(&mut y, "PROBE balloon-deflated");
+    assert_eq!(field(&line, "zero_pages"), (16 + 24) * 256, "{line}");
     let before = api2.expect("GET", "/balloon/statistics", "", 200).json()["minor_faults"].as_u64();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

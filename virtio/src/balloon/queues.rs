@@ -42,12 +42,23 @@ fn buffers(
     (!out.is_empty()).then_some(out)
 }
 
-/// Consecutive guest pages that are consecutive in xenia's address space too, released with
-/// one `madvise`.
+/// Consecutive guest pages that are consecutive in xenia's address space too and backed
+/// the same way, released with one call.
 #[derive(Debug, Default)]
 struct Run {
     host: usize,
     len: usize,
+    /// Mapped from a snapshot's memory file (`MAP_PRIVATE`): `MADV_DONTNEED` would make the
+    /// guest read the file's old contents there again, so the range is replaced with fresh
+    /// anonymous memory instead (zeroes, as after a release of anonymous memory).
+    file_backed: bool,
+}
+
+/// Where a guest page lives in xenia.
+#[derive(Debug, Clone, Copy)]
+struct HostPage {
+    addr: usize,
+    file_backed: bool,
 }
 
 impl Balloon {
@@ -195,7 +206,7 @@ impl Balloon {
                         continue;
                     };
                     if role == Role::Inflate {
-                        self.extend_run(&mut run, host, BALLOON_PAGE_SIZE as usize);
+                        self.extend_run(&mut run, host);
                     }
                 }
                 off += n as u64;
@@ -222,7 +233,7 @@ impl Balloon {
             let mut gpa = addr.0;
             while gpa < addr.0 + len {
                 match page_host_address(mem, gpa) {
-                    Some(host) => self.extend_run(&mut run, host, BALLOON_PAGE_SIZE as usize),
+                    Some(host) => self.extend_run(&mut run, host),
                     None => BalloonMetrics::inc(&m.invalid_pfns),
                 }
                 gpa += BALLOON_PAGE_SIZE;
@@ -291,13 +302,18 @@ impl Balloon {
         self.signal(index);
     }
 
-    fn extend_run(&mut self, run: &mut Run, host: usize, len: usize) {
-        if run.len > 0 && run.host + run.len == host {
+    fn extend_run(&mut self, run: &mut Run, page: HostPage) {
+        let len = BALLOON_PAGE_SIZE as usize;
+        if run.len > 0 && run.host + run.len == page.addr && run.file_backed == page.file_backed {
             run.len += len;
             return;
         }
         self.release(run);
-        *run = Run { host, len };
+        *run = Run {
+            host: page.addr,
+            len,
+            file_backed: page.file_backed,
+        };
     }
 
     /// Gives the pages of `run` back to the host kernel.
@@ -305,13 +321,35 @@ impl Balloon {
         if run.len == 0 {
             return;
         }
-        // SAFETY: every page of the run was found inside a guest memory region by
-        // `page_host_address`, so the range lies in a private anonymous mapping xenia made for
-        // guest RAM and holds nothing of xenia's own; MADV_DONTNEED only makes the guest read
-        // zeroes there next time, which is what inflating (or reporting free) asked for.
-        let r =
-            unsafe { libc::madvise(run.host as *mut libc::c_void, run.len, libc::MADV_DONTNEED) };
-        if r == 0 {
+        let ok = if run.file_backed {
+            // SAFETY: every page of the run was found inside a guest memory region by
+            // `page_host_address`: the range is part of the private mapping of a snapshot's
+            // memory file that xenia made for guest RAM, holding nothing of xenia's own.
+            // MAP_FIXED replaces exactly that range with anonymous memory (the region's
+            // mapping stays the same size and place; KVM's MMU notifier drops its stale
+            // translations), so the guest reads zeroes there, as after inflating anonymous
+            // memory, and the file's pages are no longer referenced.
+            let p = unsafe {
+                libc::mmap(
+                    run.host as *mut libc::c_void,
+                    run.len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
+                    -1,
+                    0,
+                )
+            };
+            p != libc::MAP_FAILED
+        } else {
+            // SAFETY: as above, the range lies in a private anonymous mapping xenia made for
+            // guest RAM; MADV_DONTNEED only makes the guest read zeroes there next time,
+            // which is what inflating (or reporting free) asked for.
+            let r = unsafe {
+                libc::madvise(run.host as *mut libc::c_void, run.len, libc::MADV_DONTNEED)
+            };
+            r == 0
+        };
+        if ok {
             BalloonMetrics::add(
                 &self.metrics.pages_released,
                 (run.len as u64) / BALLOON_PAGE_SIZE,
@@ -320,7 +358,7 @@ impl Balloon {
             BalloonMetrics::inc(&self.metrics.madvise_fails);
             if let Some(n) = self.guest_log.check() {
                 log::warn!(
-                    "virtio-balloon: madvise of {} bytes failed: {} ({n} more suppressed)",
+                    "virtio-balloon: releasing {} bytes failed: {} ({n} more suppressed)",
                     run.len,
                     std::io::Error::last_os_error()
                 );
@@ -330,11 +368,14 @@ impl Balloon {
 }
 
 /// Where guest page `gpa` (4 KiB, aligned) lives in xenia, if it is guest RAM.
-fn page_host_address(mem: &GuestMemoryMmap, gpa: u64) -> Option<usize> {
+fn page_host_address(mem: &GuestMemoryMmap, gpa: u64) -> Option<HostPage> {
     if !in_memory(mem, gpa, BALLOON_PAGE_SIZE) {
         return None;
     }
-    mem.get_host_address(GuestAddress(gpa))
-        .ok()
-        .map(|p| p as usize)
+    let region = mem.find_region(GuestAddress(gpa))?;
+    let addr = mem.get_host_address(GuestAddress(gpa)).ok()? as usize;
+    Some(HostPage {
+        addr,
+        file_backed: region.file_offset().is_some(),
+    })
 }

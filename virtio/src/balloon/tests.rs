@@ -331,3 +331,44 @@ mod persist {
         assert!(e.contains("entropy.virtio.acked_features"), "{e}");
     }
 }
+
+/// Guest memory mapped `MAP_PRIVATE` from a file full of 0xa5, as a restored VM's is.
+fn file_backed_memory(file: &std::fs::File) -> GuestMemoryMmap {
+    use vm_memory::bitmap::AtomicBitmap;
+    use vm_memory::mmap::{MmapRegionBuilder, NewBitmap};
+    use vm_memory::{FileOffset, GuestRegionMmap};
+    let len = 0x100_0000usize;
+    let mapping = MmapRegionBuilder::new_with_bitmap(len, AtomicBitmap::with_len(len))
+        .with_file_offset(FileOffset::new(file.try_clone().unwrap(), 0))
+        .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+        .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+        .build()
+        .unwrap();
+    GuestMemoryMmap::from_regions(vec![GuestRegionMmap::new(mapping, GuestAddress(0)).unwrap()])
+        .unwrap()
+}
+
+#[test]
+fn pages_of_a_memory_file_read_zero_after_inflating_not_the_files_contents() {
+    use std::io::Write;
+    let tmp = vmm_sys_util::tempfile::TempFile::new().unwrap();
+    let mut f = tmp.as_file();
+    f.write_all(&vec![0xa5u8; 0x100_0000]).unwrap();
+    let mem = file_backed_memory(tmp.as_file());
+    // The queue rings live in this memory: clear what they need before the harness uses it.
+    mem.write_slice(&vec![0u8; 0x40_000], GuestAddress(0))
+        .unwrap();
+    let mut h = Harness::new(&mem, BalloonConfig::default());
+    let first = (VICTIM / 4096) as u32;
+    // A page the guest wrote (a private copy) and one it only read (the file's page).
+    mem.write_obj(0x1234u64, GuestAddress(VICTIM)).unwrap();
+    h.post_pfns(0, PFNS, &[first, first + 1]);
+    h.dev.process_queue(0);
+    assert_eq!(h.m().pages_released, 2, "{:?}", h.m());
+    assert!(is_zero(&mem, VICTIM, 2 * 4096));
+    // Neighbours keep the file's contents and the file is untouched.
+    assert!(!is_zero(&mem, VICTIM + 2 * 4096, 4096));
+    let mut on_disk = [0u8; 16];
+    std::os::unix::fs::FileExt::read_exact_at(tmp.as_file(), &mut on_disk, VICTIM).unwrap();
+    assert_eq!(on_disk, [0xa5; 16]);
+}

@@ -133,7 +133,10 @@ fn the_rate_limiter_holds_the_guest_to_its_budget() {
         "64 KiB at 16 KiB/s read in {took:?}: {}",
         lines[1]
     );
-    assert!(m["rate_limiter_throttled_events"].as_u64() > Some(0), "{m}");
+    assert!(
+        m["entropy_rate_limiter_throttled"].as_u64() > Some(0),
+        "{m}"
+    );
     assert_eq!(m["entropy_bytes"], 4096 + 65536, "{m}");
 }
 

@@ -43,7 +43,7 @@ crate::device_counters!(RngMetrics, RngMetricsSnapshot, {
     host_rng_fails: "Requests answered empty because getrandom failed.",
     invalid_requests: "Chains refused: read-only or out-of-memory buffers, indirect tables.",
     queue_errors: "Times the queue broke (the device then needs a reset).",
-    rate_limiter_throttled_events: "Times a request waited for the rate limiter.",
+    entropy_rate_limiter_throttled: "Times a request waited for the rate limiter.",
 });
 
 /// Errors from building the device.
@@ -236,7 +236,7 @@ impl Rng {
                         if !self.rate_limiter.is_unlimited()
                             && !self.rate_limiter.consume_request(bytes as u64)
                         {
-                            RngMetrics::inc(&self.metrics.rate_limiter_throttled_events);
+                            RngMetrics::inc(&self.metrics.entropy_rate_limiter_throttled);
                             if let Some(a) = self.active.as_mut() {
                                 a.queues[0].go_to_previous_position();
                             }

@@ -165,7 +165,7 @@ fn the_rate_limiter_holds_requests_back_until_tokens_return() {
     h.add_chain(&[(BUF + 0x1000, 1024, true)]);
     h.dev.process_queue();
     assert_eq!(h.used_idx(), 1, "the second request must wait");
-    assert_eq!(h.dev.metrics().snapshot().rate_limiter_throttled_events, 1);
+    assert_eq!(h.dev.metrics().snapshot().entropy_rate_limiter_throttled, 1);
     clock.advance_ms(1000);
     // The timer fired: the loop calls the handler, then serves the queue.
     h.dev.rate_limiter.event_handler();

@@ -16,6 +16,7 @@ pub mod net;
 pub mod persist;
 pub mod rate_limiter;
 pub mod rng;
+pub mod vsock;
 
 #[cfg(test)]
 mod persist_tests;

@@ -47,6 +47,10 @@ impl<'a> Input<'a> {
     pub fn u32(&mut self) -> u32 {
         u32::from_le_bytes(self.array())
     }
+
+    pub fn u64(&mut self) -> u64 {
+        u64::from_le_bytes(self.array())
+    }
 }
 
 #[cfg(test)]

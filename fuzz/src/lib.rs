@@ -2,14 +2,15 @@
 //!
 //! Each target is a plain function from bytes to nothing that panics on a bug (a panic in
 //! the code under test, or a broken property the target checks). The same functions run
-//! under three drivers:
+//! under two drivers:
 //!
 //! - libFuzzer, coverage-guided, through the `fuzz_*` binaries (`tools/fuzz`, feature
 //!   `libfuzzer`, instrumented with stable rustc's `-C passes=sancov-module`);
 //! - `cargo test` (`tests/replay.rs`), which replays every committed corpus seed and every
-//!   regression input;
-//! - the seed writer (`cargo run -p xenia-fuzz --bin fuzz-seeds`), which writes the
-//!   structured seeds of the binary targets into `corpus/`.
+//!   regression input.
+//!
+//! The seed writer (`cargo run -p xenia-fuzz --bin fuzz-seeds`) writes the structured seeds
+//! of the binary targets into `corpus/`.
 //!
 //! Adding a target (for example the snapshot state decoder): a module in `src/targets/`
 //! with `pub fn run(data: &[u8])`, an entry in [`TARGETS`], a driver in `src/bin/`, a
@@ -51,6 +52,11 @@ pub const TARGETS: &[Target] = &[
         seeds: targets::config::seeds,
     },
     Target {
+        name: "rate_limiter",
+        run: targets::rate_limiter::run,
+        seeds: targets::rate_limiter::seeds,
+    },
+    Target {
         name: "virtio_blk",
         run: targets::virtio_blk::run,
         seeds: targets::virtio_blk::seeds,
@@ -71,6 +77,17 @@ pub const TARGETS: &[Target] = &[
         seeds: no_seeds,
     },
 ];
+
+/// Where targets keep their scratch files (disk images): memory-backed `/dev/shm` when the
+/// host has it, so that a fuzzed FLUSH (`fdatasync`) costs nothing, else the temp folder.
+pub fn scratch_dir() -> std::path::PathBuf {
+    let shm = std::path::Path::new("/dev/shm");
+    if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    }
+}
 
 /// The target called `name`.
 pub fn target(name: &str) -> Option<&'static Target> {

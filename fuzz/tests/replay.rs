@@ -60,6 +60,11 @@ fn config() {
 }
 
 #[test]
+fn rate_limiter() {
+    replay("rate_limiter");
+}
+
+#[test]
 fn virtio_blk() {
     replay("virtio_blk");
 }

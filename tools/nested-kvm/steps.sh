@@ -5,6 +5,7 @@
 #
 # The caller sets:
 #   XENIA   the (static) xenia binary        JAILER  xenia-jailer (static)
+#   XENIA_API  the (static) xenia-api client (tools/api-call), for `api`
 #   L2      directory with vmlinux, vmlinux-nopvh, bzImage, initramfs.cpio, rootfs.ext4
 #   WORK    an empty scratch directory the plan may fill
 #   XENIA_EXTRA_ARGS  optional: words added to every xenia command line (e.g. --level Debug)
@@ -81,6 +82,75 @@ jailed_vm() {
 	run_vm_command "$name" chroot "$root" "$JAILER" --id "$id" --exec-file "$XENIA" \
 		--uid "$uid" --gid "$uid" --chroot-base-dir "$base" "$@" \
 		-- --no-api --config-file /vm.json $XENIA_EXTRA_ARGS
+}
+
+# Background VMs driven through the API (snapshots, restores). Each keeps its files in
+# $WORK/.vm-NAME: pid (xenia's), console (a copy of what it printed), status (its exit).
+
+# vm_start NAME SOCK [xenia args...]: starts xenia serving its API on SOCK, in the
+# background; its console is forwarded as `L2| ` lines (and copied to the console file),
+# its log as `XENIA| ` lines. End it with vm_wait or vm_kill, before the next vm_start.
+vm_start() {
+	name="$1"
+	sock="$2"
+	shift 2
+	dir="$WORK/.vm-$name"
+	rm -rf "$dir" "$sock"
+	mkdir -p "$dir"
+	mkfifo "$dir/log"
+	echo "VM-BEGIN name=$name"
+	(
+		sed 's/^/XENIA| /' <"$dir/log" &
+		reader=$!
+		{
+			# shellcheck disable=SC2086 # a word list on purpose
+			"$XENIA" --api-sock "$sock" "$@" $XENIA_EXTRA_ARGS 2>"$dir/log" </dev/null &
+			echo $! >"$dir/pid"
+			wait $!
+			echo $? >"$dir/status"
+		} | tee "$dir/console" | sed 's/^/L2| /'
+		wait "$reader"
+	) &
+	echo $! >"$dir/runner"
+}
+
+# vm_wait NAME: waits for the VM's xenia to exit and prints VM-END with its status.
+vm_wait() {
+	dir="$WORK/.vm-$1"
+	wait "$(cat "$dir/runner")"
+	echo "VM-END name=$1 status=$(cat "$dir/status" 2>/dev/null)"
+}
+
+# vm_kill NAME: kills the VM's xenia (SIGKILL, as a control plane drops a snapshotted VM).
+vm_kill() {
+	dir="$WORK/.vm-$1"
+	# The runner writes the pid right after starting xenia; an API call that answered
+	# proves xenia runs, so this waits at most a moment.
+	until [ -s "$dir/pid" ]; do sleep 0.05; done
+	kill -KILL "$(cat "$dir/pid")" 2>/dev/null
+	vm_wait "$1"
+}
+
+# wait_console NAME PATTERN SECS: waits until the VM's console has a line matching the
+# (grep) PATTERN; status 1 after SECS seconds or when xenia exited first.
+wait_console() {
+	dir="$WORK/.vm-$1"
+	tries=$(($3 * 10))
+	while ! grep -q "$2" "$dir/console" 2>/dev/null; do
+		[ -e "$dir/status" ] && return 1
+		tries=$((tries - 1))
+		[ "$tries" -gt 0 ] || return 1
+		sleep 0.1
+	done
+}
+
+# api SOCK METHOD PATH [BODY]: one request to xenia's API; prints `API METHOD PATH STATUS
+# BODY` on one line; status 0 for a 2xx answer.
+api() {
+	answer="$("$XENIA_API" "$@" 2>&1)"
+	result=$?
+	echo "API $2 $3 $(echo "$answer" | tr '\n' ' ')"
+	return "$result"
 }
 
 # cgroup_version: 2 when a cgroup2 hierarchy is at /sys/fs/cgroup, 1 when v1 hierarchies

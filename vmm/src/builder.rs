@@ -11,6 +11,7 @@ use virtio::{IoThread, IoThreadError, IoThreadHandle};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::arch::boot_params::{write_pvh_info, write_zero_page, BootInfo, BootParamsError};
+use crate::arch::cpu_template::{self, TemplateError};
 use crate::arch::cpuid::{self, CpuidError, Topology};
 use crate::arch::kernel::{load_cmdline, load_initrd, load_kernel, KernelError};
 use crate::arch::layout::arch_memory_regions;
@@ -79,6 +80,8 @@ pub enum StartError {
     Vcpu(#[from] VcpuError),
     #[error(transparent)]
     Cpuid(#[from] CpuidError),
+    #[error(transparent)]
+    CpuTemplate(#[from] TemplateError),
     #[error(transparent)]
     Acpi(#[from] AcpiDeviceError),
     #[error("cannot create the vCPU exit eventfd: {0}")]
@@ -245,9 +248,14 @@ pub(crate) fn start_io_thread(
     io: IoThread,
     hook: Option<ThreadStartHook>,
 ) -> Result<IoThreadHandle, StartError> {
-    Ok(io.start(move || match hook {
-        Some(hook) => hook(),
-        None => Ok(()),
+    Ok(io.start(move || {
+        // The io thread never ends before the VMM has written its final usage record (it
+        // is stopped when the VM is dropped), so its clock is read live.
+        crate::usage::register_current(crate::usage::ThreadRole::Io);
+        match hook {
+            Some(hook) => hook(),
+            None => Ok(()),
+        }
     })?)
 }
 
@@ -256,6 +264,8 @@ pub(crate) type StartedVcpus = (Vec<VcpuHandle>, Receiver<(u8, VcpuExitReason)>,
 
 /// Starts every vCPU thread (paused with `paused`), with the exit channel the VMM watches.
 pub(crate) fn start_vcpus(vcpus: Vec<Vcpu>, paused: bool) -> Result<StartedVcpus, StartError> {
+    // These vCPUs register their own CPU clocks; slots of an earlier, failed attempt go.
+    crate::usage::cpu::forget_vcpus();
     register_kick_signal_handler()?;
     let vcpu_exit_evt = EventFd::new(EFD_NONBLOCK).map_err(StartError::ExitEvent)?;
     let (exit_tx, vcpu_exits) = channel();
@@ -344,6 +354,20 @@ pub fn build_and_boot_with(
 
     let kvm = KvmContext::open()?;
     let supported_cpuid = kvm.supported_cpuid()?;
+    // The CPU template (static or custom) narrows what KVM offers before each vCPU's
+    // normalisation; checked here again for a config file, which nothing checked before.
+    let template = cpu_template::resolve(
+        machine.cpu_template.as_deref(),
+        config.cpu_config.as_ref(),
+        cpu_template::host_vendor(&supported_cpuid),
+    )?;
+    let supported_cpuid = match &template {
+        Some(t) => {
+            t.check_host(&supported_cpuid)?;
+            t.apply(&supported_cpuid)?
+        }
+        None => supported_cpuid,
+    };
     let mem_end = arch_memory_regions(mem_size)
         .last()
         .map_or(0, |(start, len)| start.0 + len);

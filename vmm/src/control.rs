@@ -18,6 +18,7 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use crate::metrics::FLUSH_INTERVAL;
 use crate::rpc::{serve_pending, ApiThread, Vmm};
+use crate::usage;
 use crate::vstate::vcpu::VcpuExitReason;
 
 /// xenia's exit statuses.
@@ -61,6 +62,8 @@ pub enum Token {
     MetricsTimer = 6,
     /// The Uffd page-fault handler's connection (a restored VM's): hang-up means it died.
     UffdHandler = 7,
+    /// The usage sampler (resident guest memory).
+    UsageTimer = 8,
 }
 
 impl Token {
@@ -73,6 +76,7 @@ impl Token {
             Token::Api,
             Token::MetricsTimer,
             Token::UffdHandler,
+            Token::UsageTimer,
         ]
         .into_iter()
         .find(|t| *t as u64 == v)
@@ -101,7 +105,10 @@ pub struct ControlLoop {
     signal_evt: EventFd,
     stdin: Option<File>,
     metrics_timer: TimerFd,
+    usage_timer: TimerFd,
     api: Option<ApiThread>,
+    /// Why the loop ended, for the final usage record.
+    exit_reason: &'static str,
 }
 
 impl std::fmt::Debug for ControlLoop {
@@ -134,6 +141,10 @@ impl ControlLoop {
         metrics_timer
             .reset(FLUSH_INTERVAL, Some(FLUSH_INTERVAL))
             .map_err(ControlError::Timer)?;
+        let mut usage_timer = TimerFd::new().map_err(ControlError::Timer)?;
+        usage_timer
+            .reset(usage::SAMPLE_INTERVAL, Some(usage::SAMPLE_INTERVAL))
+            .map_err(ControlError::Timer)?;
         let mut this = Self {
             epoll,
             vmm,
@@ -141,10 +152,13 @@ impl ControlLoop {
             signal_evt,
             stdin: None,
             metrics_timer,
+            usage_timer,
             api: None,
+            exit_reason: "vmm-error",
         };
         this.watch(this.signal_evt.as_raw_fd(), Token::Signal)?;
         this.watch(this.metrics_timer.as_raw_fd(), Token::MetricsTimer)?;
+        this.watch(this.usage_timer.as_raw_fd(), Token::UsageTimer)?;
         this.watch_vm()?;
         if let Some(stdin) = forwardable_stdin() {
             match this.watch(stdin.as_raw_fd(), Token::Stdin) {
@@ -197,9 +211,18 @@ impl ControlLoop {
     }
 
     /// Boots the VM from the gathered resources (the `--config-file` path) and watches it.
+    /// A failure writes the final metrics line (usage counters null: no VM existed, or the
+    /// VMM thread could not finish starting it) before the caller exits.
     pub fn start_vm(&mut self) -> Result<(), String> {
-        self.vmm.start().map_err(|e| e.to_string())?;
-        self.watch_vm().map_err(|e| e.to_string())
+        let started = self
+            .vmm
+            .start()
+            .map_err(|e| e.to_string())
+            .and_then(|()| self.watch_vm().map_err(|e| e.to_string()));
+        if started.is_err() {
+            self.vmm.flush_final_metrics("start-failed");
+        }
+        started
     }
 
     /// Serves the API thread's requests from now on.
@@ -219,13 +242,15 @@ impl ControlLoop {
     }
 
     /// Runs until the VM ends or a signal stops the VMM; returns the process exit status.
-    /// Metrics are flushed one last time on the way out.
+    /// Metrics are flushed one last time on the way out, with the final usage record
+    /// (every thread still exists: the vCPUs and the io thread are joined later, when the
+    /// VM is dropped, and a vCPU that already ended left its last CPU time behind).
     pub fn run(&mut self) -> ExitCode {
         let code = self.run_loop();
         if let Some(vm) = self.vmm.vm() {
             crate::device_manager::block::write_back_drives(&vm.drives);
         }
-        self.vmm.flush_metrics_if_configured();
+        self.vmm.flush_final_metrics(self.exit_reason);
         code
     }
 
@@ -255,6 +280,7 @@ impl ControlLoop {
         match token {
             Token::Reset => {
                 let _ = self.vmm.vm()?.legacy.reset_evt.read();
+                self.exit_reason = "guest-reset-or-poweroff";
                 log::info!("the guest reset (i8042) or powered off (ACPI) the machine; exiting");
                 Some(ExitCode::Ok)
             }
@@ -264,6 +290,7 @@ impl ControlLoop {
             }
             Token::Signal => {
                 let _ = self.signal_evt.read();
+                self.exit_reason = "signal";
                 log::info!("received SIGTERM or SIGINT; shutting down");
                 Some(ExitCode::Ok)
             }
@@ -287,6 +314,11 @@ impl ControlLoop {
                 self.vmm.flush_metrics_if_configured();
                 None
             }
+            Token::UsageTimer => {
+                let _ = self.usage_timer.wait();
+                self.vmm.sample_usage();
+                None
+            }
         }
     }
 
@@ -297,11 +329,13 @@ impl ControlLoop {
         serve_pending(&api.requests, |action| vmm.execute(action));
         if let Some(why) = self.vmm.fatal() {
             log::error!("{why}");
+            self.exit_reason = "fatal-error";
             return Some(ExitCode::StartError);
         }
         // An InstanceStart may have started the VM: its events join the loop now.
         if let Err(e) = self.watch_vm() {
             log::error!("{e}");
+            self.exit_reason = "fatal-error";
             return Some(ExitCode::StartError);
         }
         None
@@ -315,6 +349,10 @@ impl ControlLoop {
                 ExitCode::Ok
             }
             VcpuExitReason::TripleFault | VcpuExitReason::Crash(_) => ExitCode::GuestCrash,
+        };
+        self.exit_reason = match code {
+            ExitCode::Ok => "guest-shutdown",
+            _ => "guest-crash",
         };
         log::info!(
             "vCPU {index} stopped ({reason:?}); exiting with status {}",

@@ -14,4 +14,5 @@ pub mod resources;
 pub mod rpc;
 pub mod seccomp;
 pub mod sink;
+pub mod usage;
 pub mod vstate;

@@ -329,8 +329,20 @@ impl MetricsSink {
     /// Writes one line with the current values (or drops and counts it when the destination
     /// is full).
     pub fn flush(&mut self, metrics: &Metrics) -> Result<(), MetricsError> {
+        self.flush_with_usage(metrics, None)
+    }
+
+    /// [`MetricsSink::flush`] with the VM's usage record as the line's `usage` object.
+    pub fn flush_with_usage(
+        &mut self,
+        metrics: &Metrics,
+        usage: Option<Value>,
+    ) -> Result<(), MetricsError> {
         let mut line = metrics.snapshot();
         if let Value::Object(map) = &mut line {
+            if let Some(u) = usage {
+                map.insert("usage".into(), u);
+            }
             if let Some(id) = &self.id {
                 map.insert("id".into(), Value::String(id.clone()));
             }

@@ -9,9 +9,10 @@ use std::fs::{File, FileType, OpenOptions};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
+use crate::arch::cpu_template::{self, TemplateError};
 use crate::config::{
-    BootSourceConfig, ConfigError, DriveConfig, DriveUpdate, ImageFormat, LoggerConfig,
-    MachineConfig, MachineConfigUpdate, MetricsConfig, NetworkInterfaceConfig,
+    BootSourceConfig, ConfigError, CustomCpuTemplate, DriveConfig, DriveUpdate, ImageFormat,
+    LoggerConfig, MachineConfig, MachineConfigUpdate, MetricsConfig, NetworkInterfaceConfig,
     NetworkInterfaceUpdate, SerialConfig, VmConfig,
 };
 use crate::device_manager::net::{check_tap, NetDeviceError};
@@ -37,6 +38,31 @@ pub enum ResourceError {
         field: String,
         source: virtio::block::qcow2::Qcow2Error,
     },
+    #[error(transparent)]
+    CpuTemplate(#[from] TemplateError),
+    #[error("cannot read this host's CPUID from KVM to check the CPU template: {0}")]
+    Kvm(String),
+}
+
+/// Checks the CPU template `config` asks for (static or custom) against this host: the
+/// vendor, and that every bit it sets is one KVM offers. Opens KVM only when a template is
+/// set.
+fn check_cpu_template(config: &VmConfig) -> Result<(), ResourceError> {
+    let static_name = config
+        .machine_config
+        .as_ref()
+        .and_then(|m| m.cpu_template.as_deref())
+        .filter(|t| *t != "None");
+    if static_name.is_none() && config.cpu_config.is_none() {
+        return Ok(());
+    }
+    let kvm =
+        crate::vstate::kvm::KvmContext::open().map_err(|e| ResourceError::Kvm(e.to_string()))?;
+    let supported = kvm
+        .supported_cpuid()
+        .map_err(|e| ResourceError::Kvm(e.to_string()))?;
+    cpu_template::check_for_host(static_name, config.cpu_config.as_ref(), &supported)?;
+    Ok(())
 }
 
 /// Opens `path` for reading (and writing when `write`), and checks what it is.
@@ -135,7 +161,19 @@ impl VmResources {
     }
 
     pub fn set_machine_config(&mut self, machine: MachineConfig) -> Result<(), ResourceError> {
+        let mut candidate = self.config.clone();
+        candidate.machine_config = Some(machine.clone());
+        check_cpu_template(&candidate)?;
         self.update(|c| c.machine_config = Some(machine))
+    }
+
+    /// `PUT /cpu-config`: a custom CPU template, checked against this host's KVM.
+    pub fn set_cpu_config(&mut self, template: CustomCpuTemplate) -> Result<(), ResourceError> {
+        let mut candidate = self.config.clone();
+        candidate.cpu_config = Some(template.clone());
+        candidate.validate()?;
+        check_cpu_template(&candidate)?;
+        self.update(|c| c.cpu_config = Some(template))
     }
 
     pub fn patch_machine_config(

@@ -73,8 +73,14 @@ fn config_file(data: &[u8]) -> bool {
         Ok(json) => json,
         Err(e) => panic!("a valid configuration does not serialise: {e}"),
     };
+    // Unset sections are written as in force (Firecracker's export shape), so the value read
+    // back may spell out a default that was implicit: what must not change is the export.
     match VmConfig::from_json(&json) {
-        Ok(again) => assert_eq!(again, config, "the configuration changed through {json}"),
+        Ok(again) => assert_eq!(
+            serde_json::to_value(&again).ok(),
+            serde_json::to_value(&config).ok(),
+            "the configuration changed through {json}"
+        ),
         Err(e) => panic!("GET /vm/config output is refused as a config file: {e}\n{json}"),
     }
     let resources = VmResources::from_config(config);

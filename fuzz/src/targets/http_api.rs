@@ -93,7 +93,7 @@ fn contain(action: VmmAction) -> Option<VmmAction> {
 fn scratch_path() -> String {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     let path = PATH.get_or_init(|| {
-        let path = std::env::temp_dir().join("xenia-fuzz-scratch.img");
+        let path = crate::scratch_dir().join("xenia-fuzz-scratch.img");
         if let Err(e) = std::fs::write(&path, [0u8; 4096]) {
             panic!("cannot create the scratch file {}: {e}", path.display());
         }

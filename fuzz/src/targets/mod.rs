@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod http_api;
+pub mod rate_limiter;
 pub mod snapshot_state;
 pub mod virtio_blk;
 pub mod virtio_mmio;

@@ -41,7 +41,7 @@ struct Drives {
 }
 
 fn drive(read_only: bool, io_engine: IoEngine) -> DeviceLoop<Block> {
-    let file = match TempFile::new_with_prefix(std::env::temp_dir().join("xenia-fuzz-disk")) {
+    let file = match TempFile::new_with_prefix(crate::scratch_dir().join("xenia-fuzz-disk")) {
         Ok(f) => f,
         Err(e) => panic!("cannot create a disk image: {e}"),
     };
@@ -150,6 +150,19 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         (
             "read",
             one(ALL_FEATURES, T_IN, 2, &[(buf, 1024, true)]).build(),
+        ),
+        (
+            "read-io-uring",
+            one(ALL_FEATURES | FLAG_ASYNC, T_IN, 2, &[(buf, 1024, true)]).build(),
+        ),
+        ("write-io-uring", {
+            let mut b = one(ALL_FEATURES | FLAG_ASYNC, T_OUT, 8, &[(buf, 4096, false)]);
+            b.write(buf, &[0x5a; 4096]);
+            b.build()
+        }),
+        (
+            "flush-io-uring",
+            one(ALL_FEATURES | FLAG_ASYNC, T_FLUSH, 0, &[]).build(),
         ),
         ("write", {
             let mut b = one(

@@ -28,7 +28,7 @@ const SIZES: [usize; 4] = [4, 1, 2, 8];
 fn device() -> &'static Mutex<DeviceLoop<Block>> {
     static DEVICE: OnceLock<Mutex<DeviceLoop<Block>>> = OnceLock::new();
     DEVICE.get_or_init(|| {
-        let file = match TempFile::new_with_prefix(std::env::temp_dir().join("xenia-fuzz-mmio")) {
+        let file = match TempFile::new_with_prefix(crate::scratch_dir().join("xenia-fuzz-mmio")) {
             Ok(f) => f,
             Err(e) => panic!("cannot create a disk image: {e}"),
         };

@@ -75,7 +75,7 @@ pub fn jailer_binary() -> PathBuf {
 }
 
 /// A statically linked release xenia (the jail holds no libraries), built once per test
-/// process into `target/static`, the same command and path as `tools/nested-kvm/build.sh`.
+/// process into `target/static` with `xenia-api` (tools/api-call) beside it, the same command and path as `tools/nested-kvm/build.sh`.
 pub fn static_xenia() -> PathBuf {
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
     let root = workspace_root();
@@ -92,6 +92,8 @@ pub fn static_xenia() -> PathBuf {
             "x86_64-unknown-linux-gnu",
             "--bin",
             "xenia",
+            "--bin",
+            "xenia-api",
             "--target-dir",
         ])
         .arg(root.join("target/static"));

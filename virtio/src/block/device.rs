@@ -458,11 +458,13 @@ impl Block {
             }
             RequestKind::Discard => self.disk.discard(off, req.data_len).map(|()| {
                 BlockMetrics::inc(&m.discard_count);
+                BlockMetrics::add(&m.discard_bytes, req.data_len);
                 1
             }),
             RequestKind::WriteZeroes { unmap } => {
                 self.disk.write_zeroes(off, req.data_len, unmap).map(|()| {
                     BlockMetrics::inc(&m.discard_count);
+                    BlockMetrics::add(&m.discard_bytes, req.data_len);
                     1
                 })
             }

@@ -36,6 +36,7 @@ block_metrics! {
     flush_count: "Completed flush requests.",
     get_id_count: "Completed GET_ID requests.",
     discard_count: "Completed discard and write-zeroes requests.",
+    discard_bytes: "Bytes covered by completed discard and write-zeroes requests.",
     queue_event_count: "Queue notifications received.",
     rate_limiter_throttled_events: "Times a request was deferred by the rate limiter.",
     io_errors: "Requests that failed on the backing file.",

@@ -22,6 +22,18 @@ pub(super) fn boot_source_or_empty<S: Serializer>(
     }
 }
 
+/// Reads `boot-source` back: the form [`boot_source_or_empty`] writes for "none set" (an
+/// empty kernel path and nothing else) is no boot source, so an export of a VMM that had none
+/// reads back as it was; a start then fails naming the missing kernel.
+pub(super) fn boot_source_unless_empty<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<BootSourceConfig>, D::Error> {
+    let boot = Option::<BootSourceConfig>::deserialize(d)?;
+    Ok(boot.filter(|b| {
+        !(b.kernel_image_path.is_empty() && b.initrd_path.is_none() && b.boot_args.is_none())
+    }))
+}
+
 /// `machine-config` as in force: the defaults (what `GET /machine-config` shows) when unset.
 pub(super) fn machine_config_or_default<S: Serializer>(
     machine: &Option<MachineConfig>,
@@ -56,14 +68,13 @@ pub(super) fn null_as_empty<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
 }
 
-/// Reads an object section that Firecracker's clients may also send as `[]` (as they do for
-/// sections they leave unset): `null` and an empty list become `None`.
-pub(super) fn null_or_empty_list<'de, D: Deserializer<'de>, T: serde::de::DeserializeOwned>(
+/// Reads an optional section: `null` and an empty list (what Firecracker's export holds for
+/// an unset section) become `None`.
+pub(super) fn typed_unless_empty<'de, D: Deserializer<'de>, T: serde::de::DeserializeOwned>(
     d: D,
 ) -> Result<Option<T>, D::Error> {
-    match Option::<Value>::deserialize(d)? {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Array(items)) if items.is_empty() => Ok(None),
+    match unless_empty(d)? {
+        None => Ok(None),
         Some(v) => serde_json::from_value(v)
             .map(Some)
             .map_err(serde::de::Error::custom),

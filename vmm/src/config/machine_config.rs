@@ -89,10 +89,13 @@ impl MachineConfig {
             ));
         }
         if let Some(t) = &self.cpu_template {
-            if t != "None" {
+            if !crate::arch::x86_64::cpu_template::presets::is_known(t) {
                 return Err(ConfigError::invalid(
                     "machine-config.cpu_template",
-                    format!("CPU template `{t}` is not supported (only \"None\")"),
+                    format!(
+                        "`{t}` is not a static CPU template: use C3, T2, T2S, T2CL, T2A or None \
+                         (V1N1 is for aarch64)"
+                    ),
                 ));
             }
         }

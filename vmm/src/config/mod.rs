@@ -21,9 +21,11 @@ mod snapshot;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::arch::x86_64::cpu_template::CustomCpuTemplate;
 pub use balloon::{
     check_amount as check_balloon_amount, BalloonDeviceConfig, BalloonStatsUpdate, BalloonUpdate,
 };
+
 pub use boot_source::BootSourceConfig;
 pub use drive::{CacheType, DriveConfig, DriveUpdate, ImageFormat, IoEngine};
 pub use entropy::EntropyDeviceConfig;
@@ -114,7 +116,8 @@ pub struct VmConfig {
     #[serde(
         rename = "boot-source",
         default,
-        serialize_with = "export::boot_source_or_empty"
+        serialize_with = "export::boot_source_or_empty",
+        deserialize_with = "export::boot_source_unless_empty"
     )]
     pub boot_source: Option<BootSourceConfig>,
     #[serde(
@@ -138,11 +141,11 @@ pub struct VmConfig {
     /// xenia only (Firecracker has `PUT /serial` but no such section in its export).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial: Option<SerialConfig>,
-    #[serde(default, deserialize_with = "export::null_or_empty_list")]
+    #[serde(default, deserialize_with = "export::typed_unless_empty")]
     pub balloon: Option<BalloonDeviceConfig>,
     #[serde(default, deserialize_with = "export::unless_empty")]
     pub vsock: Option<serde_json::Value>,
-    #[serde(default, deserialize_with = "export::null_or_empty_list")]
+    #[serde(default, deserialize_with = "export::typed_unless_empty")]
     pub entropy: Option<EntropyDeviceConfig>,
     #[serde(
         rename = "mmds-config",
@@ -150,12 +153,13 @@ pub struct VmConfig {
         deserialize_with = "export::unless_empty"
     )]
     pub mmds_config: Option<serde_json::Value>,
+    /// A custom CPU template (Firecracker's `PUT /cpu-config` body).
     #[serde(
         rename = "cpu-config",
         default,
-        deserialize_with = "export::unless_empty"
+        deserialize_with = "export::typed_unless_empty"
     )]
-    pub cpu_config: Option<serde_json::Value>,
+    pub cpu_config: Option<CustomCpuTemplate>,
     /// A list in Firecracker's schema: written as `[]`.
     #[serde(
         default,
@@ -195,7 +199,6 @@ impl VmConfig {
         let unsupported = [
             ("vsock", self.vsock.is_some()),
             ("mmds-config", self.mmds_config.is_some()),
-            ("cpu-config", self.cpu_config.is_some()),
             ("pmem", self.pmem.is_some()),
             ("memory-hotplug", self.memory_hotplug.is_some()),
         ];
@@ -207,6 +210,21 @@ impl VmConfig {
         }
         if let Some(m) = &self.machine_config {
             m.validate()?;
+        }
+        if let Some(t) = &self.cpu_config {
+            t.validate()
+                .map_err(|e| ConfigError::invalid("cpu-config", e.to_string()))?;
+            let static_template = self
+                .machine_config
+                .as_ref()
+                .and_then(|m| m.cpu_template.as_deref())
+                .filter(|t| *t != "None");
+            if static_template.is_some() {
+                return Err(ConfigError::invalid(
+                    "cpu-config",
+                    "machine-config.cpu_template and cpu-config cannot both be set",
+                ));
+            }
         }
         if let Some(l) = &self.logger {
             l.validate()?;
@@ -344,11 +362,19 @@ mod tests {
     }
 
     #[test]
-    fn our_fresh_export_parses_back_except_for_the_missing_kernel() {
+    fn our_fresh_export_parses_back_to_the_same_export() {
+        // A fresh VMM's export has an empty kernel path, which means "no boot source": it
+        // reads back without one (a start then fails naming the missing kernel) and exports
+        // identically, so GET /vm/config can always be fed back with --config-file.
         let text = serde_json::to_string(&VmConfig::default()).unwrap();
-        let e = VmConfig::from_json(&text).unwrap_err().to_string();
-        assert!(e.contains("kernel_image_path"), "{e}");
+        let c = VmConfig::from_json(&text).unwrap();
+        assert_eq!(c.boot_source, None);
+        assert_eq!(serde_json::to_string(&c).unwrap(), text);
+        // A kernel path that is only half empty is still refused.
         let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v["boot-source"]["boot_args"] = "console=ttyS0".into();
+        let e = VmConfig::from_json(&v.to_string()).unwrap_err().to_string();
+        assert!(e.contains("kernel_image_path"), "{e}");
         v["boot-source"]["kernel_image_path"] = "/k".into();
         let c = VmConfig::from_json(&v.to_string()).unwrap();
         assert_eq!(c.machine_config, Some(MachineConfig::default()));

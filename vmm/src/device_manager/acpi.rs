@@ -149,8 +149,9 @@ pub fn attach_acpi(
 
 /// For a restored VM: the same devices as [`attach_acpi`] (sleep registers, GED line) without
 /// writing the tables, which are in the restored memory already. The caller then calls
-/// [`VmGenId::regenerate`] once the interrupt controllers are restored (restoring the IOAPIC
-/// would drop an interrupt raised earlier) and before any vCPU runs, so that the guest
+/// [`VmGenId::regenerate`] once the interrupt controllers are restored, the vCPUs' LAPICs
+/// included (restoring the IOAPIC or a LAPIC would drop an interrupt raised earlier, and
+/// with no vCPU yet the edge has nowhere to land) and before any vCPU runs, so that the guest
 /// (Linux >= 5.18 with `CONFIG_VMGENID`) reseeds its RNG before it hands out a random number
 /// its clones would hand out too.
 pub fn attach_acpi_restored(

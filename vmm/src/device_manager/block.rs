@@ -100,6 +100,11 @@ impl BlockDevice {
     }
 
     /// The device as the `io` loop holds it.
+    /// The drive's counters (shared with the device; read without its lock).
+    pub fn counters(&self) -> Arc<virtio::block::BlockMetrics> {
+        self.lock().metrics()
+    }
+
     pub fn subscriber(&self) -> IoSubscriber {
         self.device.clone()
     }

@@ -72,6 +72,11 @@ impl NetDevice {
     }
 
     /// The device as the `io` loop holds it.
+    /// The interface's counters (shared with the device; read without its lock).
+    pub fn counters(&self) -> Arc<virtio::net::NetMetrics> {
+        self.lock().metrics()
+    }
+
     pub fn subscriber(&self) -> IoSubscriber {
         self.device.clone()
     }

@@ -93,6 +93,7 @@ pub fn create_snapshot(
     snapshot_path: &str,
     mem_file_path: &str,
     snapshot_type: SnapshotType,
+    usage: Option<crate::usage::UsageState>,
 ) -> Result<CreateStats, CreateError> {
     if snapshot_type == SnapshotType::Diff && !vm.track_dirty_pages {
         return Err(CreateError::DiffWithoutTracking);
@@ -142,6 +143,7 @@ pub fn create_snapshot(
         vcpus,
         devices,
         diff_runs,
+        usage,
     };
     let bytes = encode(&snapshot).map_err(CreateError::Encode)?;
     let state_err = |what| {

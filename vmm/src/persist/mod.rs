@@ -28,8 +28,8 @@ use crate::vstate::vm_state::VmState;
 
 /// The state-file format this xenia writes and reads. Bump it whenever the encoding of
 /// [`Snapshot`] changes in any way.
-/// 2: the entropy device and the balloon in the device states.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 2;
+/// 2: the usage record. 3: the entropy device and the balloon in the device states.
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 3;
 
 /// Page size of the memory file's granularity (holes, diff pages).
 pub const PAGE_SIZE: u64 = 4096;
@@ -68,6 +68,9 @@ pub struct Snapshot {
     /// Diff only: the (memory-file offset, length) runs the memory file holds; the rest is
     /// unchanged since the previous snapshot.
     pub diff_runs: Vec<(u64, u64)>,
+    /// The usage counters at the snapshot and the identity that produced them (format 2):
+    /// a restore continues them under a new identity (see `usage/`).
+    pub usage: Option<crate::usage::UsageState>,
 }
 
 /// Why a decoded snapshot cannot be used.
@@ -85,6 +88,8 @@ pub enum ValidateError {
     Vm(String),
     #[error("the snapshot's device states do not match its configuration: {0}")]
     Devices(String),
+    #[error("the snapshot's usage state is invalid: {0}")]
+    Usage(String),
 }
 
 impl Snapshot {
@@ -157,6 +162,11 @@ impl Snapshot {
             .validate()
             .map_err(|e| ValidateError::Vm(e.to_string()))?;
         devices::check_against_config(&self.devices, &config).map_err(ValidateError::Devices)?;
+        if let Some(usage) = &self.usage {
+            usage
+                .validate()
+                .map_err(|e| ValidateError::Usage(e.to_string()))?;
+        }
         Ok(config)
     }
 
@@ -229,6 +239,7 @@ pub(crate) mod tests {
             vcpus: vec![vcpu],
             devices: sample_devices(),
             diff_runs: Vec::new(),
+            usage: None,
         }
     }
 
@@ -280,6 +291,25 @@ pub(crate) mod tests {
         assert_eq!(back.memory_len(), 64 << 20);
         // Compact: one vCPU and a tiny machine stay well under 16 KiB.
         assert!(bytes.len() < 16 << 10, "{} bytes", bytes.len());
+    }
+
+    #[test]
+    fn usage_counters_ride_along_and_are_checked() {
+        let mut s = sample_snapshot();
+        let mut usage = crate::usage::UsageState {
+            usage_id: "00112233445566778899aabbccddeeff".into(),
+            usage_epoch: 3,
+            ..Default::default()
+        };
+        usage.counters.wall.running_ms = 1234;
+        usage.counters.memory.resident_mib_seconds = 5.5;
+        s.usage = Some(usage.clone());
+        let back = decode(&encode(&s).unwrap()).unwrap();
+        assert!(back.validate().is_ok());
+        assert_eq!(back.usage, Some(usage.clone()));
+        usage.usage_id = "not-an-id".into();
+        s.usage = Some(usage);
+        assert!(matches!(s.validate(), Err(ValidateError::Usage(_))));
     }
 
     #[test]

@@ -147,13 +147,16 @@ fn apply_overrides(config: &mut VmConfig, overrides: &[(String, String)]) -> Res
         .map_err(|e| LoadError::BadOverride(e.to_string()))
 }
 
-/// A restored VM, its vCPUs started and paused, and the configuration it was built from
-/// (the saved one with the overrides applied).
+/// What a load produced.
+pub type Loaded = (RunningVm, VmConfig, Option<crate::usage::UsageState>);
+
+/// A restored VM, its vCPUs started and paused, the configuration it was built from (the
+/// saved one with the overrides applied) and the usage counters saved with it (validated).
 pub fn load_snapshot(
     options: &LoadOptions,
     build: BuildOptions,
     hooks: BootHooks,
-) -> Result<(RunningVm, VmConfig), LoadError> {
+) -> Result<Loaded, LoadError> {
     let path = &options.snapshot_path;
     let t0 = std::time::Instant::now();
     let snapshot = read_state_file(path)?;
@@ -189,6 +192,20 @@ pub fn load_snapshot(
 
     let kvm = KvmContext::open().map_err(StartError::from)?;
     mark("/dev/kvm opened", t0);
+    // The snapshot records the CPU template the VM was made with (its config): a host that
+    // cannot honour it (another vendor, a feature the template sets missing) is refused here
+    // rather than handing the guest a CPU it was not promised.
+    // Only read KVM's CPUID when there is a template: a restore is on the latency path.
+    let static_template = machine.cpu_template.as_deref().filter(|t| *t != "None");
+    if static_template.is_some() || config.cpu_config.is_some() {
+        let supported = kvm.supported_cpuid().map_err(StartError::from)?;
+        crate::arch::cpu_template::check_for_host(
+            static_template,
+            config.cpu_config.as_ref(),
+            &supported,
+        )
+        .map_err(StartError::from)?;
+    }
     let mut vm = Vm::new(&kvm).map_err(StartError::from)?;
     mark("VM created", t0);
     vm.register_memory(&memory, options.track_dirty_pages)
@@ -223,9 +240,6 @@ pub fn load_snapshot(
     }
     .restore_state(&snapshot.devices)?;
     restore_vm(vm.fd(), &snapshot.vm, options.clock_realtime)?;
-    // Every restore is a new generation: a new id, and the GED interrupt (now that the
-    // IOAPIC state is in place) that makes the guest read it.
-    acpi.vmgenid.regenerate(&memory)?;
     mark("device and VM state applied", t0);
 
     let persist = Arc::new(VcpuPersistContext::new(&kvm.kvm, vm.fd()));
@@ -236,6 +250,11 @@ pub fn load_snapshot(
         vcpu.set_persist_context(persist.clone());
         vcpus.push(vcpu);
     }
+    // Every restore is a new generation: a new id, and the GED interrupt that makes the
+    // guest read it. Raised only now, with the IOAPIC and every vCPU's LAPIC restored and
+    // before any vCPU runs: the (edge-triggered) interrupt needs a LAPIC to land in, and
+    // restoring a LAPIC afterwards would overwrite the pending bit with the snapshot's.
+    acpi.vmgenid.regenerate(&memory)?;
     let io_thread = start_io_thread(io, hooks.io_thread)?;
     mark("vCPUs restored, io thread started", t0);
     let (handles, vcpu_exits, vcpu_exit_evt) = start_vcpus(vcpus, true)?;
@@ -261,5 +280,6 @@ pub fn load_snapshot(
             track_dirty_pages: options.track_dirty_pages,
         },
         config,
+        snapshot.usage,
     ))
 }

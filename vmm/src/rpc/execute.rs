@@ -13,6 +13,7 @@ use crate::persist::create::create_snapshot;
 use crate::persist::restore::{load_snapshot, LoadOptions, MemoryBackend};
 use crate::persist::SnapshotType;
 use crate::resources::VmResources;
+use crate::usage::{self, UsageMeter};
 
 use super::response::{ActionError, InstanceInfo, InstanceState, VersionInfo, VmmData};
 use super::{VmState, VmmAction};
@@ -47,6 +48,8 @@ pub struct Vmm {
     after_start: Option<ThreadStartHook>,
     /// Set when the VMM cannot go on (the after-start hook failed): the loop exits.
     fatal: Option<String>,
+    /// Usage metering (`GET /usage`, the `usage` object of metrics lines).
+    usage: UsageMeter,
 }
 
 impl std::fmt::Debug for Vmm {
@@ -81,7 +84,11 @@ impl Vmm {
         build_options: BuildOptions,
         logger: LoggerSettings,
     ) -> Self {
+        // `new` runs on the VMM thread: its CPU clock is read from now on.
+        usage::register_current(usage::ThreadRole::Vmm);
+        let usage = UsageMeter::new(instance_id.clone());
         Self {
+            usage,
             instance_id,
             resources,
             vm: None,
@@ -160,7 +167,7 @@ impl Vmm {
 
     /// `PUT /snapshot/create`: the VM must be paused.
     fn create_snapshot(&mut self, params: &SnapshotCreateConfig) -> Result<(), ActionError> {
-        let vm = self.running_vm()?;
+        self.running_vm()?;
         if !self.paused {
             return Err(ActionError::Failed(
                 "Cannot create a snapshot of a running microVM: pause it first \
@@ -168,6 +175,9 @@ impl Vmm {
                     .into(),
             ));
         }
+        // The counters as they stand (the VM is paused, so only xenia's own threads move).
+        let usage = self.usage.save_state();
+        let vm = self.running_vm()?;
         let start = Instant::now();
         let stats = create_snapshot(
             vm,
@@ -175,6 +185,7 @@ impl Vmm {
             &params.snapshot_path,
             &params.mem_file_path,
             params.snapshot_type,
+            usage,
         )
         .map_err(|e| ActionError::Failed(format!("Cannot create the snapshot: {e}")))?;
         let latency = &metrics::global().latencies_us;
@@ -235,8 +246,15 @@ impl Vmm {
         };
         let start = Instant::now();
         let hooks = self.hooks();
-        let (vm, mut config) = load_snapshot(&options, self.build_options, hooks)
+        let (vm, mut config, usage) = load_snapshot(&options, self.build_options, hooks)
             .map_err(|e| ActionError::Failed(format!("Cannot load the snapshot: {e}")))?;
+        // The restored VM bills on from the snapshot's counters under a new identity (this
+        // process's usage_id, the snapshot's as parent). Validated with the state file.
+        if let Some(state) = &usage {
+            self.usage
+                .continue_from(state)
+                .map_err(|e| ActionError::Failed(format!("Cannot load the snapshot: {e}")))?;
+        }
         config.logger = process_only.logger;
         config.metrics = process_only.metrics;
         if params.resume_vm {
@@ -253,6 +271,7 @@ impl Vmm {
         self.resources = VmResources::from_config(config);
         self.vm = Some(vm);
         self.paused = !params.resume_vm;
+        self.start_metering(self.paused);
         log::info!(
             "snapshot `{}` loaded in {} us; the microVM is {}",
             params.snapshot_path,
@@ -272,16 +291,81 @@ impl Vmm {
         let vm = build_and_boot_with(self.resources.config(), self.build_options, hooks)?;
         log::info!("the microVM is running");
         self.vm = Some(vm);
+        self.start_metering(false);
         self.after_start()
     }
 
-    /// Writes a metrics line if metrics are configured (the periodic timer and exit).
+    /// Starts the usage meter on the VM just built or restored (`paused`: restored without
+    /// resuming). A restore calls [`UsageMeter::continue_from`] with the snapshot's
+    /// [`usage::UsageState`] first, so the counters continue under a new identity.
+    fn start_metering(&mut self, paused: bool) {
+        let Some(vm) = self.vm.as_ref() else {
+            return;
+        };
+        let mem_bytes = vm_memory::GuestMemoryBackend::iter(&vm.memory)
+            .map(vm_memory::GuestMemoryRegion::len)
+            .sum();
+        self.usage.vm_started(
+            vm.memory.clone(),
+            mem_bytes,
+            vm.drives
+                .iter()
+                .map(|d| (d.drive_id.clone(), d.counters()))
+                .collect(),
+            vm.nets
+                .iter()
+                .map(|n| (n.iface_id.clone(), n.counters()))
+                .collect(),
+        );
+        self.usage.set_paused(paused);
+    }
+
+    /// Writes a metrics line if metrics are configured (the periodic timer).
     pub fn flush_metrics_if_configured(&mut self) {
-        if let Some(sink) = self.metrics_sink.as_mut() {
-            if let Err(e) = sink.flush(metrics::global()) {
-                log::warn!("{e}");
-            }
+        if let Err(e) = self.flush_metrics(None) {
+            log::warn!("{e}");
         }
+    }
+
+    /// Writes the last metrics line, its usage record marked `final` with `reason`
+    /// (`guest-shutdown`, `sigterm`, `start-failed`, ...). Before boot its counters are null.
+    pub fn flush_final_metrics(&mut self, reason: &str) {
+        if let Err(e) = self.flush_metrics(Some(reason)) {
+            log::warn!("{e}");
+        }
+    }
+
+    fn flush_metrics(&mut self, exit_reason: Option<&str>) -> Result<(), metrics::MetricsError> {
+        if self.metrics_sink.is_none() {
+            return Ok(());
+        }
+        let record = self.usage_record(exit_reason);
+        let value = serde_json::to_value(record).ok();
+        match self.metrics_sink.as_mut() {
+            Some(sink) => sink.flush_with_usage(metrics::global(), value),
+            None => Ok(()),
+        }
+    }
+
+    /// The usage record now (`GET /usage`); `exit_reason` marks it final.
+    pub fn usage_record(&mut self, exit_reason: Option<&str>) -> usage::UsageRecord {
+        let state = match self.state() {
+            InstanceState::NotStarted => "Not started",
+            InstanceState::Running => "Running",
+            InstanceState::Paused => "Paused",
+        };
+        self.usage.record(state, exit_reason)
+    }
+
+    /// Samples resident guest memory (the usage timer).
+    pub fn sample_usage(&mut self) {
+        self.usage.sample();
+    }
+
+    /// The usage meter: the snapshot code saves [`usage::UsageMeter::save_state`] with a
+    /// snapshot and calls [`usage::UsageMeter::continue_from`] before a restored VM starts.
+    pub fn usage_meter(&mut self) -> &mut UsageMeter {
+        &mut self.usage
     }
 
     fn state(&self) -> InstanceState {
@@ -321,13 +405,12 @@ impl Vmm {
                 self.resources.config().clone(),
             ))),
             A::GetMachineConfig => Ok(VmmData::MachineConfig(self.resources.machine_config())),
+            A::GetUsage => Ok(VmmData::Usage(Box::new(self.usage_record(None)))),
             A::FlushMetrics => {
                 // Without a sink there is nothing to write, and Firecracker answers 204 then
                 // too (clients call FlushMetrics in their stop routine whether or not they
                 // configured metrics), before boot and after.
-                if let Some(sink) = self.metrics_sink.as_mut() {
-                    sink.flush(metrics::global()).map_err(|e| failed(&e))?;
-                }
+                self.flush_metrics(None).map_err(|e| failed(&e))?;
                 Ok(VmmData::Empty)
             }
             A::PutBootSource(boot) => {
@@ -341,6 +424,13 @@ impl Vmm {
                 self.pre_boot()?;
                 self.resources
                     .set_machine_config(machine)
+                    .map_err(|e| failed(&e))?;
+                Ok(VmmData::Empty)
+            }
+            A::PutCpuConfig(template) => {
+                self.pre_boot()?;
+                self.resources
+                    .set_cpu_config(template)
                     .map_err(|e| failed(&e))?;
                 Ok(VmmData::Empty)
             }
@@ -474,6 +564,7 @@ impl Vmm {
                     VmState::Resumed => latency.resume_vm.set_duration(start.elapsed()),
                 }
                 self.paused = state == VmState::Paused;
+                self.usage.set_paused(self.paused);
                 self.kick_on_resume &= !kick;
                 log::info!(
                     "the microVM is {}",

@@ -24,10 +24,10 @@ pub use routes::{
 use serde::{Deserialize, Serialize};
 
 use crate::config::{
-    BalloonDeviceConfig, BalloonStatsUpdate, BalloonUpdate, BootSourceConfig, DriveConfig,
-    DriveUpdate, EntropyDeviceConfig, LoggerConfig, MachineConfig, MachineConfigUpdate,
-    MetricsConfig, NetworkInterfaceConfig, NetworkInterfaceUpdate, SerialConfig,
-    SnapshotCreateConfig, SnapshotLoadConfig,
+    BalloonDeviceConfig, BalloonStatsUpdate, BalloonUpdate, BootSourceConfig, CustomCpuTemplate,
+    DriveConfig, DriveUpdate, EntropyDeviceConfig, LoggerConfig, MachineConfig,
+    MachineConfigUpdate, MetricsConfig, NetworkInterfaceConfig, NetworkInterfaceUpdate,
+    SerialConfig, SnapshotCreateConfig, SnapshotLoadConfig,
 };
 
 /// The state `PATCH /vm` asks for.
@@ -46,12 +46,16 @@ pub enum VmmAction {
     GetVersion,
     /// `GET /vm/config`
     GetFullConfig,
+    /// `GET /usage` (xenia extension)
+    GetUsage,
     /// `GET /machine-config`
     GetMachineConfig,
     /// `PUT /boot-source`
     PutBootSource(BootSourceConfig),
     /// `PUT /machine-config`
     PutMachineConfig(MachineConfig),
+    /// `PUT /cpu-config`: a custom CPU template.
+    PutCpuConfig(CustomCpuTemplate),
     /// `PATCH /machine-config`: applied over the current configuration by the VMM.
     PatchMachineConfig(MachineConfigUpdate),
     /// `PUT /actions` with `InstanceStart`

@@ -40,6 +40,8 @@ pub enum VmmData {
     FullConfig(Box<VmConfig>),
     BalloonConfig(BalloonDeviceConfig),
     BalloonStats(virtio::balloon::BalloonStats),
+    /// `GET /usage`
+    Usage(Box<crate::usage::UsageRecord>),
 }
 
 /// Why an action failed. Everything but `Internal` is the client's fault (400).
@@ -88,6 +90,7 @@ pub fn response_for(result: Result<VmmData, ActionError>) -> Response {
         Ok(VmmData::FullConfig(c)) => json(&c),
         Ok(VmmData::BalloonConfig(b)) => json(&b),
         Ok(VmmData::BalloonStats(s)) => json(&s),
+        Ok(VmmData::Usage(u)) => json(&u),
         Err(e) => Response::fault(e.status(), &e.to_string()),
     }
 }

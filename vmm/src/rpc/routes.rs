@@ -18,6 +18,7 @@ pub const ROUTES: &[(Method, &str)] = &[
     (Method::Get, "/balloon/statistics"),
     (Method::Patch, "/balloon/statistics"),
     (Method::Put, "/boot-source"),
+    (Method::Put, "/cpu-config"),
     (Method::Put, "/drives/{drive_id}"),
     (Method::Patch, "/drives/{drive_id}"),
     (Method::Put, "/entropy"),
@@ -29,6 +30,7 @@ pub const ROUTES: &[(Method, &str)] = &[
     (Method::Put, "/network-interfaces/{iface_id}"),
     (Method::Patch, "/network-interfaces/{iface_id}"),
     (Method::Put, "/serial"),
+    (Method::Get, "/usage"),
     (Method::Put, "/snapshot/create"),
     (Method::Put, "/snapshot/load"),
     (Method::Get, "/version"),
@@ -37,7 +39,7 @@ pub const ROUTES: &[(Method, &str)] = &[
 ];
 
 /// Firecracker paths (first segment) xenia recognises but does not implement yet.
-pub const UNSUPPORTED_ROUTES: &[&str] = &["cpu-config", "hotplug", "mmds", "pmem", "vsock"];
+pub const UNSUPPORTED_ROUTES: &[&str] = &["hotplug", "mmds", "pmem", "vsock"];
 
 /// A request the router accepted.
 #[derive(Debug, Clone, PartialEq)]
@@ -183,6 +185,7 @@ fn route(method: Method, path: &str, body: &[u8]) -> Result<ParsedRequest, Route
     let action = match (method, first) {
         (Get, "") => A::GetInstanceInfo,
         (Get, "version") => A::GetVersion,
+        (Get, "usage") => A::GetUsage,
         (Get, "vm") if second == Some("config") => A::GetFullConfig,
         (Patch, "vm") if second != Some("config") => {
             A::PatchVmState(json("vm").parse::<VmStateBody>()?.state)
@@ -196,6 +199,13 @@ fn route(method: Method, path: &str, body: &[u8]) -> Result<ParsedRequest, Route
             let config: crate::config::BootSourceConfig = json("boot-source").parse()?;
             config.validate()?;
             A::PutBootSource(config)
+        }
+        (Put, "cpu-config") => {
+            let template: crate::config::CustomCpuTemplate = json("cpu-config").parse()?;
+            template
+                .validate()
+                .map_err(|e| RouteError::Json(e.to_string()))?;
+            A::PutCpuConfig(template)
         }
         (Get, "machine-config") => A::GetMachineConfig,
         (Put, "machine-config") => {

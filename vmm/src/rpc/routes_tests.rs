@@ -303,7 +303,6 @@ fn unsupported_features_are_refused_by_name_never_accepted() {
         (Method::Get, "/balloon/hinting/status"),
         (Method::Put, "/mmds"),
         (Method::Put, "/mmds/config"),
-        (Method::Put, "/cpu-config"),
         (Method::Put, "/pmem/p0"),
         (Method::Patch, "/hotplug/memory"),
     ] {
@@ -571,6 +570,29 @@ fn deprecations_are_recorded_once_each() {
     assert!(!first_sighting("test: a is deprecated."));
     assert!(first_sighting("test: c is deprecated."));
     assert!(!first_sighting("test: c is deprecated."));
+}
+
+#[test]
+fn cpu_config_takes_firecrackers_custom_template() {
+    let body = r#"{"cpuid_modifiers": [{"leaf": "0x7", "subleaf": "0x0", "flags": 1,
+        "modifiers": [{"register": "ebx", "bitmap": "0bxxxxxxxxxxxxxxx0xxxxxxxxxxxxxxxx"}]}]}"#;
+    match ok(Method::Put, "/cpu-config", body) {
+        VmmAction::PutCpuConfig(t) => assert_eq!(t.cpuid_modifiers.len(), 1),
+        other => panic!("{other:?}"),
+    }
+    let msg = json_err(
+        Method::Put,
+        "/cpu-config",
+        r#"{"msr_modifiers": [{"addr": "0x10a", "bitmap": "0b0"}]}"#,
+    );
+    assert!(msg.contains("msr_modifiers"), "{msg}");
+    let msg = json_err(
+        Method::Put,
+        "/cpu-config",
+        r#"{"cpuid_modifiers": [{"leaf": "0x1", "subleaf": "0x0",
+            "modifiers": [{"register": "exx", "bitmap": "0b0"}]}]}"#,
+    );
+    assert!(msg.contains("unknown variant `exx`"), "{msg}");
 }
 
 #[test]

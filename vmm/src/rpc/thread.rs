@@ -117,6 +117,7 @@ impl ApiThread {
         let thread = std::thread::Builder::new()
             .name("api".into())
             .spawn(move || {
+                crate::usage::register_current(crate::usage::ThreadRole::Api);
                 serve(
                     server,
                     on_start,

@@ -20,6 +20,10 @@ pub(super) const VMM: &[&str] = &[
     "ioctl",
     "lseek",
     "madvise",
+    // Usage metering: resident guest memory is counted with mincore over the guest mapping
+    // (once a second, and on GET /usage). CPU time needs nothing new: clock_gettime on the
+    // threads' CPU clocks.
+    "mincore",
     "mmap",
     "mprotect",
     "mremap",

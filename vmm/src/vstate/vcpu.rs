@@ -332,9 +332,13 @@ impl Vcpu {
             exits.report(self.index, VcpuExitReason::Crash(e.to_string()));
             return;
         }
+        let cpu = crate::usage::register_current(crate::usage::ThreadRole::Vcpu(self.index));
         KVM_RUN_PTR.with(|p| p.set(self.fd.get_kvm_run() as *mut kvm_run));
         let reason = self.run_loop(&events, &responses, &states);
         KVM_RUN_PTR.with(|p| p.set(std::ptr::null_mut()));
+        // The thread's CPU clock ends with it: keep its last value for the final record,
+        // before the exit report makes the VMM thread write that record.
+        cpu.sample_self();
         match &reason {
             VcpuExitReason::Crash(why) => log::error!("vCPU {}: {why}", self.index),
             VcpuExitReason::TripleFault => {

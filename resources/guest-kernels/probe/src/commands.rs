@@ -28,11 +28,13 @@ pub fn run(cmd: Command<'_>) {
             sprintln!("PROBE timer ok");
         }
         b"cpuid" => cpuid(),
+        b"cpuid-leaf" => cpuid_leaf(cmd.arg),
         b"acpi" => crate::acpi_cmds::acpi(),
         b"acpi-poweroff" => crate::acpi_cmds::poweroff(),
         b"acpi-garbage" => crate::acpi_cmds::garbage(),
         b"smp" => smp(cmd.arg),
         b"tick" => tick(cmd.arg),
+        b"burn" => burn(cmd.arg),
         b"memtick" => crate::snap_cmds::memtick(cmd.arg),
         b"print" => print(cmd.arg),
         b"idle" => {
@@ -217,6 +219,35 @@ fn cpuid() {
     }
 }
 
+/// `cpuid-leaf:LEAF[:SUBLEAF]` prints the four registers the guest sees for one leaf
+/// (decimal or 0x-hex numbers), so tests can check what a CPU template changed.
+fn cpuid_leaf(arg: Option<&[u8]>) {
+    let arg = arg.unwrap_or(&[]);
+    let (leaf, sub) = match arg.iter().position(|&b| b == b':') {
+        Some(i) => (&arg[..i], Some(&arg[i + 1..])),
+        None => (arg, None),
+    };
+    let leaf = parse_u64(leaf).and_then(|v| u32::try_from(v).ok());
+    let sub = match sub {
+        Some(s) => parse_u64(s).and_then(|v| u32::try_from(v).ok()),
+        None => Some(0),
+    };
+    let (Some(leaf), Some(sub)) = (leaf, sub) else {
+        sprintln!("PROBE cpuid-leaf FAIL bad-argument {}", as_text(arg));
+        return;
+    };
+    let r = cpu::cpuid(leaf, sub);
+    sprintln!(
+        "PROBE cpuid-leaf ok leaf={:#x} subleaf={:#x} eax={:#x} ebx={:#x} ecx={:#x} edx={:#x}",
+        leaf,
+        sub,
+        r.eax,
+        r.ebx,
+        r.ecx,
+        r.edx
+    );
+}
+
 /// `smp` wakes the processors of the MP table; `smp:N` instead wakes APIC
 /// IDs 0..N-1 (for VMMs whose firmware lists fewer CPUs than it has, like
 /// SeaBIOS under QEMU/TCG).
@@ -299,6 +330,39 @@ fn tick(arg: Option<&[u8]>) {
         n,
         freq.khz,
         freq.source
+    );
+}
+
+/// Keeps this vCPU busy for `ms` milliseconds of TSC time, never halting or pausing, so the
+/// host sees it as one CPU-bound thread (usage metering tests). Ring 0 is enough: under PVM
+/// it is emulated, which only makes each iteration slower, not the thread less busy.
+fn burn(arg: Option<&[u8]>) {
+    let Some(ms) = arg.and_then(parse_u64).filter(|ms| *ms <= 600_000) else {
+        sprintln!("PROBE burn FAIL bad-argument");
+        return;
+    };
+    let Some(freq) = timer::tsc_freq() else {
+        sprintln!("PROBE burn FAIL no-tsc-calibration");
+        return;
+    };
+    let ticks = ms * freq.khz;
+    let start = cpu::rdtsc();
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut iterations = 0u64;
+    while cpu::rdtsc().wrapping_sub(start) < ticks {
+        for _ in 0..64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+        }
+        iterations += 1;
+    }
+    // Printing x keeps the loop from being optimised away.
+    sprintln!(
+        "PROBE burn ok ms={} iterations={} x={:#x}",
+        ms,
+        iterations,
+        x
     );
 }
 

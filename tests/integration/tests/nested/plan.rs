@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use super::watchdog::{self, Limits};
 use super::{repo_root, Tier, TOTAL_LIMIT};
 
-/// A script for the hosting machine. It sees `$XENIA`, `$JAILER`, `$L2` (the guest
+/// A script for the hosting machine. It sees `$XENIA`, `$JAILER`, `$XENIA_API`, `$L2` (the guest
 /// artifacts) and `$WORK` (scratch) and the helpers of tools/nested-kvm/steps.sh.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -240,6 +240,10 @@ fn run_direct(plan: &Plan) -> Result<PlanOutcome, String> {
         .env("STEPS", root.join("tools/nested-kvm/steps.sh"))
         .env("PLAN", &script)
         .env("XENIA", xenia_integration_tests::static_xenia())
+        .env(
+            "XENIA_API",
+            xenia_integration_tests::static_xenia().with_file_name("xenia-api"),
+        )
         .env("JAILER", xenia_integration_tests::jailer_binary())
         .env("L2", &l2)
         .env("WORK", work.join("scratch"))

@@ -2,6 +2,7 @@
 
 pub mod acpi;
 pub mod boot_params;
+pub mod cpu_template;
 pub mod cpuid;
 pub mod gdt;
 pub mod interrupts;

@@ -65,7 +65,7 @@ pub enum Vendor {
 }
 
 impl Vendor {
-    fn of(entries: &[kvm_cpuid_entry2]) -> Self {
+    pub(crate) fn of(entries: &[kvm_cpuid_entry2]) -> Self {
         let Some(l0) = find(entries, LEAF_VENDOR, 0) else {
             return Vendor::Other;
         };

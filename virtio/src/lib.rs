@@ -5,6 +5,8 @@
 //! transport's per-queue [`EventFd`](vmm_sys_util::eventfd::EventFd)s into ioeventfds and its
 //! interrupt EventFd into an irqfd.
 
+pub mod active;
+pub mod balloon;
 pub mod block;
 pub mod device;
 pub mod indirect;
@@ -13,6 +15,8 @@ pub mod mmio;
 pub mod net;
 pub mod persist;
 pub mod rate_limiter;
+pub mod rng;
+pub mod vsock;
 
 #[cfg(test)]
 mod persist_tests;

@@ -22,10 +22,12 @@ use crate::console::ConsoleWriter;
 use crate::device_manager::acpi::{
     attach_acpi, register_acpi_metrics, AcpiDeviceError, AcpiDevices,
 };
+use crate::device_manager::balloon::{attach_balloon, BalloonDevice, BalloonDeviceError};
 use crate::device_manager::block::{
     attach_drives, check_drives, drive_cmdline_args, register_drive_metrics, update_drive,
     BlockDevice, DriveError,
 };
+use crate::device_manager::entropy::{attach_entropy, EntropyDevice, EntropyError};
 use crate::device_manager::legacy::{attach_legacy_devices, LegacyDevices, LegacyError};
 use crate::device_manager::mmio::{MmioAllocator, MmioSlot};
 use crate::device_manager::net::{
@@ -88,6 +90,10 @@ pub enum StartError {
     Drive(#[from] DriveError),
     #[error(transparent)]
     Net(#[from] NetDeviceError),
+    #[error("entropy: {0}")]
+    Entropy(#[from] EntropyError),
+    #[error("balloon: {0}")]
+    Balloon(#[from] BalloonDeviceError),
     #[error("io thread: {0}")]
     IoThread(#[from] IoThreadError),
 }
@@ -140,6 +146,10 @@ pub struct RunningVm {
     pub drives: Vec<BlockDevice>,
     /// virtio-net devices, in configuration order (after the drives on the MMIO bus).
     pub nets: Vec<NetDevice>,
+    /// The virtio-rng device, when configured (after the network interfaces on the bus).
+    pub entropy: Option<EntropyDevice>,
+    /// The memory balloon, when configured (after the entropy device on the bus).
+    pub balloon: Option<BalloonDevice>,
     /// The loop serving every virtio device; stopped and joined on drop.
     pub io_thread: Option<IoThreadHandle>,
     /// Host facts for saving vCPU states.
@@ -164,11 +174,14 @@ pub(crate) struct Devices {
     pub legacy: LegacyDevices,
     pub drives: Vec<BlockDevice>,
     pub nets: Vec<NetDevice>,
+    pub entropy: Option<EntropyDevice>,
+    pub balloon: Option<BalloonDevice>,
     pub io: IoThread,
 }
 
 /// Creates every device of `config` on `vm` with `memory`, in the fixed order that decides
-/// their MMIO windows and IRQs: legacy devices, drives, network interfaces.
+/// their MMIO windows and IRQs: legacy devices, drives, network interfaces, the entropy
+/// device, the balloon.
 pub(crate) fn create_devices(
     config: &VmConfig,
     vm: &Vm,
@@ -190,6 +203,22 @@ pub(crate) fn create_devices(
         &config.network_interfaces,
     )?;
     register_net_metrics(&nets, metrics::global());
+    let entropy = match &config.entropy {
+        Some(cfg) => {
+            let dev = attach_entropy(vm, &mut buses, &mut allocator, memory, cfg)?;
+            dev.register_metrics(metrics::global());
+            Some(dev)
+        }
+        None => None,
+    };
+    let balloon = match &config.balloon {
+        Some(cfg) => {
+            let dev = attach_balloon(vm, &mut buses, &mut allocator, memory, cfg)?;
+            dev.register_metrics(metrics::global());
+            Some(dev)
+        }
+        None => None,
+    };
     let mut io = IoThread::new()?;
     for d in &drives {
         io.add_subscriber(d.subscriber());
@@ -197,11 +226,19 @@ pub(crate) fn create_devices(
     for n in &nets {
         io.add_subscriber(n.subscriber());
     }
+    if let Some(e) = &entropy {
+        io.add_subscriber(e.subscriber());
+    }
+    if let Some(b) = &balloon {
+        io.add_subscriber(b.subscriber());
+    }
     Ok(Devices {
         buses,
         legacy,
         drives,
         nets,
+        entropy,
+        balloon,
         io,
     })
 }
@@ -344,6 +381,8 @@ pub fn build_and_boot_with(
         legacy,
         drives,
         nets,
+        entropy,
+        balloon,
         io,
     } = create_devices(config, &vm, &memory, options)?;
 
@@ -351,6 +390,8 @@ pub fn build_and_boot_with(
         .iter()
         .map(|d| d.mmio.slot)
         .chain(nets.iter().map(|n| n.mmio.slot))
+        .chain(entropy.iter().map(|e| e.mmio.slot))
+        .chain(balloon.iter().map(|b| b.mmio.slot))
         .collect();
     let poweroff = EventFdTrigger::new(
         legacy
@@ -435,6 +476,8 @@ pub fn build_and_boot_with(
         vcpu_exit_evt,
         drives,
         nets,
+        entropy,
+        balloon,
         io_thread: Some(io_thread),
         persist,
         memory_source: None,

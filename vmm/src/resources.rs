@@ -184,6 +184,32 @@ impl VmResources {
         self.set_machine_config(merged)
     }
 
+    /// `PUT /entropy`: adds the entropy device, or replaces its settings.
+    pub fn set_entropy(
+        &mut self,
+        entropy: crate::config::EntropyDeviceConfig,
+    ) -> Result<(), ResourceError> {
+        self.update(|c| c.entropy = Some(entropy))
+    }
+
+    /// `PUT /balloon`: adds the balloon, or replaces its settings.
+    pub fn set_balloon(
+        &mut self,
+        balloon: crate::config::BalloonDeviceConfig,
+    ) -> Result<(), ResourceError> {
+        self.update(|c| c.balloon = Some(balloon))
+    }
+
+    /// Applies `change` to the configured balloon; `None` when there is none.
+    pub fn update_balloon(
+        &mut self,
+        change: impl FnOnce(&mut crate::config::BalloonDeviceConfig),
+    ) -> Option<Result<(), ResourceError>> {
+        let mut balloon = self.config.balloon.clone()?;
+        change(&mut balloon);
+        Some(self.update(|c| c.balloon = Some(balloon)))
+    }
+
     /// Adds a drive, or replaces the one with the same id (Firecracker's semantics).
     pub fn set_drive(&mut self, drive: DriveConfig) -> Result<(), ResourceError> {
         drive.validate()?;

@@ -1,5 +1,6 @@
 //! Real Linux guests using xenia's devices: a read-only data drive, a jailed xenia with a
-//! disk and a tap, and TCP over virtio-net with offloads. Each test is a plan (see
+//! disk and a tap, TCP over virtio-net with offloads, and `/dev/hwrng` plus the balloon
+//! (virtio-rng, virtio-balloon with statistics). Each test is a plan (see
 //! nested/plan.rs): a script on the machine hosting xenia (L1 in the nested tier on a PVM
 //! host, the host itself with hardware KVM) that prepares disks, taps and jails, boots the
 //! VM and measures what it left behind. Assertions read the L2 console and those facts.
@@ -340,4 +341,86 @@ fn linux_moves_tcp_data_over_virtio_net_with_offloads() {
         "no frame larger than the MTU went from the tap to the guest: {tx_bytes} B in \
          {tx_packets} frames (guest TSO not offered)"
     );
+}
+
+/// L2 side of the entropy and balloon scenario: the hwrng Linux picked and 4 KiB read from
+/// it, then MemTotal once the balloon reached its boot-time target (without
+/// DEFLATE_ON_OOM, Linux takes inflated pages out of MemTotal), then two statistics rounds.
+const RNG_BALLOON_L2: &str = r#"
+echo "L2-FACT rng=$(cat /sys/class/misc/hw_random/rng_current)"
+echo "L2-FACT hwrng_bytes=$(head -c 4096 /dev/hwrng | wc -c)"
+echo "L2-FACT hwrng_distinct=$(head -c 4096 /dev/hwrng | od -An -v -tx1 | tr -s ' ' '\n' | grep -v '^$' | sort -u | wc -l)"
+i=0
+while [ "$i" -lt 300 ]; do
+	total=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)
+	[ "$total" -lt 200000 ] && break
+	sleep 0.1
+	i=$((i + 1))
+done
+echo "L2-FACT memtotal_kb=$total"
+sleep 3
+"#;
+
+/// The hosting side: boots the VM with metrics, then reports the devices' counters.
+const RNG_BALLOON_HOST: &str = r#"
+$(WRITE_CONFIG)
+vm rngballoon "$WORK/rb.json" --metrics-path "$WORK/metrics.json"
+last=$(tail -n 1 "$WORK/metrics.json")
+fact entropy_bytes "$(echo "$last" | grep -o '"entropy_bytes":[0-9]*' | cut -d: -f2)"
+fact pages_released "$(echo "$last" | grep -o '"pages_released":[0-9]*' | cut -d: -f2)"
+fact stats_updates "$(echo "$last" | grep -o '"stats_updates_count":[0-9]*' | cut -d: -f2)"
+"#;
+
+/// Linux uses the entropy device as its hwrng (`virtio_rng`), reads random bytes from
+/// `/dev/hwrng`, inflates the balloon to its boot-time target of 64 MiB (MemTotal drops
+/// below 200,000 kB in a 256 MiB VM; xenia released every page) and sends statistics at the
+/// configured 1 s interval.
+#[test]
+fn linux_reads_dev_hwrng_and_inflates_the_balloon() {
+    let mut vm = PlanVm::new(RNG_BALLOON_L2);
+    vm.mem_mib = 256;
+    vm.initrd = Some("$L2/initramfs.cpio".into());
+    let mut config = vm.config();
+    config["entropy"] = json!({});
+    config["balloon"] =
+        json!({"amount_mib": 64, "deflate_on_oom": false, "stats_polling_interval_s": 1});
+    let write = format!("cat >\"$WORK/rb.json\" <<EOF\n{config}\nEOF\n");
+    let script = RNG_BALLOON_HOST.replace("$(WRITE_CONFIG)", &write);
+    let Some(outcome) = run("rng-balloon", script) else {
+        return;
+    };
+    assert_clean_boot(&outcome, "rngballoon");
+    let vm = outcome.vm("rngballoon");
+    let fact = |key: &str| vm.fact("L2-FACT", key);
+    let lines = || vm.lines.join("\n");
+    assert!(
+        fact("rng").is_some_and(|r| r.starts_with("virtio_rng")),
+        "{}",
+        lines()
+    );
+    assert_eq!(fact("hwrng_bytes").as_deref(), Some("4096"), "{}", lines());
+    let distinct: u32 = fact("hwrng_distinct")
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        distinct > 200,
+        "4 KiB from /dev/hwrng had {distinct} byte values"
+    );
+    let memtotal: u64 = fact("memtotal_kb")
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        memtotal > 0 && memtotal < 200_000,
+        "MemTotal {memtotal} kB: the balloon did not inflate\n{}",
+        lines()
+    );
+    let num = |key: &str| -> u64 {
+        outcome
+            .fact(key)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {key}\n{}", outcome.transcript))
+    };
+    assert!(num("entropy_bytes") >= 8192, "{}", outcome.transcript);
+    assert_eq!(num("pages_released"), 64 * 256, "{}", outcome.transcript);
+    assert!(num("stats_updates") >= 2, "{}", outcome.transcript);
 }

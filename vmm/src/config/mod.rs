@@ -6,8 +6,10 @@
 //! `validate()` (pure checks, no file system access); [`VmConfig::validate`] adds the checks
 //! that span sections (duplicate ids, a single root device, ...).
 
+mod balloon;
 mod boot_source;
 mod drive;
+mod entropy;
 mod export;
 mod logger;
 mod machine_config;
@@ -20,9 +22,13 @@ mod snapshot;
 use serde::{Deserialize, Serialize};
 
 pub use crate::arch::x86_64::cpu_template::CustomCpuTemplate;
+pub use balloon::{
+    check_amount as check_balloon_amount, BalloonDeviceConfig, BalloonStatsUpdate, BalloonUpdate,
+};
 
 pub use boot_source::BootSourceConfig;
 pub use drive::{CacheType, DriveConfig, DriveUpdate, ImageFormat, IoEngine};
+pub use entropy::EntropyDeviceConfig;
 pub(crate) use export::array_used_as_object;
 pub use logger::{LogLevel, LoggerConfig};
 pub use machine_config::{HugePages, MachineConfig, MachineConfigUpdate, MAX_VCPUS};
@@ -135,12 +141,12 @@ pub struct VmConfig {
     /// xenia only (Firecracker has `PUT /serial` but no such section in its export).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial: Option<SerialConfig>,
-    #[serde(default, deserialize_with = "export::unless_empty")]
-    pub balloon: Option<serde_json::Value>,
+    #[serde(default, deserialize_with = "export::typed_unless_empty")]
+    pub balloon: Option<BalloonDeviceConfig>,
     #[serde(default, deserialize_with = "export::unless_empty")]
     pub vsock: Option<serde_json::Value>,
-    #[serde(default, deserialize_with = "export::unless_empty")]
-    pub entropy: Option<serde_json::Value>,
+    #[serde(default, deserialize_with = "export::typed_unless_empty")]
+    pub entropy: Option<EntropyDeviceConfig>,
     #[serde(
         rename = "mmds-config",
         default,
@@ -191,9 +197,7 @@ impl VmConfig {
     /// Validates every section and the rules that span sections.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let unsupported = [
-            ("balloon", self.balloon.is_some()),
             ("vsock", self.vsock.is_some()),
-            ("entropy", self.entropy.is_some()),
             ("mmds-config", self.mmds_config.is_some()),
             ("pmem", self.pmem.is_some()),
             ("memory-hotplug", self.memory_hotplug.is_some()),
@@ -230,6 +234,13 @@ impl VmConfig {
         }
         if let Some(s) = &self.serial {
             s.validate()?;
+        }
+        if let Some(e) = &self.entropy {
+            e.validate()?;
+        }
+        if let Some(b) = &self.balloon {
+            b.validate()?;
+            b.validate_with(&self.machine_config.clone().unwrap_or_default())?;
         }
         drive::validate_drive_set(&self.drives)?;
         net::validate_interface_set(&self.network_interfaces)?;
@@ -391,9 +402,17 @@ mod tests {
             ConfigError::Unsupported("pmem")
         );
         assert_eq!(
-            VmConfig::from_json(r#"{"balloon": {"amount_mib": 0}}"#).unwrap_err(),
-            ConfigError::Unsupported("balloon")
+            VmConfig::from_json(r#"{"vsock": {"guest_cid": 3}}"#).unwrap_err(),
+            ConfigError::Unsupported("vsock")
         );
+        let c = VmConfig::from_json(r#"{"balloon": {"amount_mib": 0, "deflate_on_oom": false}}"#)
+            .unwrap();
+        assert_eq!(c.balloon.map(|b| b.amount_mib), Some(0));
+        let e =
+            VmConfig::from_json(r#"{"balloon": {"amount_mib": 4096, "deflate_on_oom": false}}"#)
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("balloon.amount_mib"), "{e}");
         let c = VmConfig::from_json(r#"{"drives": null, "network-interfaces": null}"#).unwrap();
         assert!(c.drives.is_empty() && c.network_interfaces.is_empty());
     }

@@ -4,13 +4,17 @@
 //! - [`legacy`]: COM1, the i8042 and the boot-timer port on the port-I/O bus.
 //! - [`mmio`]: virtio-mmio windows and IRQs, ioeventfd/irqfd wiring, `virtio_mmio.device=`.
 //! - [`block`]: drives as virtio-blk devices, their runtime updates and metrics.
+//! - [`balloon`]: the memory balloon and its runtime updates.
+//! - [`entropy`]: the virtio-rng device.
 //! - [`net`]: network interfaces as virtio-net devices over taps, limiter updates, metrics.
 //! - [`persist`]: saving and restoring every device's state (snapshots).
 //!
 //! Everything is attached before the vCPUs start: each vCPU holds a clone of the buses.
 
 pub mod acpi;
+pub mod balloon;
 pub mod block;
+pub mod entropy;
 pub mod legacy;
 pub mod mmio;
 pub mod net;

@@ -34,11 +34,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use devices::legacy::persist::{I8042State, LegacyStateError, SerialConsoleState};
 use devices::legacy::{SerialConsole, I8042};
 use serde::{Deserialize, Serialize};
+use virtio::balloon::{Balloon, BalloonState};
 use virtio::block::{Block, BlockState};
 use virtio::net::{Net, NetState};
+use virtio::rng::{Rng, RngState};
 use virtio::{MmioTransport, MmioTransportState, TransportStateError, VirtioPersist};
 
+use super::balloon::BalloonDevice;
 use super::block::BlockDevice;
+use super::entropy::EntropyDevice;
 use super::legacy::LegacyDevices;
 use super::mmio::MmioSlot;
 use super::net::NetDevice;
@@ -75,6 +79,8 @@ pub struct VirtioDeviceEntry<S> {
 
 pub type BlockDeviceState = VirtioDeviceEntry<BlockState>;
 pub type NetDeviceState = VirtioDeviceEntry<NetState>;
+pub type EntropyDeviceState = VirtioDeviceEntry<RngState>;
+pub type BalloonDeviceState = VirtioDeviceEntry<BalloonState>;
 
 /// Every device's saved state, in configuration order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,6 +90,10 @@ pub struct DeviceStates {
     pub i8042: I8042State,
     pub drives: Vec<BlockDeviceState>,
     pub nets: Vec<NetDeviceState>,
+    /// The entropy device (id `entropy`), when configured.
+    pub entropy: Option<EntropyDeviceState>,
+    /// The balloon (id `balloon`), when configured.
+    pub balloon: Option<BalloonDeviceState>,
 }
 
 /// Why a saved device set was refused or could not be applied; each names the device and
@@ -249,6 +259,8 @@ pub struct DeviceSet<'a> {
     pub legacy: &'a LegacyDevices,
     pub drives: &'a [BlockDevice],
     pub nets: &'a [NetDevice],
+    pub entropy: Option<&'a EntropyDevice>,
+    pub balloon: Option<&'a BalloonDevice>,
 }
 
 /// Every device locked and drained; the `io` thread cannot touch a device until this is
@@ -258,6 +270,8 @@ pub struct QuiescedDevices<'a> {
     i8042: MutexGuard<'a, I8042>,
     drives: Vec<Locked<'a, Block>>,
     nets: Vec<Locked<'a, Net>>,
+    entropy: Option<Locked<'a, Rng>>,
+    balloon: Option<Locked<'a, Balloon>>,
 }
 
 impl std::fmt::Debug for QuiescedDevices<'_> {
@@ -277,6 +291,8 @@ impl QuiescedDevices<'_> {
             i8042: self.i8042.save_state(),
             drives: self.drives.iter().map(Locked::save).collect(),
             nets: self.nets.iter().map(Locked::save).collect(),
+            entropy: self.entropy.as_ref().map(Locked::save),
+            balloon: self.balloon.as_ref().map(Locked::save),
         }
     }
 }
@@ -302,6 +318,26 @@ impl<'a> DeviceSet<'a> {
         })
     }
 
+    fn entropy_handle(&self) -> Option<VirtioHandle<'a, Rng>> {
+        self.entropy.map(|e| VirtioHandle {
+            kind: "entropy",
+            id: "entropy",
+            slot: e.mmio.slot,
+            transport: &e.mmio.transport,
+            device: &e.device,
+        })
+    }
+
+    fn balloon_handle(&self) -> Option<VirtioHandle<'a, Balloon>> {
+        self.balloon.map(|b| VirtioHandle {
+            kind: "balloon",
+            id: "balloon",
+            slot: b.mmio.slot,
+            transport: &b.mmio.transport,
+            device: &b.device,
+        })
+    }
+
     /// Locks every device and drains what is in flight (call with the vCPUs paused). The
     /// guard keeps the `io` thread away until dropped.
     pub fn quiesce(&self) -> QuiescedDevices<'a> {
@@ -310,6 +346,8 @@ impl<'a> DeviceSet<'a> {
             i8042: lock(&self.legacy.i8042),
             drives: self.drive_handles().map(|h| h.lock_and_quiesce()).collect(),
             nets: self.net_handles().map(|h| h.lock_and_quiesce()).collect(),
+            entropy: self.entropy_handle().map(|h| h.lock_and_quiesce()),
+            balloon: self.balloon_handle().map(|h| h.lock_and_quiesce()),
         }
     }
 
@@ -341,6 +379,18 @@ impl<'a> DeviceSet<'a> {
         };
         count("drives", states.drives.len(), self.drives.len())?;
         count("network-interfaces", states.nets.len(), self.nets.len())?;
+        let entropy = self.entropy_handle();
+        let balloon = self.balloon_handle();
+        count(
+            "entropy",
+            usize::from(states.entropy.is_some()),
+            usize::from(entropy.is_some()),
+        )?;
+        count(
+            "balloon",
+            usize::from(states.balloon.is_some()),
+            usize::from(balloon.is_some()),
+        )?;
         if apply {
             lock(&self.legacy.serial).restore_state(&states.serial)?;
             lock(&self.legacy.i8042).restore_state(&states.i8042)?;
@@ -353,6 +403,12 @@ impl<'a> DeviceSet<'a> {
         }
         for (index, (h, s)) in self.net_handles().zip(&states.nets).enumerate() {
             h.restore(index, s, apply)?;
+        }
+        if let (Some(h), Some(s)) = (entropy, &states.entropy) {
+            h.restore(0, s, apply)?;
+        }
+        if let (Some(h), Some(s)) = (balloon, &states.balloon) {
+            h.restore(0, s, apply)?;
         }
         Ok(())
     }
@@ -367,6 +423,12 @@ impl<'a> DeviceSet<'a> {
         for h in self.net_handles() {
             n += h.kick()?;
         }
+        if let Some(h) = self.entropy_handle() {
+            n += h.kick()?;
+        }
+        if let Some(h) = self.balloon_handle() {
+            n += h.kick()?;
+        }
         Ok(n)
     }
 }
@@ -378,6 +440,8 @@ impl RunningVm {
             legacy: &self.legacy,
             drives: &self.drives,
             nets: &self.nets,
+            entropy: self.entropy.as_ref(),
+            balloon: self.balloon.as_ref(),
         }
     }
 }

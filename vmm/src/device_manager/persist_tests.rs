@@ -89,6 +89,8 @@ impl Set {
             legacy: &self.legacy,
             drives: &self.drives,
             nets: &[],
+            entropy: None,
+            balloon: None,
         }
     }
 }

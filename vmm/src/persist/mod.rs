@@ -28,7 +28,8 @@ use crate::vstate::vm_state::VmState;
 
 /// The state-file format this xenia writes and reads. Bump it whenever the encoding of
 /// [`Snapshot`] changes in any way.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 2;
+/// 2: the usage record. 3: the entropy device and the balloon in the device states.
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 3;
 
 /// Page size of the memory file's granularity (holes, diff pages).
 pub const PAGE_SIZE: u64 = 4096;
@@ -259,6 +260,8 @@ pub(crate) mod tests {
             i8042: i8042.save_state(),
             drives: Vec::new(),
             nets: Vec::new(),
+            entropy: None,
+            balloon: None,
         }
     }
 

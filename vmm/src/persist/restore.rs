@@ -216,6 +216,8 @@ pub fn load_snapshot(
         legacy,
         drives,
         nets,
+        entropy,
+        balloon,
         io,
     } = create_devices(&config, &vm, &memory, build)?;
     // The ACPI devices, with a new VM generation ID: every restore is a new generation.
@@ -233,6 +235,8 @@ pub fn load_snapshot(
         legacy: &legacy,
         drives: &drives,
         nets: &nets,
+        entropy: entropy.as_ref(),
+        balloon: balloon.as_ref(),
     }
     .restore_state(&snapshot.devices)?;
     restore_vm(vm.fd(), &snapshot.vm, options.clock_realtime)?;
@@ -267,6 +271,8 @@ pub fn load_snapshot(
             vcpu_exit_evt,
             drives,
             nets,
+            entropy,
+            balloon,
             io_thread: Some(io_thread),
             persist,
             memory_source: Some(source),

@@ -18,6 +18,16 @@ use crate::usage::{self, UsageMeter};
 use super::response::{ActionError, InstanceInfo, InstanceState, VersionInfo, VmmData};
 use super::{VmState, VmmAction};
 
+fn no_balloon() -> ActionError {
+    ActionError::Failed("No balloon device is configured.".into())
+}
+
+fn stats_disabled() -> ActionError {
+    ActionError::Failed(
+        "Balloon statistics are not enabled (stats_polling_interval_s was 0 when the balloon was configured).".into(),
+    )
+}
+
 /// The name `GET /` reports.
 pub const APP_NAME: &str = "xenia";
 
@@ -451,6 +461,78 @@ impl Vmm {
                 self.resources.set_drive(drive).map_err(|e| failed(&e))?;
                 Ok(VmmData::Empty)
             }
+            A::PutEntropy(entropy) => {
+                self.pre_boot()?;
+                self.resources
+                    .set_entropy(entropy)
+                    .map_err(|e| failed(&e))?;
+                Ok(VmmData::Empty)
+            }
+            A::PutBalloon(balloon) => {
+                self.pre_boot()?;
+                self.resources
+                    .set_balloon(balloon)
+                    .map_err(|e| failed(&e))?;
+                Ok(VmmData::Empty)
+            }
+            A::GetBalloonConfig => Ok(VmmData::BalloonConfig(
+                self.resources
+                    .config()
+                    .balloon
+                    .clone()
+                    .ok_or_else(no_balloon)?,
+            )),
+            A::PatchBalloon(update) => {
+                let current = self.resources.config().balloon.clone();
+                let Some(current) = current else {
+                    return Err(no_balloon());
+                };
+                let machine = self.resources.machine_config();
+                crate::config::check_balloon_amount(update.amount_mib, &machine)?;
+                if let Some(vm) = &self.vm {
+                    vm.balloon
+                        .as_ref()
+                        .ok_or_else(no_balloon)?
+                        .update_target(update.amount_mib)
+                        .map_err(|e| failed(&e))?;
+                }
+                self.record_balloon(crate::config::BalloonDeviceConfig {
+                    amount_mib: update.amount_mib,
+                    ..current
+                });
+                Ok(VmmData::Empty)
+            }
+            A::GetBalloonStats => {
+                let config = self.resources.config().balloon.clone();
+                let config = config.ok_or_else(no_balloon)?;
+                if config.stats_polling_interval_s == 0 {
+                    return Err(stats_disabled());
+                }
+                let vm = self.running_vm()?;
+                let stats = vm
+                    .balloon
+                    .as_ref()
+                    .ok_or_else(no_balloon)?
+                    .statistics()
+                    .map_err(|e| failed(&e))?;
+                Ok(VmmData::BalloonStats(stats))
+            }
+            A::PatchBalloonStats(update) => {
+                let current = self.resources.config().balloon.clone();
+                let current = current.ok_or_else(no_balloon)?;
+                if let Some(vm) = &self.vm {
+                    vm.balloon
+                        .as_ref()
+                        .ok_or_else(no_balloon)?
+                        .update_stats_interval(update.stats_polling_interval_s)
+                        .map_err(|e| failed(&e))?;
+                }
+                self.record_balloon(crate::config::BalloonDeviceConfig {
+                    stats_polling_interval_s: update.stats_polling_interval_s,
+                    ..current
+                });
+                Ok(VmmData::Empty)
+            }
             A::PutNetworkInterface(iface) => {
                 self.pre_boot()?;
                 self.resources
@@ -518,6 +600,14 @@ impl Vmm {
                 self.resources.record_network_interface_update(&update);
                 Ok(VmmData::Empty)
             }
+        }
+    }
+
+    /// Keeps the exported configuration in step with what the balloon now does.
+    fn record_balloon(&mut self, balloon: crate::config::BalloonDeviceConfig) {
+        if let Some(Err(e)) = self.resources.update_balloon(|b| *b = balloon) {
+            // Checked before the device was changed; a failure here is a bug.
+            log::error!("balloon: cannot record the update: {e}");
         }
     }
 

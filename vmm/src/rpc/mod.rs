@@ -24,7 +24,8 @@ pub use routes::{
 use serde::{Deserialize, Serialize};
 
 use crate::config::{
-    BootSourceConfig, CustomCpuTemplate, DriveConfig, DriveUpdate, LoggerConfig, MachineConfig,
+    BalloonDeviceConfig, BalloonStatsUpdate, BalloonUpdate, BootSourceConfig, CustomCpuTemplate,
+    DriveConfig, DriveUpdate, EntropyDeviceConfig, LoggerConfig, MachineConfig,
     MachineConfigUpdate, MetricsConfig, NetworkInterfaceConfig, NetworkInterfaceUpdate,
     SerialConfig, SnapshotCreateConfig, SnapshotLoadConfig,
 };
@@ -79,6 +80,18 @@ pub enum VmmAction {
     PutNetworkInterface(NetworkInterfaceConfig),
     /// `PATCH /network-interfaces/{id}`
     PatchNetworkInterface(NetworkInterfaceUpdate),
+    /// `PUT /entropy`
+    PutEntropy(EntropyDeviceConfig),
+    /// `PUT /balloon`
+    PutBalloon(BalloonDeviceConfig),
+    /// `PATCH /balloon`
+    PatchBalloon(BalloonUpdate),
+    /// `GET /balloon`
+    GetBalloonConfig,
+    /// `GET /balloon/statistics`
+    GetBalloonStats,
+    /// `PATCH /balloon/statistics`
+    PatchBalloonStats(BalloonStatsUpdate),
     /// `PUT /snapshot/create` (paused VM only)
     CreateSnapshot(SnapshotCreateConfig),
     /// `PUT /snapshot/load` (fresh process only)

@@ -3,7 +3,7 @@
 use api_socket::Response;
 use serde::Serialize;
 
-use crate::config::{ConfigError, MachineConfig, VmConfig};
+use crate::config::{BalloonDeviceConfig, ConfigError, MachineConfig, VmConfig};
 
 /// Lifecycle state in `GET /`, spelled as Firecracker spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -38,6 +38,8 @@ pub enum VmmData {
     Version(VersionInfo),
     MachineConfig(MachineConfig),
     FullConfig(Box<VmConfig>),
+    BalloonConfig(BalloonDeviceConfig),
+    BalloonStats(virtio::balloon::BalloonStats),
     /// `GET /usage`
     Usage(Box<crate::usage::UsageRecord>),
 }
@@ -86,6 +88,8 @@ pub fn response_for(result: Result<VmmData, ActionError>) -> Response {
         Ok(VmmData::Version(v)) => json(&v),
         Ok(VmmData::MachineConfig(m)) => json(&m),
         Ok(VmmData::FullConfig(c)) => json(&c),
+        Ok(VmmData::BalloonConfig(b)) => json(&b),
+        Ok(VmmData::BalloonStats(s)) => json(&s),
         Ok(VmmData::Usage(u)) => json(&u),
         Err(e) => Response::fault(e.status(), &e.to_string()),
     }

@@ -12,10 +12,16 @@ use crate::config::ConfigError;
 pub const ROUTES: &[(Method, &str)] = &[
     (Method::Get, "/"),
     (Method::Put, "/actions"),
+    (Method::Get, "/balloon"),
+    (Method::Put, "/balloon"),
+    (Method::Patch, "/balloon"),
+    (Method::Get, "/balloon/statistics"),
+    (Method::Patch, "/balloon/statistics"),
     (Method::Put, "/boot-source"),
     (Method::Put, "/cpu-config"),
     (Method::Put, "/drives/{drive_id}"),
     (Method::Patch, "/drives/{drive_id}"),
+    (Method::Put, "/entropy"),
     (Method::Put, "/logger"),
     (Method::Get, "/machine-config"),
     (Method::Put, "/machine-config"),
@@ -33,7 +39,7 @@ pub const ROUTES: &[(Method, &str)] = &[
 ];
 
 /// Firecracker paths (first segment) xenia recognises but does not implement yet.
-pub const UNSUPPORTED_ROUTES: &[&str] = &["balloon", "entropy", "hotplug", "mmds", "pmem", "vsock"];
+pub const UNSUPPORTED_ROUTES: &[&str] = &["hotplug", "mmds", "pmem", "vsock"];
 
 /// A request the router accepted.
 #[derive(Debug, Clone, PartialEq)]
@@ -233,6 +239,12 @@ fn route(method: Method, path: &str, body: &[u8]) -> Result<ParsedRequest, Route
             config.validate()?;
             A::PutSerial(config)
         }
+        (_, "balloon") => return balloon_route(method, second, &json("balloon")),
+        (Put, "entropy") => {
+            let config: crate::config::EntropyDeviceConfig = json("entropy").parse()?;
+            config.validate()?;
+            A::PutEntropy(config)
+        }
         (Put, "drives") => {
             let id = second.ok_or(RouteError::MissingId("drive id"))?;
             let config: crate::config::DriveConfig = json("drives").parse()?;
@@ -286,6 +298,40 @@ fn route(method: Method, path: &str, body: &[u8]) -> Result<ParsedRequest, Route
             })
         }
         _ => return Err(invalid()),
+    };
+    Ok(action.into())
+}
+
+/// `/balloon` and its sub-paths. Free page hinting is not implemented: its paths are
+/// answered 400 by name.
+fn balloon_route(
+    method: Method,
+    sub: Option<&str>,
+    body: &JsonBody<'_>,
+) -> Result<ParsedRequest, RouteError> {
+    use Method::{Get, Patch, Put};
+    use VmmAction as A;
+    let action = match (method, sub) {
+        (_, Some("hinting")) => {
+            return Err(RouteError::Unsupported {
+                feature: "Free page hinting (/balloon/hinting)".into(),
+            })
+        }
+        (Get, None) => A::GetBalloonConfig,
+        (Put, None) => {
+            let config: crate::config::BalloonDeviceConfig = body.parse()?;
+            config.validate()?;
+            A::PutBalloon(config)
+        }
+        (Patch, None) => A::PatchBalloon(body.parse()?),
+        (Get, Some("statistics")) => A::GetBalloonStats,
+        (Patch, Some("statistics")) => A::PatchBalloonStats(body.parse()?),
+        _ => {
+            return Err(RouteError::InvalidPathMethod {
+                method,
+                path: body.path.to_string(),
+            })
+        }
     };
     Ok(action.into())
 }

@@ -298,9 +298,9 @@ fn unsupported_features_are_refused_by_name_never_accepted() {
     for (m, p) in [
         (Method::Put, "/vsock"),
         (Method::Put, "/vsock/vsock0"),
-        (Method::Put, "/balloon"),
-        (Method::Get, "/balloon/statistics"),
-        (Method::Put, "/entropy"),
+        (Method::Patch, "/balloon/hinting/start"),
+        (Method::Patch, "/balloon/hinting/stop"),
+        (Method::Get, "/balloon/hinting/status"),
         (Method::Put, "/mmds"),
         (Method::Put, "/mmds/config"),
         (Method::Put, "/pmem/p0"),
@@ -633,5 +633,83 @@ fn snapshot_routes() {
     assert!(matches!(
         err(Method::Get, "/snapshot/create", ""),
         RouteError::InvalidPathMethod { .. }
+    ));
+}
+
+#[test]
+fn put_entropy_takes_an_optional_rate_limiter_and_refuses_unknown_fields() {
+    let r = |body: &str| {
+        parse_request(&Request {
+            method: Method::Put,
+            path: "/entropy".into(),
+            query: None,
+            headers: Vec::new(),
+            body: body.as_bytes().to_vec(),
+        })
+    };
+    let Ok(p) = r("{}") else {
+        panic!("an empty entropy body is valid")
+    };
+    assert_eq!(
+        p.action,
+        VmmAction::PutEntropy(crate::config::EntropyDeviceConfig::default())
+    );
+    let Ok(p) = r(r#"{"rate_limiter": {"ops": {"size": 10, "refill_time": 1000}}}"#) else {
+        panic!("a limited entropy body is valid")
+    };
+    let VmmAction::PutEntropy(c) = p.action else {
+        panic!("not PutEntropy")
+    };
+    assert_eq!(c.rate_limiter.and_then(|l| l.ops).map(|o| o.size), Some(10));
+    let e = r(r#"{"bytes_per_s": 1}"#).unwrap_err().to_string();
+    assert!(e.contains("unknown field `bytes_per_s`"), "{e}");
+}
+
+#[test]
+fn balloon_routes_parse_firecrackers_bodies() {
+    assert!(matches!(
+        ok(
+            Method::Put,
+            "/balloon",
+            r#"{"amount_mib": 16, "deflate_on_oom": true, "stats_polling_interval_s": 2}"#
+        ),
+        VmmAction::PutBalloon(b) if b.amount_mib == 16 && b.stats_polling_interval_s == 2
+    ));
+    assert_eq!(
+        ok(Method::Patch, "/balloon", r#"{"amount_mib": 3}"#),
+        VmmAction::PatchBalloon(crate::config::BalloonUpdate { amount_mib: 3 })
+    );
+    assert_eq!(ok(Method::Get, "/balloon", ""), VmmAction::GetBalloonConfig);
+    assert_eq!(
+        ok(Method::Get, "/balloon/statistics", ""),
+        VmmAction::GetBalloonStats
+    );
+    assert_eq!(
+        ok(
+            Method::Patch,
+            "/balloon/statistics",
+            r#"{"stats_polling_interval_s": 5}"#
+        ),
+        VmmAction::PatchBalloonStats(crate::config::BalloonStatsUpdate {
+            stats_polling_interval_s: 5
+        })
+    );
+    let e = err(
+        Method::Put,
+        "/balloon",
+        r#"{"amount_mib": 1, "deflate_on_oom": false, "free_page_hinting": true}"#,
+    );
+    assert!(e.to_string().contains("free page hinting"), "{e}");
+    assert!(matches!(
+        err(Method::Put, "/balloon/statistics", "{}"),
+        RouteError::InvalidPathMethod { .. }
+    ));
+    assert!(matches!(
+        err(
+            Method::Patch,
+            "/balloon",
+            r#"{"amount_mib": 1, "deflate_on_oom": true}"#
+        ),
+        RouteError::Json(_)
     ));
 }

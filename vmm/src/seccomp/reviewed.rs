@@ -109,6 +109,8 @@ pub(super) const IO: &[&str] = &[
     "fdatasync",
     "ftruncate",
     "futex",
+    // virtio-rng: the bytes of each entropy request, flags 0 only.
+    "getrandom",
     "io_uring_enter",
     "madvise",
     "mmap",
@@ -130,6 +132,7 @@ pub(super) const IO: &[&str] = &[
 /// Calls whose every rule checks arguments (in every filter that allows them).
 pub(super) const ARG_CHECKED: &[&str] = &[
     "fcntl",
+    "getrandom",
     "io_uring_register",
     "ioctl",
     "madvise",

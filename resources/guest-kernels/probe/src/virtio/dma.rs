@@ -77,6 +77,17 @@ pub fn alloc_zeroed(len: u64, align: u64) -> Option<u64> {
     Some(addr)
 }
 
+/// The first address past the arena (finding it if needed): RAM above it is not the
+/// devices' and may be used by commands that own pages (the balloon).
+pub fn arena_end() -> Option<u64> {
+    ARENA.with(|slot| {
+        if slot.is_none() {
+            *slot = find_arena();
+        }
+        slot.map(|a| a.end)
+    })
+}
+
 /// Bytes still free in the arena.
 pub fn remaining() -> u64 {
     ARENA.with(|slot| {

@@ -12,7 +12,10 @@
 //!   pattern; `bench.rs`: `blk-bench`; `hostile.rs`: `blk-hostile`.
 //! - `net.rs`: virtio-net driver; `netstack.rs`: Ethernet/ARP/IPv4/ICMP/UDP
 //!   frames by hand; `net_cmds.rs`: its commands.
+//! - `rng.rs`: virtio-rng driver and the `rng-*` commands.
+//! - `balloon.rs`: virtio-balloon driver and the `balloon-*` commands.
 
+pub mod balloon;
 pub mod bench;
 pub mod blk;
 pub mod blk_cmds;
@@ -26,6 +29,7 @@ pub mod net_race;
 pub mod net_traffic;
 pub mod netstack;
 pub mod queue;
+pub mod rng;
 
 use crate::bootinfo;
 use crate::cmdline::{as_text, parse_u64, Command};
@@ -116,7 +120,11 @@ fn split_index(name: &[u8]) -> Option<(&[u8], usize)> {
 
 /// Runs a `blk-*` / `net-*` command; false when `cmd` is not one of ours.
 pub fn run(cmd: Command<'_>) -> bool {
-    if !(cmd.name.starts_with(b"blk-") || cmd.name.starts_with(b"net-")) {
+    if !(cmd.name.starts_with(b"blk-")
+        || cmd.name.starts_with(b"net-")
+        || cmd.name.starts_with(b"rng-")
+        || cmd.name.starts_with(b"balloon-"))
+    {
         return false;
     }
     let Some((name, index)) = split_index(cmd.name) else {
@@ -126,6 +134,10 @@ pub fn run(cmd: Command<'_>) -> bool {
     dma::reset();
     if name.starts_with(b"blk-") {
         blk_cmds::run(as_text(name), index, cmd.arg);
+    } else if name.starts_with(b"balloon-") {
+        balloon::run(as_text(name), index, cmd.arg);
+    } else if name.starts_with(b"rng-") {
+        rng::run(as_text(name), index, cmd.arg);
     } else {
         net_cmds::run(as_text(name), index, cmd.arg);
     }

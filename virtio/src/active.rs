@@ -1,0 +1,172 @@
+//! The part every device repeats once the driver sets `DRIVER_OK`: the queues it was given,
+//! how to tell the guest about used buffers, and which queue EventFds the `io` loop watches.
+//!
+//! Block and net predate this module; devices written after it (rng, balloon) use it instead
+//! of carrying their own copies.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+
+use event_manager::{EventOps, EventSet, Events};
+use virtio_queue::{Queue, QueueT};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::device::{ActivateContext, ActivateError, InterruptType, VirtioInterrupt};
+use crate::GuestMemoryMmap;
+
+/// The queues of an activated device, with their notification EventFds.
+pub struct ActiveQueues {
+    pub mem: GuestMemoryMmap,
+    pub interrupt: Arc<dyn VirtioInterrupt>,
+    pub queues: Vec<Queue>,
+    pub evts: Vec<EventFd>,
+}
+
+impl std::fmt::Debug for ActiveQueues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ActiveQueues")
+            .field("queues", &self.queues.len())
+            .finish()
+    }
+}
+
+impl ActiveQueues {
+    /// Takes the queues of `ctx`. The first `required` must be ready; the others (queues of
+    /// features the driver did not accept) may be left unused.
+    pub fn take(ctx: ActivateContext, required: usize) -> Result<Self, ActivateError> {
+        let ActivateContext {
+            mem,
+            interrupt,
+            queues,
+            queue_evts,
+        } = ctx;
+        if queues.len() < required || queue_evts.len() != queues.len() {
+            return Err(ActivateError::QueueCount {
+                expected: required,
+                got: queues.len().min(queue_evts.len()),
+            });
+        }
+        if let Some(index) = queues.iter().take(required).position(|q| !q.ready()) {
+            return Err(ActivateError::QueueNotReady { index });
+        }
+        Ok(ActiveQueues {
+            mem,
+            interrupt,
+            queues,
+            evts: queue_evts,
+        })
+    }
+
+    /// Whether queue `index` exists and the driver made it ready.
+    pub fn is_ready(&self, index: usize) -> bool {
+        self.queues.get(index).is_some_and(|q| q.ready())
+    }
+
+    /// Raises the vring interrupt if queue `index` asks for one (event index or flags).
+    /// An unreadable used-event field is a broken queue: the error says why.
+    pub fn signal_used(&mut self, index: usize) -> Result<(), String> {
+        let Some(q) = self.queues.get_mut(index) else {
+            return Ok(());
+        };
+        match q.needs_notification(&self.mem) {
+            Ok(true) => {
+                if let Err(e) = self.interrupt.trigger(InterruptType::Vring) {
+                    log::error!("virtio: cannot raise the vring interrupt: {e}");
+                }
+                Ok(())
+            }
+            Ok(false) => Ok(()),
+            Err(e) => Err(format!("used event of queue {index} unreadable: {e}")),
+        }
+    }
+}
+
+/// The queue EventFds the `io` loop watches for one device. Only the loop's thread changes
+/// it; activation and reset (on a vCPU thread) only hand EventFds over to [`Self::retire`]
+/// and wake the loop.
+#[derive(Debug, Default)]
+pub struct QueueWatch {
+    registered: Vec<RawFd>,
+    /// EventFds of a previous activation, kept open until the loop stops watching them (a
+    /// closed fd number could be reused by another file while still in the epoll set).
+    retired: Vec<EventFd>,
+}
+
+impl QueueWatch {
+    /// Keeps the EventFds of an activation that ended until the next [`Self::sync`].
+    pub fn retire(&mut self, evts: Vec<EventFd>) {
+        self.retired.extend(evts);
+    }
+
+    /// Makes the loop's interests match `active`: queue `i` is watched with event data
+    /// `first_data + i` when it is ready. Returns the first failure to watch a queue.
+    pub fn sync(
+        &mut self,
+        ops: &mut EventOps,
+        active: Option<&ActiveQueues>,
+        first_data: u32,
+        what: &str,
+    ) -> Result<(), String> {
+        for fd in self.registered.drain(..) {
+            if let Err(e) = ops.remove(Events::empty_raw(fd)) {
+                log::warn!("{what}: cannot unwatch fd {fd}: {e:?}");
+            }
+        }
+        self.retired.clear();
+        let Some(active) = active else {
+            return Ok(());
+        };
+        let mut result = Ok(());
+        for (i, evt) in active.evts.iter().enumerate() {
+            if !active.is_ready(i) {
+                continue;
+            }
+            let data = first_data.saturating_add(u32::try_from(i).unwrap_or(u32::MAX));
+            let fd = evt.as_raw_fd();
+            match ops.add(Events::with_data_raw(fd, data, EventSet::IN)) {
+                Ok(()) => self.registered.push(fd),
+                Err(e) => {
+                    if result.is_ok() {
+                        result = Err(format!("cannot watch the EventFd of queue {i}: {e:?}"));
+                    }
+                }
+            }
+        }
+        result
+    }
+}
+
+/// Declares a device's counters: an atomic struct updated on the `io` thread and a plain
+/// snapshot for the metrics flusher, with the same field names.
+#[macro_export]
+macro_rules! device_counters {
+    ($counters:ident, $snapshot:ident, { $($name:ident: $doc:literal),* $(,)? }) => {
+        #[doc = concat!("Counters of one device (see [`", stringify!($snapshot), "`]).")]
+        #[derive(Debug, Default)]
+        pub struct $counters {
+            $(#[doc = $doc] pub $name: std::sync::atomic::AtomicU64,)*
+        }
+
+        #[doc = concat!("A point-in-time copy of [`", stringify!($counters), "`].")]
+        #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+        pub struct $snapshot {
+            $(#[doc = $doc] pub $name: u64,)*
+        }
+
+        impl $counters {
+            pub fn snapshot(&self) -> $snapshot {
+                $snapshot {
+                    $($name: self.$name.load(std::sync::atomic::Ordering::Relaxed),)*
+                }
+            }
+
+            pub fn inc(counter: &std::sync::atomic::AtomicU64) {
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+
+            pub fn add(counter: &std::sync::atomic::AtomicU64, v: u64) {
+                counter.fetch_add(v, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    };
+}

@@ -121,37 +121,41 @@ fn prepare(args: &CliArgs, start: Instant) -> Result<ControlLoop, String> {
     Ok(control)
 }
 
+/// Writes `text` to stdout; a reader that went away (EPIPE) is not an error worth a panic.
+fn print_out(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
 /// `--describe-snapshot FILE`: the checked contents as JSON on stdout.
-#[allow(clippy::print_stdout)]
 fn describe_snapshot(path: &str) -> ExitCode {
     let described = vmm::persist::restore::read_state_bytes(path)
         .map_err(|e| e.to_string())
         .and_then(|bytes| vmm::persist::describe(&bytes));
     match described {
         Ok(v) => {
-            println!("{v:#}");
+            print_out(&format!("{v:#}\n"));
             ExitCode::Ok
         }
         Err(e) => fail(&format!("{path}: {e}")),
     }
 }
 
-#[allow(clippy::print_stdout)]
 fn run(start: Instant) -> ExitCode {
     let args = match cli::parse(std::env::args().skip(1)) {
         Ok(a) => a,
         Err(e) => return fail(&e.to_string()),
     };
     if args.help {
-        print!("{USAGE}");
+        print_out(USAGE);
         return ExitCode::Ok;
     }
     if args.version {
-        println!("xenia v{}", env!("CARGO_PKG_VERSION"));
+        print_out(&format!("xenia v{}\n", env!("CARGO_PKG_VERSION")));
         return ExitCode::Ok;
     }
     if args.snapshot_version {
-        println!("{}", vmm::persist::SNAPSHOT_FORMAT_VERSION);
+        print_out(&format!("{}\n", vmm::persist::SNAPSHOT_FORMAT_VERSION));
         return ExitCode::Ok;
     }
     if let Some(path) = &args.describe_snapshot {

@@ -70,7 +70,7 @@ fn open_beneath(root: &OwnedFd, rel: &Path) -> std::io::Result<File> {
 
 /// Reads up to `buf.len()` bytes at `offset` with `preadv` (the call the `io` thread's filter
 /// already allows for imago), retrying on EINTR; returns the bytes read.
-fn read_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+pub(super) fn read_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
     let mut got = 0;
     while got < buf.len() {
         let rest = &mut buf[got..];
@@ -107,10 +107,15 @@ pub fn read_header(path: &Path, file: &File, writable: bool) -> Result<HeaderInf
     let mut buf = vec![0u8; len.min(MAX_HEADER_READ) as usize];
     let got = read_at(file, &mut buf, 0).map_err(io)?;
     buf.truncate(got);
-    header::parse(&buf, len, writable).map_err(|source| Qcow2Error::Header {
+    let header_err = |source| Qcow2Error::Header {
         path: path.to_path_buf(),
         source,
-    })
+    };
+    let info = header::parse(&buf, len, writable).map_err(header_err)?;
+    if writable {
+        super::refcheck::check(file, len, &info).map_err(header_err)?;
+    }
+    Ok(info)
 }
 
 /// Where a backing name points, relative to the top image's directory; `None` when it

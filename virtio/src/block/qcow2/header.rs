@@ -93,6 +93,13 @@ pub enum HeaderError {
     Extension(u64),
     #[error("backing format extension is not UTF-8")]
     BackingFormatInvalid,
+    #[error(
+        "the {what} (cluster {cluster}) has refcount 0: the image's refcounts are corrupt; \
+         repair it with `qemu-img check -r all`"
+    )]
+    Unreferenced { what: &'static str, cluster: u64 },
+    #[error("refcount block at {0:#x} is not cluster-aligned or lies past the end of the file")]
+    BadRefBlock(u64),
 }
 
 /// What xenia needs from a valid header.
@@ -104,6 +111,13 @@ pub struct HeaderInfo {
     pub backing_file: Option<String>,
     /// The backing format recorded in the image (`-F` of `qemu-img create`), if any.
     pub backing_format: Option<String>,
+    /// Where the metadata lives, for the refcount consistency check of a writable image.
+    pub l1_offset: u64,
+    pub l1_bytes: u64,
+    pub refcount_table_offset: u64,
+    pub refcount_table_bytes: u64,
+    /// log2 of the refcount width in bits (4 for version 2).
+    pub refcount_order: u32,
 }
 
 fn be32(b: &[u8], at: usize) -> u32 {
@@ -180,6 +194,8 @@ pub fn parse(buf: &[u8], file_len: u64, writable: bool) -> Result<HeaderInfo, He
         return Err(HeaderError::InternalSnapshots(snapshots));
     }
     let mut header_len = V2_HEADER_LEN;
+    // Version 2 has 16-bit refcounts and no field for it.
+    let mut refcount_order = 4;
     if version == 3 {
         if buf.len() < V3_HEADER_MIN {
             return Err(HeaderError::Truncated(buf.len() as u64));
@@ -199,7 +215,7 @@ pub fn parse(buf: &[u8], file_len: u64, writable: bool) -> Result<HeaderInfo, He
             // Bit 3 (zstd compression) and 4 (extended L2) are not read by imago either.
             return Err(HeaderError::IncompatibleFeatures(other));
         }
-        let refcount_order = be32(buf, 96);
+        refcount_order = be32(buf, 96);
         if refcount_order > 6 {
             return Err(HeaderError::RefcountOrder(refcount_order));
         }
@@ -256,6 +272,11 @@ pub fn parse(buf: &[u8], file_len: u64, writable: bool) -> Result<HeaderInfo, He
         virtual_size,
         backing_file,
         backing_format,
+        l1_offset: be64(buf, 40),
+        l1_bytes,
+        refcount_table_offset: be64(buf, 48),
+        refcount_table_bytes: rt_bytes,
+        refcount_order,
     })
 }
 

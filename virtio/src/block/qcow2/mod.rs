@@ -7,6 +7,7 @@
 pub mod chain;
 pub mod fuzz;
 pub mod header;
+mod refcheck;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

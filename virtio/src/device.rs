@@ -99,11 +99,13 @@ impl IrqTrigger {
 
 impl VirtioInterrupt for IrqTrigger {
     fn trigger(&self, int: InterruptType) -> io::Result<()> {
+        // The status bit first: a driver that polls and sees the new generation must also
+        // see why (a guest vCPU can read both between these two stores).
+        self.status.fetch_or(int.status_bit(), Ordering::AcqRel);
         if int == InterruptType::Config {
             // The driver re-reads the config space until the generation is stable.
             self.config_generation.fetch_add(1, Ordering::AcqRel);
         }
-        self.status.fetch_or(int.status_bit(), Ordering::AcqRel);
         self.irq_evt.write(1)
     }
 

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Generous default for a boot to reach a console marker.
@@ -188,7 +188,7 @@ pub struct Xenia {
     console: Receiver<String>,
     /// Console lines read so far.
     pub lines: Vec<String>,
-    stderr: Arc<Mutex<String>>,
+    stderr: Arc<(Mutex<String>, Condvar)>,
     stderr_done: Receiver<()>,
     /// Keeps the config file alive.
     _dir: TempDir,
@@ -273,7 +273,7 @@ impl Xenia {
                 }
             }
         });
-        let stderr_text = Arc::new(Mutex::new(String::new()));
+        let stderr_text = Arc::new((Mutex::new(String::new()), Condvar::new()));
         let (done_tx, stderr_done) = channel();
         let sink = stderr_text.clone();
         std::thread::spawn(move || {
@@ -283,9 +283,11 @@ impl Xenia {
                 if n == 0 {
                     break;
                 }
-                sink.lock()
+                sink.0
+                    .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .push_str(&String::from_utf8_lossy(&buf[..n]));
+                sink.1.notify_all();
             }
             let _ = done_tx.send(());
         });
@@ -357,9 +359,21 @@ impl Xenia {
     /// Everything xenia wrote on stderr so far.
     pub fn stderr(&self) -> String {
         self.stderr
+            .0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Waits until stderr contains `needle` (the reader thread may lag behind the console
+    /// on a loaded machine); `false` after `timeout`.
+    pub fn stderr_contains_within(&self, needle: &str, timeout: Duration) -> bool {
+        let (text, grew) = &*self.stderr;
+        let guard = text.lock().unwrap_or_else(|e| e.into_inner());
+        let (guard, _) = grew
+            .wait_timeout_while(guard, timeout, |t| !t.contains(needle))
+            .unwrap_or_else(|e| e.into_inner());
+        guard.contains(needle)
     }
 
     /// Sends `signal` to the process.

@@ -136,7 +136,7 @@ fn no_seccomp_leaves_every_thread_unfiltered_and_says_so() {
         assert_eq!(t.seccomp, "0", "thread `{}`: {threads:?}", t.comm);
     }
     assert!(
-        x.stderr().contains("--no-seccomp"),
+        x.stderr_contains_within("--no-seccomp", BOOT_TIMEOUT),
         "stderr:\n{}",
         x.stderr()
     );

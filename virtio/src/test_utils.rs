@@ -61,3 +61,27 @@ pub fn wait_readable(fd: std::os::fd::RawFd) -> bool {
     let n = unsafe { libc::poll(&mut pfd, 1, 10_000) };
     n == 1
 }
+
+/// Adds to `vq`, from descriptor `start`, a chain of `(addr, len, device-writable)` buffers
+/// linked in order; returns the index after the chain.
+pub fn add_linked_chain(
+    vq: &virtio_queue::mock::MockSplitQueue<'_, GuestMemoryMmap>,
+    start: u16,
+    descs: &[(u64, u32, bool)],
+) -> u16 {
+    use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+    const NEXT: u16 = 1;
+    const WRITE: u16 = 2;
+    let raw: Vec<RawDescriptor> = descs
+        .iter()
+        .enumerate()
+        .map(|(i, &(addr, len, writable))| {
+            let last = i == descs.len() - 1;
+            let flags = if writable { WRITE } else { 0 } | if last { 0 } else { NEXT };
+            let next = if last { 0 } else { start + i as u16 + 1 };
+            RawDescriptor::from(Descriptor::new(addr, len, flags, next))
+        })
+        .collect();
+    vq.add_desc_chains(&raw, start).unwrap();
+    start + descs.len() as u16
+}

@@ -13,7 +13,7 @@ use vmm_sys_util::tempfile::TempFile;
 use super::*;
 use crate::device::{ActivateContext, VirtioDevice};
 use crate::rate_limiter::{RateLimiter, RateLimiterConfig, TokenBucketConfig};
-use crate::test_utils::{guest_memory, ManualClock, RecordingInterrupt};
+use crate::test_utils::{add_linked_chain, guest_memory, ManualClock, RecordingInterrupt};
 use crate::GuestMemoryMmap;
 
 pub(super) const HDR: u64 = 0x10_0000;
@@ -88,19 +88,7 @@ impl<'a> Harness<'a> {
 
     /// Adds a chain of (addr, len, device-writable) linked in order.
     pub(super) fn add_chain(&mut self, descs: &[(u64, u32, bool)]) {
-        let start = self.next_desc;
-        let raw: Vec<RawDescriptor> = descs
-            .iter()
-            .enumerate()
-            .map(|(i, &(addr, len, w))| {
-                let last = i == descs.len() - 1;
-                let flags = if w { WRITE } else { 0 } | if last { 0 } else { NEXT };
-                let next = if last { 0 } else { start + i as u16 + 1 };
-                RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
-            })
-            .collect();
-        self.vq.add_desc_chains(&raw, start).unwrap();
-        self.next_desc += descs.len() as u16;
+        self.next_desc = add_linked_chain(&self.vq, self.next_desc, descs);
     }
 
     pub(super) fn header(&self, addr: u64, t: u32, sector: u64) {

@@ -1,7 +1,6 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress};
@@ -9,10 +8,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::*;
 use crate::rate_limiter::TokenBucketConfig;
-use crate::test_utils::{guest_memory, ManualClock, RecordingInterrupt};
+use crate::test_utils::{add_linked_chain, guest_memory, ManualClock, RecordingInterrupt};
 
-const NEXT: u16 = 1;
-const WRITE: u16 = 2;
 const BUF: u64 = 0x10_0000;
 
 struct Harness<'a> {
@@ -46,19 +43,7 @@ impl<'a> Harness<'a> {
     }
 
     fn add_chain(&mut self, descs: &[(u64, u32, bool)]) {
-        let start = self.next_desc;
-        let raw: Vec<RawDescriptor> = descs
-            .iter()
-            .enumerate()
-            .map(|(i, &(addr, len, w))| {
-                let last = i == descs.len() - 1;
-                let flags = if w { WRITE } else { 0 } | if last { 0 } else { NEXT };
-                let next = if last { 0 } else { start + i as u16 + 1 };
-                RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
-            })
-            .collect();
-        self.vq.add_desc_chains(&raw, start).unwrap();
-        self.next_desc += descs.len() as u16;
+        self.next_desc = add_linked_chain(&self.vq, self.next_desc, descs);
     }
 
     fn used_len(&self, i: u16) -> u32 {

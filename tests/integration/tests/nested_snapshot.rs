@@ -1,8 +1,8 @@
 //! A real Linux guest snapshotted while it runs and restored twice, as two clones, each in
 //! a new xenia process driven through the API (`tools/api-call`'s `xenia-api` in L1): the
 //! guest's tick counter carries on from where it stopped, its RNG reseeds because the VM
-//! generation ID changed, the disk it was writing to in a loop is clean and readable, and
-//! it powers off through ACPI. A plan (see nested/plan.rs): L1 in the nested tier on a PVM
+//! generation ID changed, the disk it was writing to in a loop is clean and readable, it
+//! pings over another tap (`network_overrides`), and it powers off through ACPI. A plan (see nested/plan.rs): L1 in the nested tier on a PVM
 //! host, the host itself with hardware KVM.
 #![allow(
     clippy::panic,
@@ -33,8 +33,13 @@ const CLONES: [&str; 2] = ["clone1", "clone2"];
 /// that never sees the reseed gives up after 150 ticks and reports `restored=no`.
 const L2_SCRIPT: &str = r#"
 reseed="crng reseeded due to virtual machine fork"
+echo "L2-FACT hwrng=$(cat /sys/class/misc/hw_random/rng_current 2>/dev/null || echo none)"
 head -c 1 /dev/random >/dev/null
 echo "L2-FACT crng_ready=$(dmesg | grep -c 'crng init done') reseeds_at_boot=$(dmesg | grep -c "$reseed")"
+ip link set lo up
+ip addr add 172.16.0.2/30 dev eth0
+ip link set eth0 up
+if ping -c 2 -W 5 172.16.0.1 >/dev/null; then echo "L2-FACT ping_before=ok"; else echo "L2-FACT ping_before=failed"; fi
 mkdir -p /mnt
 if mount -t ext4 /dev/vda /mnt; then disk=yes; else disk=no; fi
 echo "L2-FACT disk=$disk"
@@ -62,6 +67,7 @@ restored=no
 [ "$after" -gt 0 ] && restored=yes
 echo "L2-FACT restored=$restored reseeds=$(dmesg | grep -c "$reseed") last_tick=$i writer=${writer:+running}"
 echo "L2-FACT urandom=$(head -c 16 /dev/urandom | md5sum | cut -d' ' -f1)"
+if ping -c 3 -W 5 172.16.0.1 >/dev/null; then echo "L2-FACT ping_after=ok"; else echo "L2-FACT ping_after=failed"; fi
 if [ "$disk" = yes ]; then
 	touch /tmp/stop-writer
 	[ -n "$writer" ] && wait "$writer"
@@ -90,6 +96,14 @@ const L2_BOOTSTRAP: &str = "tr -d '\\000' </dev/vdb >/tmp/snap.sh && sh /tmp/sna
 /// restores each clone in a new xenia (`resume_vm`) onto a fresh copy of that image.
 const HOST_SCRIPT: &str = r#"
 cp "$L2/rootfs.ext4" "$WORK/data.ext4"
+# The original's tap, in L1's own namespace (L1 is a throwaway VM). Each tap gets the same
+# MAC, so the restored guest's ARP entry for 172.16.0.1 stays right on the clones' tap.
+new_tap() {
+	{ ip tuntap add dev "$1" mode tap 2>/dev/null || busybox tunctl -t "$1" >/dev/null; } &&
+		ip link set "$1" address 02:00:00:00:ab:01 &&
+		ip addr add 172.16.0.1/30 dev "$1" && ip link set "$1" up
+}
+new_tap xtap0 || fail "cannot create the tap xtap0"
 cat >"$WORK/l2.sh" <<'L2_SCRIPT_END'
 $(L2_SCRIPT)
 L2_SCRIPT_END
@@ -103,12 +117,15 @@ else
 	fail "L2 never printed tick TICKS"
 fi
 vm_kill original
+# The clones come back on another tap, through `network_overrides`.
+ip addr flush dev xtap0 && ip link set xtap0 down
+new_tap xtap1 || fail "cannot create the tap xtap1"
 cp "$WORK/data.ext4" "$WORK/data.snap.ext4"
 fact snap_mem_kib "$(du -k "$WORK/snap.mem" | cut -f1)"
 for clone in CLONES; do
 	cp "$WORK/data.snap.ext4" "$WORK/data.ext4"
 	vm_start "$clone" "$WORK/$clone.sock"
-	if api "$WORK/$clone.sock" PUT /snapshot/load "{\"snapshot_path\": \"$WORK/snap.state\", \"mem_backend\": {\"backend_type\": \"File\", \"backend_path\": \"$WORK/snap.mem\"}, \"resume_vm\": true}"; then
+	if api "$WORK/$clone.sock" PUT /snapshot/load "{\"snapshot_path\": \"$WORK/snap.state\", \"mem_backend\": {\"backend_type\": \"File\", \"backend_path\": \"$WORK/snap.mem\"}, \"network_overrides\": [{\"iface_id\": \"eth0\", \"host_dev_name\": \"xtap1\"}], \"resume_vm\": true}"; then
 		fact "${clone}_loaded" yes
 		vm_wait "$clone"
 	else
@@ -127,6 +144,11 @@ enum Disk {
 fn host_script(disk: Disk) -> String {
     let mut vm = PlanVm::new(L2_BOOTSTRAP);
     vm.initrd = Some("$L2/initramfs.cpio".into());
+    // Without a hardware RNG the CRNG waits for jitter entropy, which in the emulated tier
+    // once took longer than the watchdog's 45 s of silence.
+    vm.entropy = true;
+    vm.interfaces = vec![json!({"iface_id": "eth0", "host_dev_name": "xtap0",
+                                "guest_mac": "06:00:ac:10:00:02"})];
     vm.drives = vec![
         json!({"drive_id": "data", "path_on_host": "$WORK/data.ext4",
                "is_root_device": false, "is_read_only": false}),
@@ -215,6 +237,11 @@ fn check(disk: Disk) {
         "{}",
         context(&outcome)
     );
+    assert!(
+        fact(original, "hwrng").is_some_and(|name| name.starts_with("virtio_rng")),
+        "Linux did not pick the entropy device as its hwrng\n{}",
+        context(&outcome)
+    );
     assert_ne!(
         fact(original, "crng_ready").as_deref(),
         Some("0"),
@@ -224,6 +251,12 @@ fn check(disk: Disk) {
     assert_eq!(
         fact(original, "reseeds_at_boot").as_deref(),
         Some("0"),
+        "{}",
+        context(&outcome)
+    );
+    assert_eq!(
+        fact(original, "ping_before").as_deref(),
+        Some("ok"),
         "{}",
         context(&outcome)
     );
@@ -275,6 +308,12 @@ fn check(disk: Disk) {
         assert!(
             vm.has_line("L2-FACT restored=yes reseeds=1 "),
             "the kernel did not log one reseed\n{}",
+            why()
+        );
+        assert_eq!(
+            fact(vm, "ping_after").as_deref(),
+            Some("ok"),
+            "no ping over the tap `network_overrides` named\n{}",
             why()
         );
         assert_eq!(fact(vm, "sync").as_deref(), Some("ok"), "{}", why());

@@ -346,6 +346,10 @@ pub struct PlanVm {
     pub drives: Vec<serde_json::Value>,
     /// `network-interfaces[]` entries.
     pub interfaces: Vec<serde_json::Value>,
+    /// Whether the VM has a virtio-rng device (`entropy`): Linux then seeds its CRNG from
+    /// it at once instead of waiting for jitter entropy, which under the emulated tier can
+    /// take longer than a watchdog allows.
+    pub entropy: bool,
 }
 
 impl PlanVm {
@@ -359,6 +363,7 @@ impl PlanVm {
             l2_script: l2_script.into(),
             drives: Vec::new(),
             interfaces: Vec::new(),
+            entropy: false,
         }
     }
 
@@ -385,6 +390,9 @@ impl PlanVm {
         }
         if !self.interfaces.is_empty() {
             config["network-interfaces"] = self.interfaces.clone().into();
+        }
+        if self.entropy {
+            config["entropy"] = serde_json::json!({});
         }
         config
     }

@@ -2,7 +2,7 @@
 //! `PROBE <cmd> ok key=value ...` or `PROBE <cmd> FAIL <reason>`, possibly
 //! after detail lines of its own.
 
-use crate::arch::cpu;
+use crate::arch::{cpu, lapic_timer};
 use crate::arch::port::{inb, outb};
 use crate::bootinfo::{self, BootInfo};
 use crate::cmdline::{as_text, parse_u64, Command};
@@ -318,9 +318,7 @@ fn tick(arg: Option<&[u8]>) {
     let mut next = cpu::rdtsc().wrapping_add(ticks_per_period);
     let mut n = 0u64;
     while count == 0 || n < count {
-        while (cpu::rdtsc().wrapping_sub(next) as i64) < 0 {
-            cpu::pause();
-        }
+        lapic_timer::sleep_until(next);
         next = next.wrapping_add(ticks_per_period);
         n += 1;
         sprintln!("PROBE tick n={}", n);

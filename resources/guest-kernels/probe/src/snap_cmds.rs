@@ -9,7 +9,7 @@
 //! where `sum` is the wrapping sum of all words. A host can recompute `sum` from `n`
 //! alone. One read per page keeps the ring-0 cost (emulated under PVM) near 20 µs a page.
 
-use crate::arch::cpu;
+use crate::arch::{cpu, lapic_timer};
 use crate::bootinfo;
 use crate::cmdline::parse_u64;
 use crate::commands::Hex16;
@@ -89,9 +89,7 @@ pub fn memtick(arg: Option<&[u8]>) {
     let mut next = cpu::rdtsc().wrapping_add(period);
     let mut n = 0u64;
     loop {
-        while (cpu::rdtsc().wrapping_sub(next) as i64) < 0 {
-            cpu::pause();
-        }
+        lapic_timer::sleep_until(next);
         next = next.wrapping_add(period);
         n += 1;
         // SAFETY: n % pages < pages: inside the region.

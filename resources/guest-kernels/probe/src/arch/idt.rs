@@ -1,6 +1,7 @@
 //! Exception handling: every CPU exception prints `PROBE-PANIC <vector>
-//! rip=...` on COM1 and stops the machine. Vectors 32 and up are left out
-//! (beyond the IDT limit) until a driver needs interrupts.
+//! rip=...` on COM1 and stops the machine. Every vector from 32 up only
+//! returns: an interrupt's one job here is to end a `hlt` (see
+//! `lapic_timer`), whose caller sends the EOI.
 
 use core::arch::{asm, global_asm};
 
@@ -9,6 +10,7 @@ use super::entry::KERNEL_CS;
 use crate::sync::BootCell;
 
 const EXCEPTIONS: usize = 32;
+const VECTORS: usize = 256;
 
 global_asm!(
     r#"
@@ -58,6 +60,8 @@ isr_\n:
     ISR_ERR 29
     ISR_ERR 30
     ISR_NOERR 31
+isr_wake:
+    iretq
 isr_common:
     mov %rsp, %rdi
     and $-16, %rsp
@@ -72,12 +76,16 @@ probe_isr_table:
     .quad isr_8, isr_9, isr_10, isr_11, isr_12, isr_13, isr_14, isr_15
     .quad isr_16, isr_17, isr_18, isr_19, isr_20, isr_21, isr_22, isr_23
     .quad isr_24, isr_25, isr_26, isr_27, isr_28, isr_29, isr_30, isr_31
+    .globl probe_isr_wake
+probe_isr_wake:
+    .quad isr_wake
 "#,
     options(att_syntax)
 );
 
 extern "C" {
     static probe_isr_table: [u64; EXCEPTIONS];
+    static probe_isr_wake: u64;
 }
 
 /// What the stubs leave on the stack, lowest address first.
@@ -114,23 +122,29 @@ const EMPTY_GATE: Gate = Gate {
     reserved: 0,
 };
 
-static IDT: BootCell<[Gate; EXCEPTIONS]> = BootCell::new([EMPTY_GATE; EXCEPTIONS]);
+static IDT: BootCell<[Gate; VECTORS]> = BootCell::new([EMPTY_GATE; VECTORS]);
 
-/// Fills the IDT with the exception stubs and loads it.
+fn gate(handler: u64) -> Gate {
+    Gate {
+        offset_low: handler as u16,
+        selector: KERNEL_CS,
+        ist: 0,
+        type_attr: 0x8e, // present, DPL 0, 64-bit interrupt gate
+        offset_mid: (handler >> 16) as u16,
+        offset_high: (handler >> 32) as u32,
+        reserved: 0,
+    }
+}
+
+/// Fills the IDT with the exception stubs and the wake stub, and loads it.
 pub fn init() {
     // SAFETY: the table is defined in the asm above with EXCEPTIONS entries.
     let handlers = unsafe { &*core::ptr::addr_of!(probe_isr_table) };
+    // SAFETY: defined in the asm above: the address of the wake stub.
+    let wake = unsafe { core::ptr::addr_of!(probe_isr_wake).read() };
     IDT.with(|idt| {
-        for (gate, &handler) in idt.iter_mut().zip(handlers.iter()) {
-            *gate = Gate {
-                offset_low: handler as u16,
-                selector: KERNEL_CS,
-                ist: 0,
-                type_attr: 0x8e, // present, DPL 0, 64-bit interrupt gate
-                offset_mid: (handler >> 16) as u16,
-                offset_high: (handler >> 32) as u32,
-                reserved: 0,
-            };
+        for (vector, slot) in idt.iter_mut().enumerate() {
+            *slot = gate(handlers.get(vector).copied().unwrap_or(wake));
         }
     });
     #[repr(C, packed)]
@@ -139,7 +153,7 @@ pub fn init() {
         base: u64,
     }
     let ptr = Pointer {
-        limit: (EXCEPTIONS * 16 - 1) as u16,
+        limit: (VECTORS * 16 - 1) as u16,
         base: IDT.as_ptr() as u64,
     };
     // SAFETY: the IDT is a static that lives forever and holds valid gates.

@@ -3,4 +3,5 @@
 pub mod cpu;
 pub mod entry;
 pub mod idt;
+pub mod lapic_timer;
 pub mod port;

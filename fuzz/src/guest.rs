@@ -95,6 +95,18 @@ impl<'a> Scenario<'a> {
         mem
     }
 
+    /// VERSION_1 plus the features whose flag bit (`(flag bit, feature bit)` pairs) the
+    /// input set.
+    pub fn features(&self, flag_features: &[(u8, u32)]) -> u64 {
+        flag_features
+            .iter()
+            .filter(|(flag, _)| self.flags & flag != 0)
+            .fold(
+                1u64 << virtio::features::VIRTIO_F_VERSION_1,
+                |f, (_, bit)| f | 1u64 << bit,
+            )
+    }
+
     /// The queue as the transport hands it to the device: ready, at the fixed addresses.
     pub fn queue(&self) -> Queue {
         let mut q = match Queue::new(MAX_QUEUE_SIZE) {
@@ -267,6 +279,14 @@ impl ScenarioBuilder {
         out.extend_from_slice(&self.writes);
         out
     }
+}
+
+/// Locks a target's shared device, recovering it when an earlier input panicked while
+/// holding it (the panic was the finding; later inputs still need the device).
+pub fn lock_recovering<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -85,16 +85,8 @@ pub fn run(data: &[u8]) {
 fn serve(data: &[u8]) -> crate::guest::Mem {
     let scenario = Scenario::parse(data);
     let mem = scenario.memory();
-    let mut features = 1u64 << virtio::features::VIRTIO_F_VERSION_1;
-    for (bit, feature) in FLAG_FEATURES {
-        if scenario.flags & bit != 0 {
-            features |= 1u64 << feature;
-        }
-    }
-    let mut drives = match drives().lock() {
-        Ok(d) => d,
-        Err(poisoned) => poisoned.into_inner(),
-    };
+    let features = scenario.features(&FLAG_FEATURES);
+    let mut drives = crate::guest::lock_recovering(drives());
     let drive = if scenario.flags & FLAG_READ_ONLY != 0 {
         &mut drives.read_only
     } else if scenario.flags & FLAG_ASYNC != 0 {

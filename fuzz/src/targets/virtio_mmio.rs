@@ -55,10 +55,7 @@ pub fn run(data: &[u8]) {
     let mut input = Input::new(data);
     let mem_len = usize::from(input.u16());
     let mem = Scenario::parse(input.bytes(mem_len)).memory();
-    let mut dev_loop = match device().lock() {
-        Ok(d) => d,
-        Err(poisoned) => poisoned.into_inner(),
-    };
+    let mut dev_loop = crate::guest::lock_recovering(device());
     let mut transport = match MmioTransport::new(mem, dev_loop.shared()) {
         Ok(t) => t,
         Err(e) => panic!("cannot create the transport: {e}"),

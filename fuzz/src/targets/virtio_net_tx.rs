@@ -96,16 +96,8 @@ pub fn run(data: &[u8]) {
 fn serve(data: &[u8]) -> virtio::net::NetMetricsSnapshot {
     let scenario = Scenario::parse(data);
     let mem = scenario.memory();
-    let mut features = 1u64 << virtio::features::VIRTIO_F_VERSION_1;
-    for (bit, feature) in FLAG_FEATURES {
-        if scenario.flags & bit != 0 {
-            features |= 1u64 << feature;
-        }
-    }
-    let mut devices = match devices().lock() {
-        Ok(d) => d,
-        Err(poisoned) => poisoned.into_inner(),
-    };
+    let features = scenario.features(&FLAG_FEATURES);
+    let mut devices = crate::guest::lock_recovering(devices());
     let dev = if scenario.flags & FLAG_SPOOFING_ALLOWED != 0 {
         &mut devices.spoofing_allowed
     } else {

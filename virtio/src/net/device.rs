@@ -1,7 +1,7 @@
 //! The virtio-net device: construction, feature negotiation, config space, activation.
 
 use std::os::fd::RawFd;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use virtio_bindings::bindings::virtio_net::*;
 use virtio_queue::{Queue, QueueT};
@@ -48,6 +48,16 @@ pub struct NetConfig {
     pub allow_mac_spoofing: bool,
     pub rx_rate_limiter: Option<RateLimiterConfig>,
     pub tx_rate_limiter: Option<RateLimiterConfig>,
+    /// The metadata service, when `mmds-config` lists this interface: frames for its
+    /// address are answered inside the device and never reach the tap.
+    pub mmds: Option<NetMmds>,
+}
+
+/// The MMDS endpoint of one interface: the shared service and the address it answers at.
+#[derive(Debug, Clone)]
+pub struct NetMmds {
+    pub service: Arc<Mutex<mmds::Mmds>>,
+    pub ipv4: std::net::Ipv4Addr,
 }
 
 /// Errors from building a virtio-net device.
@@ -147,6 +157,8 @@ pub struct Net {
     pub(super) read_err_log: LogLimiter,
     pub(super) write_err_log: LogLimiter,
     pub(super) guest_err_log: LogLimiter,
+    /// The MMDS endpoint, when this interface serves it.
+    pub(super) mmds: Option<mmds::MmdsStack>,
 }
 
 impl std::fmt::Debug for Net {
@@ -251,6 +263,9 @@ impl Net {
             read_err_log: LogLimiter::new(GUEST_LOG_PERIOD),
             write_err_log: LogLimiter::new(GUEST_LOG_PERIOD),
             guest_err_log: LogLimiter::new(GUEST_LOG_PERIOD),
+            mmds: cfg.mmds.as_ref().map(|m| {
+                mmds::MmdsStack::new(&mmds::StackConfig { ipv4: m.ipv4 }, m.service.clone())
+            }),
         };
         dev.build_config_space();
         Ok(dev)

@@ -7,13 +7,13 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde_json::Value;
-use virtio::net::{Net, NetConfig, NetError, Tap, TapError};
+use virtio::net::{Net, NetConfig, NetError, NetMmds, Tap, TapError};
 use virtio::GuestMemoryMmap;
 use virtio::IoSubscriber;
 
 use super::mmio::{attach_virtio_mmio, MmioAllocator, MmioDevice, MmioError};
 use super::DeviceBuses;
-use crate::config::{NetworkInterfaceConfig, NetworkInterfaceUpdate};
+use crate::config::{MmdsConfig, NetworkInterfaceConfig, NetworkInterfaceUpdate};
 use crate::metrics::Metrics;
 use crate::vstate::vm::Vm;
 
@@ -82,8 +82,22 @@ impl NetDevice {
     }
 }
 
-fn net_config(iface: &NetworkInterfaceConfig) -> NetConfig {
+/// The metadata service and its configuration, for the interfaces `mmds-config` lists.
+#[derive(Debug, Clone)]
+pub struct MmdsForNets {
+    pub config: MmdsConfig,
+    pub service: Arc<Mutex<mmds::Mmds>>,
+}
+
+fn net_config(iface: &NetworkInterfaceConfig, mmds: Option<&MmdsForNets>) -> NetConfig {
+    let mmds = mmds
+        .filter(|m| m.config.network_interfaces.contains(&iface.iface_id))
+        .map(|m| NetMmds {
+            service: m.service.clone(),
+            ipv4: m.config.ipv4_address,
+        });
     NetConfig {
+        mmds,
         iface_id: iface.iface_id.clone(),
         host_dev_name: iface.host_dev_name.clone(),
         guest_mac: iface.guest_mac.map(|m| m.0),
@@ -103,11 +117,19 @@ pub fn attach_net_devices(
     allocator: &mut MmioAllocator,
     memory: &GuestMemoryMmap,
     ifaces: &[NetworkInterfaceConfig],
+    mmds: Option<&MmdsForNets>,
 ) -> Result<Vec<NetDevice>, NetDeviceError> {
     let mut out = Vec::with_capacity(ifaces.len());
     for iface in ifaces {
-        let net = Net::new(&net_config(iface))
-            .map_err(|e| NetDeviceError::from_net(&iface.iface_id, e))?;
+        let config = net_config(iface, mmds);
+        if let Some(m) = &config.mmds {
+            log::info!(
+                "network interface `{}` answers the MMDS at {}",
+                iface.iface_id,
+                m.ipv4
+            );
+        }
+        let net = Net::new(&config).map_err(|e| NetDeviceError::from_net(&iface.iface_id, e))?;
         let device = Arc::new(Mutex::new(net));
         let what = format!("network-interfaces[{}]", iface.iface_id);
         let mmio = attach_virtio_mmio(vm, buses, allocator, memory, device.clone(), &what)?;
@@ -211,7 +233,7 @@ mod tests {
     fn config_carries_every_field_to_the_device() {
         let mut i = iface("eth1", "tap1");
         i.allow_mac_spoofing = true;
-        let c = net_config(&i);
+        let c = net_config(&i, None);
         assert_eq!(c.iface_id, "eth1");
         assert_eq!(c.host_dev_name, "tap1");
         assert_eq!(c.guest_mac, Some([6, 0, 0, 0, 0, 1]));

@@ -5,9 +5,11 @@
 #![allow(clippy::panic)]
 
 mod net_common;
+mod snapshot_common;
 
 use net_common::*;
 use serde_json::json;
+use snapshot_common::{pause_and_create, SnapshotFiles};
 use xenia_integration_tests::api::ApiClient;
 use xenia_integration_tests::{probe, TempDir, Xenia};
 
@@ -160,4 +162,60 @@ fn v2_needs_a_session_token_and_expired_or_forged_tokens_get_401() {
     let mmds = &last_metrics(&metrics)["mmds"];
     assert_eq!(mmds["rx_no_token"], 1, "{mmds}");
     assert_eq!(mmds["rx_invalid_token"], 2, "{mmds}");
+}
+
+#[test]
+fn a_snapshot_keeps_the_mmds_config_and_the_control_plane_pushes_new_data_before_resume() {
+    let ns = NetNs::new("mmdss");
+    let addr = "169.254.170.2";
+    let cmds = format!(
+        "net-mmds-token:{addr}:60,net-mmds-until:{addr}:/id:i-old:t,\
+         net-mmds-until:{addr}:/id:i-new:tT"
+    );
+    let config = json!({"network_interfaces": ["eth0"], "version": "V2", "ipv4_address": addr});
+    ns.tap("xt0", Some("10.30.0.1/24"));
+    let (mut x, api) = ns.xenia_api(&[]);
+    let args = format!("console=ttyS0 probe.ip=10.30.0.2/24 probe.cmds={cmds}");
+    let boot = json!({"kernel_image_path": probe().pvh, "boot_args": args});
+    api.expect("PUT", "/boot-source", &boot.to_string(), 204);
+    let nic = iface("eth0", "xt0", "06:00:0a:1e:00:02", json!({}));
+    api.expect("PUT", "/network-interfaces/eth0", &nic.to_string(), 204);
+    api.expect("PUT", "/mmds/config", &config.to_string(), 204);
+    api.expect("PUT", "/mmds", r#"{"id": "i-old"}"#, 204);
+    api.expect(
+        "PUT",
+        "/actions",
+        r#"{"action_type": "InstanceStart"}"#,
+        204,
+    );
+    let first = x
+        .wait_for_line("PROBE net-mmds-until-first", RUN_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}\n{}", x.lines.join("\n")));
+    assert!(first.ends_with("body=i-old"), "{first}");
+    let files = SnapshotFiles::new();
+    pause_and_create(&mut x, &api, &files, "Full");
+    drop(x);
+
+    // E2B's order: load without resuming, push this clone's identity, resume.
+    let (mut y, api2) = ns.xenia_api(&[]);
+    api2.expect("PUT", "/snapshot/load", &files.load_body(false), 204);
+    assert_eq!(
+        api2.expect("GET", "/mmds", "", 200).json(),
+        json!({}),
+        "the data store is not part of a snapshot"
+    );
+    let exported = api2.expect("GET", "/vm/config", "", 200).json();
+    assert_eq!(
+        exported["mmds-config"],
+        json!({"version": "V2", "network_interfaces": ["eth0"],
+        "ipv4_address": addr, "imds_compat": false})
+    );
+    api2.expect("PUT", "/mmds", r#"{"id": "i-new"}"#, 204);
+    api2.expect("PATCH", "/vm", r#"{"state": "Resumed"}"#, 204);
+    let done = y
+        .wait_for_line("PROBE net-mmds-until ", RUN_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}\n{}\n{}", y.lines.join("\n"), y.stderr()));
+    assert!(done.contains(" ok "), "{done}");
+    // The token issued before the snapshot is refused after it (a new key per process).
+    assert!(num(&done, "tokens") >= 1, "{done}");
 }

@@ -164,13 +164,23 @@ fn token(st: &mut Stack, arg: Option<&[u8]>) -> Result<(), VirtioError> {
         sprintln!("PROBE net-mmds-token FAIL bad-argument want=IP:TTL");
         return Ok(());
     };
-    let mut r = Buf::<1024>::new();
-    r.push(b"PUT /latest/api/token HTTP/1.1\r\nHost: 169.254.169.254\r\nConnection: close\r\nX-metadata-token-ttl-seconds: ");
-    r.push(f[1]);
-    r.push(b"\r\n\r\n");
-    let Some(c) = exchange(st, ip, r.bytes())? else {
+    let Some(c) = fetch_token(st, ip, f[1])? else {
         sprintln!("PROBE net-mmds-token FAIL no-connection ip={}", IpShow(ip));
         return Ok(());
+    };
+    sprint!("PROBE net-mmds-token ok ip={}", IpShow(ip));
+    print_answer(c.received());
+    Ok(())
+}
+
+/// `PUT /latest/api/token` with `ttl`; a 200's body becomes the kept token.
+fn fetch_token(st: &mut Stack, ip: Ip, ttl: &[u8]) -> Result<Option<Conn>, VirtioError> {
+    let mut r = Buf::<1024>::new();
+    r.push(b"PUT /latest/api/token HTTP/1.1\r\nHost: 169.254.169.254\r\nConnection: close\r\nX-metadata-token-ttl-seconds: ");
+    r.push(ttl);
+    r.push(b"\r\n\r\n");
+    let Some(c) = exchange(st, ip, r.bytes())? else {
+        return Ok(None);
     };
     let got = c.received();
     if let Some(a) = parse_answer(got).filter(|a| a.status == 200) {
@@ -181,22 +191,22 @@ fn token(st: &mut Stack, arg: Option<&[u8]>) -> Result<(), VirtioError> {
             *len = k;
         });
     }
-    sprint!("PROBE net-mmds-token ok ip={}", IpShow(ip));
-    print_answer(got);
-    Ok(())
+    Ok(Some(c))
 }
 
 /// `net-mmds-until:IP:PATH:VALUE[:FLAGS]`: GETs every 50 ms until the body is VALUE (60 s).
+/// FLAGS as for `net-mmds-get`, plus `T`: on a 401, fetch a new token (TTL 60) and go on.
 fn until(st: &mut Stack, arg: Option<&[u8]>) -> Result<(), VirtioError> {
     let (f, n) = fields::<4>(arg);
     let (Some(ip), true) = (ns::parse_ip(f[0]), n >= 3) else {
         sprintln!("PROBE net-mmds-until FAIL bad-argument want=IP:PATH:VALUE[:FLAGS]");
         return Ok(());
     };
-    let request = get_request(f[1], f[3]);
+    let mut request = get_request(f[1], f[3]);
     let deadline = Deadline::after_us(60_000_000);
     let start = rdtsc();
     let mut tries = 0u32;
+    let mut tokens = 0u32;
     // Says when the first answer (the old value) arrived: the host changes the store then.
     let mut announced = false;
     while !deadline.passed() {
@@ -206,13 +216,20 @@ fn until(st: &mut Stack, arg: Option<&[u8]>) -> Result<(), VirtioError> {
             if let Some(a) = parse_answer(got) {
                 if &got[a.body_at..] == f[2] {
                     sprintln!(
-                        "PROBE net-mmds-until ok ip={} path={} tries={} us={}",
+                        "PROBE net-mmds-until ok ip={} path={} tries={} tokens={} us={}",
                         IpShow(ip),
                         as_text(f[1]),
                         tries,
+                        tokens,
                         micros(rdtsc().wrapping_sub(start))
                     );
                     return Ok(());
+                }
+                if a.status == 401 && f[3].contains(&b'T') {
+                    tokens += 1;
+                    fetch_token(st, ip, b"60")?;
+                    // The request carries the token: build it again.
+                    request = get_request(f[1], f[3]);
                 }
                 if !announced {
                     sprint!("PROBE net-mmds-until-first");

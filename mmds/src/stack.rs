@@ -433,25 +433,17 @@ impl MmdsStack {
                 break;
             }
             let (response, http10, close) = match http::parse(&conn.req) {
-                Ok(Parsed::Partial) if conn.req.len() >= SOCKET_RX => (
-                    Response::text(400, http::ParseError::TooLarge.to_string()),
-                    false,
-                    true,
-                ),
+                Ok(Parsed::Partial) if conn.req.len() >= SOCKET_RX => {
+                    (bad_request(&http::ParseError::TooLarge), false, true)
+                }
                 Ok(Parsed::Partial) => break,
                 Ok(Parsed::Complete(req, used)) => {
                     conn.req.drain(..used);
                     let mut service = self.service.lock().unwrap_or_else(|e| e.into_inner());
                     (service.respond(&req, now), req.http10, req.close)
                 }
-                Err(e) => {
-                    METRICS.rx_count.inc();
-                    (Response::text(400, e.to_string()), false, true)
-                }
+                Err(e) => (bad_request(&e), false, true),
             };
-            if response.status >= 400 && close {
-                METRICS.rx_errors.inc();
-            }
             if close {
                 conn.req.clear();
             }
@@ -491,6 +483,14 @@ impl MmdsStack {
             }
         }
     }
+}
+
+/// The answer to bytes that are not a request we can serve (counted here: the service never
+/// sees them).
+fn bad_request(e: &http::ParseError) -> Response {
+    METRICS.rx_count.inc();
+    METRICS.rx_errors.inc();
+    Response::text(400, e.to_string())
 }
 
 /// The IPv4 packet in `ip` (padding cut) if it is a well-formed, unfragmented TCP packet.

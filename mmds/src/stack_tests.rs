@@ -295,3 +295,63 @@ fn non_tcp_packets_to_the_address_are_dropped() {
     assert!(s.next_frame().is_none());
     assert!(METRICS.rx_accepted_unusual.get() > before);
 }
+
+#[test]
+fn overlapping_and_out_of_window_segments_do_not_confuse_the_stream() {
+    let mut s = stack(Version::V1);
+    let port = 44_000;
+    let (seq, theirs) = connect(&mut s, port);
+    // Far outside the window, then behind it: both ignored (at most an ACK).
+    s.handle_frame(&segment(
+        port,
+        TcpControl::Psh,
+        seq.wrapping_add(1 << 20),
+        Some(theirs),
+        b"GET /x HTTP/1.1\r\n\r\n",
+    ));
+    s.handle_frame(&segment(
+        port,
+        TcpControl::Psh,
+        seq.wrapping_sub(5000),
+        Some(theirs),
+        b"junk",
+    ));
+    // The request in two segments that overlap by three bytes, the second one first.
+    let request = b"GET /latest/meta-data/instance-id HTTP/1.1\r\nConnection: close\r\n\r\n";
+    s.handle_frame(&segment(
+        port,
+        TcpControl::Psh,
+        seq.wrapping_add(10),
+        Some(theirs),
+        &request[10..],
+    ));
+    s.handle_frame(&segment(
+        port,
+        TcpControl::Psh,
+        seq,
+        Some(theirs),
+        &request[..13],
+    ));
+    let mut body = Vec::new();
+    for _ in 0..4 {
+        let got = segments(&mut s);
+        if got.is_empty() {
+            break;
+        }
+        for (_, _, _, payload) in got {
+            body.extend_from_slice(&payload);
+        }
+        // Ack everything so far (the test does not track the server's sequence exactly).
+        let acked = theirs.wrapping_add(body.len() as u32);
+        s.handle_frame(&segment(
+            port,
+            TcpControl::None,
+            seq.wrapping_add(request.len() as u32),
+            Some(acked),
+            b"",
+        ));
+    }
+    let body = String::from_utf8(body).unwrap();
+    assert!(body.starts_with("HTTP/1.1 200 "), "{body}");
+    assert!(body.ends_with("\r\n\r\ni-42"), "{body}");
+}

@@ -1,7 +1,7 @@
 //! The virtio-net device: construction, feature negotiation, config space, activation.
 
 use std::os::fd::RawFd;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use virtio_bindings::bindings::virtio_net::*;
 use virtio_queue::{Queue, QueueT};
@@ -10,6 +10,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::chain::Segment;
 use super::iovec::{IoVecStorage, MAX_IOVECS};
 use super::metrics::NetMetrics;
+use super::mmds::FrameEndpoint;
 use super::tap::{offload, Tap, TapError};
 use super::{MAX_BUFFER_LEN, VNET_HDR_LEN};
 use crate::device::{
@@ -48,16 +49,6 @@ pub struct NetConfig {
     pub allow_mac_spoofing: bool,
     pub rx_rate_limiter: Option<RateLimiterConfig>,
     pub tx_rate_limiter: Option<RateLimiterConfig>,
-    /// The metadata service, when `mmds-config` lists this interface: frames for its
-    /// address are answered inside the device and never reach the tap.
-    pub mmds: Option<NetMmds>,
-}
-
-/// The MMDS endpoint of one interface: the shared service and the address it answers at.
-#[derive(Debug, Clone)]
-pub struct NetMmds {
-    pub service: Arc<Mutex<mmds::Mmds>>,
-    pub ipv4: std::net::Ipv4Addr,
 }
 
 /// Errors from building a virtio-net device.
@@ -157,8 +148,8 @@ pub struct Net {
     pub(super) read_err_log: LogLimiter,
     pub(super) write_err_log: LogLimiter,
     pub(super) guest_err_log: LogLimiter,
-    /// The MMDS endpoint, when this interface serves it.
-    pub(super) mmds: Option<mmds::MmdsStack>,
+    /// The metadata-service endpoint, when this interface serves it (see `mmds.rs`).
+    pub(super) mmds: Option<Box<dyn FrameEndpoint>>,
 }
 
 impl std::fmt::Debug for Net {
@@ -263,9 +254,7 @@ impl Net {
             read_err_log: LogLimiter::new(GUEST_LOG_PERIOD),
             write_err_log: LogLimiter::new(GUEST_LOG_PERIOD),
             guest_err_log: LogLimiter::new(GUEST_LOG_PERIOD),
-            mmds: cfg.mmds.as_ref().map(|m| {
-                mmds::MmdsStack::new(&mmds::StackConfig { ipv4: m.ipv4 }, m.service.clone())
-            }),
+            mmds: None,
         };
         dev.build_config_space();
         Ok(dev)
@@ -273,6 +262,12 @@ impl Net {
 
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Makes this interface serve the metadata service: guest frames `endpoint` wants go to
+    /// it instead of the tap, and its frames reach the guest. Set before activation.
+    pub fn set_frame_endpoint(&mut self, endpoint: Box<dyn FrameEndpoint>) {
+        self.mmds = Some(endpoint);
     }
 
     /// Counters of this interface, to register with the VMM's metrics.

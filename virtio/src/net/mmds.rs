@@ -13,13 +13,31 @@ use super::metrics::NetMetrics;
 use super::tx::TxOutcome;
 use super::{Mem, VNET_HDR_LEN};
 
+/// What the device needs of a metadata-service endpoint. The VMM wires the `mmds` crate's
+/// (ARP and TCP for the MMDS address); the device knows nothing of HTTP or TCP.
+pub trait FrameEndpoint: Send {
+    /// Whether a guest frame (Ethernet, from the destination MAC) is for the endpoint, from
+    /// its first [`ENDPOINT_HEAD_LEN`] bytes (fewer for a shorter frame).
+    fn wants(&self, head: &[u8]) -> bool;
+    /// Takes a frame `wants` accepted: the device's own copy of it.
+    fn handle_frame(&mut self, frame: &[u8]);
+    /// Whether frames for the guest are (or may become) ready.
+    fn has_frames(&self) -> bool;
+    /// The next Ethernet frame for the guest.
+    fn next_frame(&mut self) -> Option<Vec<u8>>;
+}
+
+/// Bytes of a frame the device reads to ask [`FrameEndpoint::wants`]: an ARP packet's target
+/// address ends there.
+pub const ENDPOINT_HEAD_LEN: usize = 14 + 28;
+
 impl Net {
     /// Takes the tx frame described by `self.segs` (`len` bytes with the virtio-net header)
     /// if it is for the MMDS. `None`: not for the MMDS, send it as usual.
     pub(super) fn mmds_tx(&mut self, mem: &Mem, len: usize) -> Option<TxOutcome> {
         let stack = self.mmds.as_mut()?;
         let frame_len = len.checked_sub(VNET_HDR_LEN)?;
-        let mut head = [0u8; mmds::stack::HEAD_LEN];
+        let mut head = [0u8; ENDPOINT_HEAD_LEN];
         let n = frame_len.min(head.len());
         if !chain::read_at(mem, &self.segs, VNET_HDR_LEN, &mut head[..n])
             || !stack.wants(&head[..n])
@@ -59,7 +77,6 @@ impl Net {
         let offered: usize = self.rx_chains.iter().map(|c| c.len as usize).sum();
         if n > offered.min(self.rx_frame_capacity) {
             NetMetrics::inc(&self.metrics.rx_oversized_dropped);
-            mmds::metrics::METRICS.tx_dropped_frames.inc();
             return Ok(Some(0));
         }
         // No offloads: the endpoint's checksums are complete. `num_buffers` is set when

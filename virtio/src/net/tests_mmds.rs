@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use super::test_utils::test_frame;
 use super::tests::{Harness, GUEST_MAC};
-use super::NetMmds;
+use super::FrameEndpoint;
 use crate::test_utils::guest_memory;
 
 const MMDS_IP: [u8; 4] = [169, 254, 169, 254];
@@ -23,17 +23,38 @@ fn arp_request(src_mac: [u8; 6], target: [u8; 4]) -> Vec<u8> {
     f
 }
 
-fn with_mmds(cfg: &mut super::NetConfig) {
-    cfg.mmds = Some(NetMmds {
-        service: Arc::new(Mutex::new(mmds::Mmds::new(1024).unwrap())),
+/// The real endpoint, as the VMM wires it.
+struct Endpoint(mmds::MmdsStack);
+
+impl FrameEndpoint for Endpoint {
+    fn wants(&self, head: &[u8]) -> bool {
+        self.0.wants(head)
+    }
+    fn handle_frame(&mut self, frame: &[u8]) {
+        self.0.handle_frame(frame);
+    }
+    fn has_frames(&self) -> bool {
+        self.0.has_frames()
+    }
+    fn next_frame(&mut self) -> Option<Vec<u8>> {
+        self.0.next_frame()
+    }
+}
+
+fn with_mmds(h: &mut Harness<'_>) {
+    let service = Arc::new(Mutex::new(mmds::Mmds::new(1024).unwrap()));
+    let config = mmds::StackConfig {
         ipv4: MMDS_IP.into(),
-    });
+    };
+    h.net
+        .set_frame_endpoint(Box::new(Endpoint(mmds::MmdsStack::new(&config, service))));
 }
 
 #[test]
 fn arp_for_the_mmds_address_is_answered_by_the_device_not_the_tap() {
     let mem = guest_memory();
-    let mut h = Harness::new(&mem, with_mmds);
+    let mut h = Harness::new(&mem, |_| {});
+    with_mmds(&mut h);
     // Room for the largest frame, as the rx path gathers before placing any frame.
     let buf = h.post_rx_buffer(40_000);
     h.post_rx_buffer(40_000);
@@ -74,7 +95,8 @@ fn arp_for_the_mmds_address_is_answered_by_the_device_not_the_tap() {
 #[test]
 fn a_spoofed_frame_to_the_mmds_is_dropped_like_any_other() {
     let mem = guest_memory();
-    let mut h = Harness::new(&mem, with_mmds);
+    let mut h = Harness::new(&mem, |_| {});
+    with_mmds(&mut h);
     h.post_rx_buffer(40_000);
     h.post_rx_buffer(40_000);
     h.push_tx_frame(&arp_request([6, 0, 0, 0, 0, 0x66], MMDS_IP));

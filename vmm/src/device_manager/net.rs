@@ -7,7 +7,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde_json::Value;
-use virtio::net::{Net, NetConfig, NetError, NetMmds, Tap, TapError};
+use virtio::net::{FrameEndpoint, Net, NetConfig, NetError, Tap, TapError};
 use virtio::GuestMemoryMmap;
 use virtio::IoSubscriber;
 
@@ -89,15 +89,49 @@ pub struct MmdsForNets {
     pub service: Arc<Mutex<mmds::Mmds>>,
 }
 
-fn net_config(iface: &NetworkInterfaceConfig, mmds: Option<&MmdsForNets>) -> NetConfig {
-    let mmds = mmds
-        .filter(|m| m.config.network_interfaces.contains(&iface.iface_id))
-        .map(|m| NetMmds {
-            service: m.service.clone(),
-            ipv4: m.config.ipv4_address,
-        });
+/// The `mmds` crate's endpoint as the net device sees it.
+struct MmdsEndpoint(mmds::MmdsStack);
+
+// The device reads as many bytes as the endpoint needs to decide.
+const _: () = assert!(mmds::stack::HEAD_LEN == virtio::net::ENDPOINT_HEAD_LEN);
+
+impl FrameEndpoint for MmdsEndpoint {
+    fn wants(&self, head: &[u8]) -> bool {
+        self.0.wants(head)
+    }
+    fn handle_frame(&mut self, frame: &[u8]) {
+        self.0.handle_frame(frame);
+    }
+    fn has_frames(&self) -> bool {
+        self.0.has_frames()
+    }
+    fn next_frame(&mut self) -> Option<Vec<u8>> {
+        self.0.next_frame()
+    }
+}
+
+/// The endpoint for `iface`, if `mmds-config` lists it.
+fn mmds_endpoint(
+    iface: &NetworkInterfaceConfig,
+    mmds: Option<&MmdsForNets>,
+) -> Option<Box<dyn FrameEndpoint>> {
+    let m = mmds.filter(|m| m.config.network_interfaces.contains(&iface.iface_id))?;
+    let config = mmds::StackConfig {
+        ipv4: m.config.ipv4_address,
+    };
+    log::info!(
+        "network interface `{}` answers the MMDS at {}",
+        iface.iface_id,
+        config.ipv4
+    );
+    Some(Box::new(MmdsEndpoint(mmds::MmdsStack::new(
+        &config,
+        m.service.clone(),
+    ))))
+}
+
+fn net_config(iface: &NetworkInterfaceConfig) -> NetConfig {
     NetConfig {
-        mmds,
         iface_id: iface.iface_id.clone(),
         host_dev_name: iface.host_dev_name.clone(),
         guest_mac: iface.guest_mac.map(|m| m.0),
@@ -121,15 +155,11 @@ pub fn attach_net_devices(
 ) -> Result<Vec<NetDevice>, NetDeviceError> {
     let mut out = Vec::with_capacity(ifaces.len());
     for iface in ifaces {
-        let config = net_config(iface, mmds);
-        if let Some(m) = &config.mmds {
-            log::info!(
-                "network interface `{}` answers the MMDS at {}",
-                iface.iface_id,
-                m.ipv4
-            );
+        let mut net = Net::new(&net_config(iface))
+            .map_err(|e| NetDeviceError::from_net(&iface.iface_id, e))?;
+        if let Some(endpoint) = mmds_endpoint(iface, mmds) {
+            net.set_frame_endpoint(endpoint);
         }
-        let net = Net::new(&config).map_err(|e| NetDeviceError::from_net(&iface.iface_id, e))?;
         let device = Arc::new(Mutex::new(net));
         let what = format!("network-interfaces[{}]", iface.iface_id);
         let mmio = attach_virtio_mmio(vm, buses, allocator, memory, device.clone(), &what)?;
@@ -233,7 +263,7 @@ mod tests {
     fn config_carries_every_field_to_the_device() {
         let mut i = iface("eth1", "tap1");
         i.allow_mac_spoofing = true;
-        let c = net_config(&i, None);
+        let c = net_config(&i);
         assert_eq!(c.iface_id, "eth1");
         assert_eq!(c.host_dev_name, "tap1");
         assert_eq!(c.guest_mac, Some([6, 0, 0, 0, 0, 1]));

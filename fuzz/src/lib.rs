@@ -81,6 +81,11 @@ pub const TARGETS: &[Target] = &[
         run: targets::snapshot_state::run,
         seeds: no_seeds,
     },
+    Target {
+        name: "mmds",
+        run: targets::mmds::run,
+        seeds: targets::mmds::seeds,
+    },
 ];
 
 /// Where targets keep their scratch files (disk images): memory-backed `/dev/shm` when the

@@ -100,3 +100,8 @@ fn every_target_is_replayed_here() {
 fn snapshot_state() {
     replay("snapshot_state");
 }
+
+#[test]
+fn mmds() {
+    replay("mmds");
+}

@@ -55,6 +55,8 @@ pub const DEFAULT_BOOT_ARGS: &str =
 pub enum StartError {
     #[error("boot-source: missing; a kernel is required to start the VM")]
     MissingBootSource,
+    #[error("mmds-config: {0}")]
+    Mmds(String),
     #[error("serial.serial_out_path: cannot open `{path}`: {source}")]
     SerialOut {
         path: String,
@@ -118,10 +120,12 @@ impl std::fmt::Debug for BootHooks {
 }
 
 /// Options that do not come from the VM configuration.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct BuildOptions {
     /// With `--boot-timer`: the process start, for the boot-timer port.
     pub boot_timer: Option<Instant>,
+    /// The metadata service the interfaces in `mmds-config` answer from (the VMM's store).
+    pub mmds: Option<std::sync::Arc<std::sync::Mutex<mmds::Mmds>>>,
 }
 
 /// A running VM and everything the VMM thread needs to drive it.
@@ -179,6 +183,30 @@ pub(crate) struct Devices {
     pub io: IoThread,
 }
 
+/// The metadata service as `mmds-config` asks for it: its version and output format set on
+/// the VMM's store (a boot or a restore applies the saved configuration).
+fn mmds_for_devices(
+    config: &VmConfig,
+    options: &BuildOptions,
+) -> Result<Option<crate::device_manager::net::MmdsForNets>, StartError> {
+    let Some(cfg) = &config.mmds_config else {
+        return Ok(None);
+    };
+    let Some(service) = options.mmds.clone() else {
+        return Err(StartError::Mmds(
+            "mmds-config is set but the VMM has no MMDS data store".into(),
+        ));
+    };
+    service
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .configure(cfg.version, cfg.imds_compat);
+    Ok(Some(crate::device_manager::net::MmdsForNets {
+        config: cfg.clone(),
+        service,
+    }))
+}
+
 /// Creates every device of `config` on `vm` with `memory`, in the fixed order that decides
 /// their MMIO windows and IRQs: legacy devices, drives, network interfaces, the entropy
 /// device, the balloon.
@@ -195,12 +223,14 @@ pub(crate) fn create_devices(
     let mut allocator = MmioAllocator::default();
     let drives = attach_drives(vm, &mut buses, &mut allocator, memory, &config.drives)?;
     register_drive_metrics(&drives, metrics::global());
+    let mmds = mmds_for_devices(config, &options)?;
     let nets = attach_net_devices(
         vm,
         &mut buses,
         &mut allocator,
         memory,
         &config.network_interfaces,
+        mmds.as_ref(),
     )?;
     register_net_metrics(&nets, metrics::global());
     let entropy = match &config.entropy {
@@ -384,7 +414,7 @@ pub fn build_and_boot_with(
         entropy,
         balloon,
         io,
-    } = create_devices(config, &vm, &memory, options)?;
+    } = create_devices(config, &vm, &memory, options.clone())?;
 
     let slots: Vec<MmioSlot> = drives
         .iter()

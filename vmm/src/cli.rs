@@ -33,9 +33,9 @@ Usage: xenia [OPTIONS]
                        CPU time a forking launcher spent in its parent, in microseconds,
                        added to api_server.process_startup_time_cpu_us
   --mmds-size-limit BYTES
-                       largest MMDS data store (default: the API payload limit); accepted
-                       and checked, for when MMDS is supported
-  --metadata FILE      initial MMDS contents: refused, MMDS is not supported yet
+                       largest MMDS data store, as compact JSON (default: the API payload
+                       limit); PUT/PATCH /mmds beyond it: 413
+  --metadata FILE      initial MMDS data store contents (a JSON file)
   --enable-pci         refused: xenia has no PCI transport yet (virtio-mmio only)
   --seccomp-filter FILE
                        use the seccomp filters in FILE (JSON, the format of
@@ -316,13 +316,6 @@ impl CliArgs {
                          so the flag cannot be honoured",
             });
         }
-        if self.metadata.is_some() {
-            return Err(CliError::Unsupported {
-                flag: "--metadata",
-                reason: "the MMDS (microVM metadata service) is not supported by this version \
-                         of xenia, so there is no data store to load the file into",
-            });
-        }
         Ok(())
     }
 
@@ -448,8 +441,10 @@ mod tests {
         );
         let a = p(&["--metadata", "/m.json"]).unwrap();
         assert_eq!(a.metadata.as_deref(), Some("/m.json"));
-        let e = a.check_supported().unwrap_err().to_string();
-        assert!(e.starts_with("--metadata: ") && e.contains("MMDS"), "{e}");
+        assert!(
+            a.check_supported().is_ok(),
+            "--metadata loads the MMDS data store"
+        );
     }
 
     #[test]

@@ -82,8 +82,13 @@ fn prepare(args: &CliArgs, start: Instant) -> Result<ControlLoop, String> {
     let resources = config.map(VmResources::from_config).unwrap_or_default();
     let options = BuildOptions {
         boot_timer: args.boot_timer.then_some(start),
+        mmds: None,
     };
     let mut vmm = Vmm::new(args.id.clone(), resources, options, settings);
+    vmm.set_mmds_limit(args.mmds_size_limit());
+    if let Some(path) = &args.metadata {
+        vmm.load_metadata_file(path)?;
+    }
     vmm.set_boot_hooks(Box::new(boot_hooks));
     // The VMM thread's filter goes on once the VM runs: building it needs calls (KVM set-up,
     // thread creation, opening images) that the running VMM never makes again. Every other

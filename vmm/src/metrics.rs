@@ -286,6 +286,7 @@ impl Metrics {
             "uart": &self.serial,
             "latencies_us": &self.latencies_us,
             "logger": &self.logger,
+            "mmds": mmds::metrics::METRICS.snapshot(),
         });
         let devices = self.devices.lock().unwrap_or_else(|e| e.into_inner());
         if let Value::Object(map) = &mut out {

@@ -192,6 +192,15 @@ impl VmResources {
         self.update(|c| c.entropy = Some(entropy))
     }
 
+    /// `PUT /mmds/config`: the interfaces it lists must be configured already.
+    pub fn set_mmds_config(
+        &mut self,
+        mmds: crate::config::MmdsConfig,
+    ) -> Result<(), ResourceError> {
+        mmds.validate()?;
+        self.update(|c| c.mmds_config = Some(mmds))
+    }
+
     /// `PUT /balloon`: adds the balloon, or replaces its settings.
     pub fn set_balloon(
         &mut self,

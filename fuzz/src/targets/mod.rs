@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod http_api;
+pub mod mmds;
 pub mod qcow2;
 pub mod rate_limiter;
 pub mod snapshot_state;

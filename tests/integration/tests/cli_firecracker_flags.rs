@@ -40,25 +40,37 @@ fn enable_pci_is_refused_naming_pci() {
 }
 
 #[test]
-fn metadata_is_refused_naming_mmds() {
+fn metadata_loads_the_mmds_data_store() {
     let dir = TempDir::new();
-    let data = dir.write("metadata.json", r#"{"latest": {"meta-data": {}}}"#);
-    let sock = dir.path().join("api.sock");
+    let data = dir.write(
+        "metadata.json",
+        r#"{"latest": {"meta-data": {"id": "i-1"}}}"#,
+    );
+    let (_x, api) = Xenia::with_api(&["--metadata", &data.to_string_lossy()]);
+    let got = api.expect("GET", "/mmds", "", 200).json();
+    assert_eq!(
+        got,
+        serde_json::json!({"latest": {"meta-data": {"id": "i-1"}}})
+    );
+    let bad = dir.write("bad.json", "{ not json");
+    let sock = dir.path().join("api2.sock");
     refused(
         &[
             "--api-sock",
             &sock.to_string_lossy(),
             "--metadata",
-            &data.to_string_lossy(),
+            &bad.to_string_lossy(),
         ],
-        &["--metadata", "MMDS"],
+        &["--metadata", "not valid JSON"],
     );
 }
 
 #[test]
 fn mmds_size_limit_is_accepted_and_checked() {
-    let (_x, api) = Xenia::with_api(&["--mmds-size-limit", "102400"]);
-    api.expect("GET", "/", "", 200);
+    let (_x, api) = Xenia::with_api(&["--mmds-size-limit", "18"]);
+    api.expect("PUT", "/mmds", r#"{"k": "0123456789"}"#, 204);
+    let over = api.expect("PUT", "/mmds", r#"{"k": "0123456789a"}"#, 413);
+    assert_eq!(over.fault(), "The MMDS patch request doesn't fit.");
     refused(
         &["--mmds-size-limit", "0"],
         &["--mmds-size-limit", "positive"],

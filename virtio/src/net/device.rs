@@ -10,6 +10,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::chain::Segment;
 use super::iovec::{IoVecStorage, MAX_IOVECS};
 use super::metrics::NetMetrics;
+use super::mmds::FrameEndpoint;
 use super::tap::{offload, Tap, TapError};
 use super::{MAX_BUFFER_LEN, VNET_HDR_LEN};
 use crate::device::{
@@ -147,6 +148,8 @@ pub struct Net {
     pub(super) read_err_log: LogLimiter,
     pub(super) write_err_log: LogLimiter,
     pub(super) guest_err_log: LogLimiter,
+    /// The metadata-service endpoint, when this interface serves it (see `mmds.rs`).
+    pub(super) mmds: Option<Box<dyn FrameEndpoint>>,
 }
 
 impl std::fmt::Debug for Net {
@@ -251,6 +254,7 @@ impl Net {
             read_err_log: LogLimiter::new(GUEST_LOG_PERIOD),
             write_err_log: LogLimiter::new(GUEST_LOG_PERIOD),
             guest_err_log: LogLimiter::new(GUEST_LOG_PERIOD),
+            mmds: None,
         };
         dev.build_config_space();
         Ok(dev)
@@ -258,6 +262,12 @@ impl Net {
 
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Makes this interface serve the metadata service: guest frames `endpoint` wants go to
+    /// it instead of the tap, and its frames reach the guest. Set before activation.
+    pub fn set_frame_endpoint(&mut self, endpoint: Box<dyn FrameEndpoint>) {
+        self.mmds = Some(endpoint);
     }
 
     /// Counters of this interface, to register with the VMM's metrics.

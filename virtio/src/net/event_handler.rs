@@ -116,6 +116,9 @@ impl MutEventSubscriber for Net {
                     let _ = a.tx_evt.read();
                 }
                 self.process_tx();
+                if self.mmds_pending() {
+                    self.process_rx();
+                }
             }
             TAP => self.process_rx(),
             RX_LIMITER => {

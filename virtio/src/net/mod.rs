@@ -4,6 +4,8 @@
 //! - [`chain`]: guest descriptor validation; [`iovec`]: zero-copy iovec lists.
 //! - [`device`]: [`Net`], built from a [`NetConfig`]; rx/tx run on the io loop.
 //! - [`mac_filter`]: anti-spoofing; [`metrics`]: counters; `persist`: snapshot state.
+//! - [`mmds`]: hands frames for the metadata address to a [`FrameEndpoint`] (the VMM wires
+//!   the `mmds` crate's) and its answers to the guest, instead of the tap.
 
 pub mod chain;
 pub mod device;
@@ -11,6 +13,7 @@ mod event_handler;
 pub mod iovec;
 pub mod mac_filter;
 pub mod metrics;
+pub mod mmds;
 mod persist;
 mod rx;
 pub mod tap;
@@ -20,12 +23,15 @@ pub mod tx;
 mod tests;
 #[cfg(test)]
 mod tests_hardening;
+#[cfg(test)]
+mod tests_mmds;
 
 #[cfg(test)]
 pub(crate) mod test_utils;
 
 pub use device::{Net, NetConfig, NetError, NET_QUEUE_SIZE};
 pub use metrics::{NetMetrics, NetMetricsSnapshot};
+pub use mmds::{FrameEndpoint, ENDPOINT_HEAD_LEN};
 pub use persist::{NetState, NetStateError};
 pub use tap::{Tap, TapError};
 

@@ -79,6 +79,26 @@ impl Net {
                     return Ok(());
                 }
             }
+            // The MMDS endpoint's frames go first: they are few and answer the guest.
+            match self.mmds_rx(mem)? {
+                Some(0) => {
+                    self.rewind_rx(self.rx_chains.len());
+                    continue;
+                }
+                Some(n) => {
+                    self.place_frame(mem, n)?;
+                    let frame_bytes = (n - VNET_HDR_LEN) as u64;
+                    self.rx.pending_bytes = frame_bytes;
+                    if !self.rx_limiter.consume_request(frame_bytes) {
+                        NetMetrics::inc(&self.metrics.rx_rate_limited);
+                        return Ok(());
+                    }
+                    self.publish_rx(mem)?;
+                    *used_any = true;
+                    continue;
+                }
+                None => {}
+            }
             // One byte past the guest's buffers: a frame that reaches it did not fit.
             let mut tail = [0u8; 1];
             let (read, offered) = {

@@ -62,7 +62,7 @@ pub fn gather_checked_frame<'m>(
 }
 
 /// What became of one tx chain.
-enum TxOutcome {
+pub(super) enum TxOutcome {
     Sent,
     Dropped,
     /// The rate limiter refused it: it went back to the avail ring.
@@ -148,6 +148,9 @@ impl Net {
 
     /// Sends the frame described by `self.segs` (`len` bytes, header included).
     fn send_frame(&mut self, mem: &Mem, len: usize) -> TxOutcome {
+        if let Some(outcome) = self.mmds_tx(mem, len) {
+            return outcome;
+        }
         // Host-owned copy of the headers: checked, then sent in place of the guest's bytes.
         let mut hdr = [0u8; TX_HEADER_COPY];
         let written = {

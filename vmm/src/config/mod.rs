@@ -14,6 +14,7 @@ mod export;
 mod logger;
 mod machine_config;
 mod metrics;
+mod mmds;
 mod net;
 mod rate_limiter;
 mod serial;
@@ -26,6 +27,7 @@ pub use balloon::{
     check_amount as check_balloon_amount, BalloonDeviceConfig, BalloonStatsUpdate, BalloonUpdate,
 };
 
+pub use self::mmds::{MmdsConfig, MmdsVersion};
 pub use boot_source::BootSourceConfig;
 pub use drive::{CacheType, DriveConfig, DriveUpdate, ImageFormat, IoEngine};
 pub use entropy::EntropyDeviceConfig;
@@ -150,9 +152,9 @@ pub struct VmConfig {
     #[serde(
         rename = "mmds-config",
         default,
-        deserialize_with = "export::unless_empty"
+        deserialize_with = "export::typed_unless_empty"
     )]
-    pub mmds_config: Option<serde_json::Value>,
+    pub mmds_config: Option<MmdsConfig>,
     /// A custom CPU template (Firecracker's `PUT /cpu-config` body).
     #[serde(
         rename = "cpu-config",
@@ -198,7 +200,6 @@ impl VmConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let unsupported = [
             ("vsock", self.vsock.is_some()),
-            ("mmds-config", self.mmds_config.is_some()),
             ("pmem", self.pmem.is_some()),
             ("memory-hotplug", self.memory_hotplug.is_some()),
         ];
@@ -244,6 +245,10 @@ impl VmConfig {
         }
         drive::validate_drive_set(&self.drives)?;
         net::validate_interface_set(&self.network_interfaces)?;
+        if let Some(m) = &self.mmds_config {
+            m.validate()?;
+            m.validate_interfaces(self.network_interfaces.iter().map(|n| n.iface_id.as_str()))?;
+        }
         Ok(())
     }
 }

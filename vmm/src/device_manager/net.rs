@@ -7,13 +7,13 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde_json::Value;
-use virtio::net::{Net, NetConfig, NetError, Tap, TapError};
+use virtio::net::{FrameEndpoint, Net, NetConfig, NetError, Tap, TapError};
 use virtio::GuestMemoryMmap;
 use virtio::IoSubscriber;
 
 use super::mmio::{attach_virtio_mmio, MmioAllocator, MmioDevice, MmioError};
 use super::DeviceBuses;
-use crate::config::{NetworkInterfaceConfig, NetworkInterfaceUpdate};
+use crate::config::{MmdsConfig, NetworkInterfaceConfig, NetworkInterfaceUpdate};
 use crate::metrics::Metrics;
 use crate::vstate::vm::Vm;
 
@@ -82,6 +82,54 @@ impl NetDevice {
     }
 }
 
+/// The metadata service and its configuration, for the interfaces `mmds-config` lists.
+#[derive(Debug, Clone)]
+pub struct MmdsForNets {
+    pub config: MmdsConfig,
+    pub service: Arc<Mutex<mmds::Mmds>>,
+}
+
+/// The `mmds` crate's endpoint as the net device sees it.
+struct MmdsEndpoint(mmds::MmdsStack);
+
+// The device reads as many bytes as the endpoint needs to decide.
+const _: () = assert!(mmds::stack::HEAD_LEN == virtio::net::ENDPOINT_HEAD_LEN);
+
+impl FrameEndpoint for MmdsEndpoint {
+    fn wants(&self, head: &[u8]) -> bool {
+        self.0.wants(head)
+    }
+    fn handle_frame(&mut self, frame: &[u8]) {
+        self.0.handle_frame(frame);
+    }
+    fn has_frames(&self) -> bool {
+        self.0.has_frames()
+    }
+    fn next_frame(&mut self) -> Option<Vec<u8>> {
+        self.0.next_frame()
+    }
+}
+
+/// The endpoint for `iface`, if `mmds-config` lists it.
+fn mmds_endpoint(
+    iface: &NetworkInterfaceConfig,
+    mmds: Option<&MmdsForNets>,
+) -> Option<Box<dyn FrameEndpoint>> {
+    let m = mmds.filter(|m| m.config.network_interfaces.contains(&iface.iface_id))?;
+    let config = mmds::StackConfig {
+        ipv4: m.config.ipv4_address,
+    };
+    log::info!(
+        "network interface `{}` answers the MMDS at {}",
+        iface.iface_id,
+        config.ipv4
+    );
+    Some(Box::new(MmdsEndpoint(mmds::MmdsStack::new(
+        &config,
+        m.service.clone(),
+    ))))
+}
+
 fn net_config(iface: &NetworkInterfaceConfig) -> NetConfig {
     NetConfig {
         iface_id: iface.iface_id.clone(),
@@ -103,11 +151,15 @@ pub fn attach_net_devices(
     allocator: &mut MmioAllocator,
     memory: &GuestMemoryMmap,
     ifaces: &[NetworkInterfaceConfig],
+    mmds: Option<&MmdsForNets>,
 ) -> Result<Vec<NetDevice>, NetDeviceError> {
     let mut out = Vec::with_capacity(ifaces.len());
     for iface in ifaces {
-        let net = Net::new(&net_config(iface))
+        let mut net = Net::new(&net_config(iface))
             .map_err(|e| NetDeviceError::from_net(&iface.iface_id, e))?;
+        if let Some(endpoint) = mmds_endpoint(iface, mmds) {
+            net.set_frame_endpoint(endpoint);
+        }
         let device = Arc::new(Mutex::new(net));
         let what = format!("network-interfaces[{}]", iface.iface_id);
         let mmio = attach_virtio_mmio(vm, buses, allocator, memory, device.clone(), &what)?;

@@ -50,6 +50,11 @@ pub struct Vmm {
     fatal: Option<String>,
     /// Usage metering (`GET /usage`, the `usage` object of metrics lines).
     usage: UsageMeter,
+    /// The MMDS data store, made on first use (`PUT /mmds`, `--metadata`, a boot or restore
+    /// with `mmds-config`); shared with the interfaces that serve it.
+    mmds: Option<std::sync::Arc<std::sync::Mutex<mmds::Mmds>>>,
+    /// Its size limit (`--mmds-size-limit`).
+    mmds_limit: usize,
 }
 
 impl std::fmt::Debug for Vmm {
@@ -100,6 +105,8 @@ impl Vmm {
             boot_hooks: None,
             after_start: None,
             fatal: None,
+            mmds: None,
+            mmds_limit: crate::cli::DEFAULT_MAX_PAYLOAD,
         }
     }
 
@@ -246,8 +253,9 @@ impl Vmm {
         };
         let start = Instant::now();
         let hooks = self.hooks();
-        let (vm, mut config, usage) = load_snapshot(&options, self.build_options, hooks)
-            .map_err(|e| ActionError::Failed(format!("Cannot load the snapshot: {e}")))?;
+        let (vm, mut config, usage) =
+            load_snapshot(&options, self.build_options_with_mmds()?, hooks)
+                .map_err(|e| ActionError::Failed(format!("Cannot load the snapshot: {e}")))?;
         // The restored VM bills on from the snapshot's counters under a new identity (this
         // process's usage_id, the snapshot's as parent). Validated with the state file.
         if let Some(state) = &usage {
@@ -288,7 +296,10 @@ impl Vmm {
     pub fn start(&mut self) -> Result<(), VmmError> {
         self.resources.check_startable()?;
         let hooks = self.hooks();
-        let vm = build_and_boot_with(self.resources.config(), self.build_options, hooks)?;
+        let options = self
+            .build_options_with_mmds()
+            .map_err(|e| crate::builder::StartError::Mmds(e.to_string()))?;
+        let vm = build_and_boot_with(self.resources.config(), options, hooks)?;
         log::info!("the microVM is running");
         self.vm = Some(vm);
         self.start_metering(false);
@@ -593,6 +604,9 @@ impl Vmm {
                 self.load_snapshot(&params)?;
                 Ok(VmmData::Empty)
             }
+            A::PutMmdsConfig(_) | A::PutMmds(_) | A::PatchMmds(_) | A::GetMmds => {
+                self.execute_mmds(action)
+            }
             A::PatchNetworkInterface(update) => {
                 self.running_vm()?
                     .update_network_interface(&update)
@@ -647,6 +661,9 @@ fn kick_queues(vm: &RunningVm) {
         Err(e) => log::warn!("restored VM: {e}"),
     }
 }
+
+#[path = "mmds.rs"]
+mod mmds_actions;
 
 #[cfg(test)]
 mod tests {

@@ -96,4 +96,12 @@ pub enum VmmAction {
     CreateSnapshot(SnapshotCreateConfig),
     /// `PUT /snapshot/load` (fresh process only)
     LoadSnapshot(Box<SnapshotLoadConfig>),
+    /// `PUT /mmds/config` (pre-boot only)
+    PutMmdsConfig(crate::config::MmdsConfig),
+    /// `PUT /mmds`: replaces the data store.
+    PutMmds(serde_json::Value),
+    /// `PATCH /mmds`: RFC 7396 merge into the data store.
+    PatchMmds(serde_json::Value),
+    /// `GET /mmds`
+    GetMmds,
 }

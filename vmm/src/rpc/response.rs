@@ -42,6 +42,8 @@ pub enum VmmData {
     BalloonStats(virtio::balloon::BalloonStats),
     /// `GET /usage`
     Usage(Box<crate::usage::UsageRecord>),
+    /// `GET /mmds`
+    Mmds(serde_json::Value),
 }
 
 /// Why an action failed. Everything but `Internal` is the client's fault (400).
@@ -59,12 +61,16 @@ pub enum ActionError {
     /// A fault of the VMM itself.
     #[error("Internal error: {0}")]
     Internal(String),
+    /// A body the action cannot take for its size (the MMDS data store limit): 413.
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 impl ActionError {
     fn status(&self) -> u16 {
         match self {
             ActionError::Internal(_) => 500,
+            ActionError::TooLarge(_) => 413,
             _ => 400,
         }
     }
@@ -91,6 +97,7 @@ pub fn response_for(result: Result<VmmData, ActionError>) -> Response {
         Ok(VmmData::BalloonConfig(b)) => json(&b),
         Ok(VmmData::BalloonStats(s)) => json(&s),
         Ok(VmmData::Usage(u)) => json(&u),
+        Ok(VmmData::Mmds(v)) => json(&v),
         Err(e) => Response::fault(e.status(), &e.to_string()),
     }
 }

@@ -27,6 +27,10 @@ pub const ROUTES: &[(Method, &str)] = &[
     (Method::Put, "/machine-config"),
     (Method::Patch, "/machine-config"),
     (Method::Put, "/metrics"),
+    (Method::Get, "/mmds"),
+    (Method::Put, "/mmds"),
+    (Method::Patch, "/mmds"),
+    (Method::Put, "/mmds/config"),
     (Method::Put, "/network-interfaces/{iface_id}"),
     (Method::Patch, "/network-interfaces/{iface_id}"),
     (Method::Put, "/serial"),
@@ -39,7 +43,7 @@ pub const ROUTES: &[(Method, &str)] = &[
 ];
 
 /// Firecracker paths (first segment) xenia recognises but does not implement yet.
-pub const UNSUPPORTED_ROUTES: &[&str] = &["hotplug", "mmds", "pmem", "vsock"];
+pub const UNSUPPORTED_ROUTES: &[&str] = &["hotplug", "pmem", "vsock"];
 
 /// A request the router accepted.
 #[derive(Debug, Clone, PartialEq)]
@@ -240,6 +244,14 @@ fn route(method: Method, path: &str, body: &[u8]) -> Result<ParsedRequest, Route
             A::PutSerial(config)
         }
         (_, "balloon") => return balloon_route(method, second, &json("balloon")),
+        (Put, "mmds") if second == Some("config") => {
+            let config: crate::config::MmdsConfig = json("mmds").parse()?;
+            config.validate()?;
+            A::PutMmdsConfig(config)
+        }
+        (Get, "mmds") => A::GetMmds,
+        (Put, "mmds") => A::PutMmds(json("mmds").parse::<JsonObject>()?.into()),
+        (Patch, "mmds") => A::PatchMmds(json("mmds").parse::<JsonObject>()?.into()),
         (Put, "entropy") => {
             let config: crate::config::EntropyDeviceConfig = json("entropy").parse()?;
             config.validate()?;
@@ -355,6 +367,9 @@ const CPU_TEMPLATE_PUT_DEPRECATED: &str =
     "PUT /machine-config: the cpu_template field is deprecated.";
 const CPU_TEMPLATE_PATCH_DEPRECATED: &str =
     "PATCH /machine-config: the cpu_template field is deprecated.";
+
+/// The MMDS data store's bodies: any JSON object.
+type JsonObject = serde_json::Map<String, serde_json::Value>;
 
 /// A request body on its way to a typed value.
 struct JsonBody<'a> {

@@ -301,8 +301,6 @@ fn unsupported_features_are_refused_by_name_never_accepted() {
         (Method::Patch, "/balloon/hinting/start"),
         (Method::Patch, "/balloon/hinting/stop"),
         (Method::Get, "/balloon/hinting/status"),
-        (Method::Put, "/mmds"),
-        (Method::Put, "/mmds/config"),
         (Method::Put, "/pmem/p0"),
         (Method::Patch, "/hotplug/memory"),
     ] {

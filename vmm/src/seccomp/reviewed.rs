@@ -38,6 +38,9 @@ pub(super) const VMM: &[&str] = &[
     "read",
     "rt_sigprocmask",
     "rt_sigreturn",
+    // std mpsc channels back off with sched_yield when sender and receiver race on a
+    // block boundary (seen on the api thread under a fast API client).
+    "sched_yield",
     "sigaltstack",
     "statx",
     "tgkill",
@@ -68,6 +71,9 @@ pub(super) const API: &[&str] = &[
     "recvfrom",
     "rt_sigprocmask",
     "rt_sigreturn",
+    // std mpsc channels back off with sched_yield when sender and receiver race on a
+    // block boundary (seen on the api thread under a fast API client).
+    "sched_yield",
     "sendto",
     "sigaltstack",
     "statx",
@@ -92,6 +98,9 @@ pub(super) const VCPU: &[&str] = &[
     "read",
     "rt_sigprocmask",
     "rt_sigreturn",
+    // std mpsc channels back off with sched_yield when sender and receiver race on a
+    // block boundary (seen on the api thread under a fast API client).
+    "sched_yield",
     "sigaltstack",
     "write",
 ];

@@ -21,6 +21,7 @@ pub mod blk;
 pub mod blk_cmds;
 pub mod dma;
 pub mod hostile;
+pub mod mmds_cmds;
 pub mod mmio;
 pub mod net;
 pub mod net_cmds;
@@ -30,6 +31,7 @@ pub mod net_traffic;
 pub mod netstack;
 pub mod queue;
 pub mod rng;
+pub mod tcp;
 
 use crate::bootinfo;
 use crate::cmdline::{as_text, parse_u64, Command};

@@ -42,7 +42,7 @@ pub fn ip_config() -> Option<(Ip, u8, Option<Ip>)> {
     Some((ns::parse_ip(addr)?, prefix, gw))
 }
 
-fn frame_at<'a>(addr: u64, len: u64) -> &'a mut [u8] {
+pub(super) fn frame_at<'a>(addr: u64, len: u64) -> &'a mut [u8] {
     // SAFETY: a tx/rx buffer of the open device that the device does not own
     // right now (taken from the free list / returned in the used ring).
     unsafe { dma::bytes_mut(addr, len as usize) }
@@ -118,6 +118,10 @@ impl Stack {
             _ => {}
         }
         Ok(())
+    }
+
+    pub(super) fn next_ip_id(&mut self) -> u16 {
+        self.next_id()
     }
 
     fn next_id(&mut self) -> u16 {
@@ -254,6 +258,9 @@ pub fn run(name: &str, index: usize, arg: Option<&[u8]>) {
         "net-flood" => net_traffic::flood(&mut st, arg),
         "net-responder" => net_traffic::responder(&mut st, arg),
         "net-sink" => net_traffic::sink(&mut st, arg),
+        "net-mmds-get" | "net-mmds-token" | "net-mmds-until" | "net-mmds-hostile" => {
+            super::mmds_cmds::run(name, &mut st, arg)
+        }
         _ => {
             sprintln!("PROBE {} FAIL unknown-command", name);
             Ok(())

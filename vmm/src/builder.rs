@@ -176,7 +176,9 @@ pub(crate) struct Devices {
     pub nets: Vec<NetDevice>,
     pub entropy: Option<EntropyDevice>,
     pub balloon: Option<BalloonDevice>,
-    pub io: IoThread,
+    /// The loop for the virtio devices; `None` without any (no `io` thread then: an idle
+    /// VM without devices costs one thread, its stack and its kernel task less).
+    pub io: Option<IoThread>,
 }
 
 /// Creates every device of `config` on `vm` with `memory`, in the fixed order that decides
@@ -219,19 +221,22 @@ pub(crate) fn create_devices(
         }
         None => None,
     };
-    let mut io = IoThread::new()?;
-    for d in &drives {
-        io.add_subscriber(d.subscriber());
-    }
-    for n in &nets {
-        io.add_subscriber(n.subscriber());
-    }
-    if let Some(e) = &entropy {
-        io.add_subscriber(e.subscriber());
-    }
-    if let Some(b) = &balloon {
-        io.add_subscriber(b.subscriber());
-    }
+    let subscribers: Vec<_> = drives
+        .iter()
+        .map(BlockDevice::subscriber)
+        .chain(nets.iter().map(NetDevice::subscriber))
+        .chain(entropy.iter().map(EntropyDevice::subscriber))
+        .chain(balloon.iter().map(BalloonDevice::subscriber))
+        .collect();
+    let io = if subscribers.is_empty() {
+        None
+    } else {
+        let mut io = IoThread::new()?;
+        for s in subscribers {
+            io.add_subscriber(s);
+        }
+        Some(io)
+    };
     Ok(Devices {
         buses,
         legacy,
@@ -243,12 +248,15 @@ pub(crate) fn create_devices(
     })
 }
 
-/// Starts the `io` thread with its start-up hook.
+/// Starts the `io` thread with its start-up hook, when there is a device for it to serve.
 pub(crate) fn start_io_thread(
-    io: IoThread,
+    io: Option<IoThread>,
     hook: Option<ThreadStartHook>,
-) -> Result<IoThreadHandle, StartError> {
-    Ok(io.start(move || {
+) -> Result<Option<IoThreadHandle>, StartError> {
+    let Some(io) = io else {
+        return Ok(None);
+    };
+    Ok(Some(io.start(move || {
         // The io thread never ends before the VMM has written its final usage record (it
         // is stopped when the VM is dropped), so its clock is read live.
         crate::usage::register_current(crate::usage::ThreadRole::Io);
@@ -256,7 +264,7 @@ pub(crate) fn start_io_thread(
             Some(hook) => hook(),
             None => Ok(()),
         }
-    })?)
+    })?))
 }
 
 /// Started vCPU threads with the channel and eventfd through which they report exits.
@@ -478,7 +486,7 @@ pub fn build_and_boot_with(
         nets,
         entropy,
         balloon,
-        io_thread: Some(io_thread),
+        io_thread,
         persist,
         memory_source: None,
         track_dirty_pages: machine.track_dirty_pages,

@@ -13,6 +13,13 @@ use event_manager::{
 };
 use vmm_sys_util::eventfd::EventFd;
 
+/// Stack of the `io` thread. Measured: the deepest path (a qcow2 request through imago, a
+/// net frame, activation) touches under 32 KiB in a debug build, 16 KiB in release; glibc
+/// also carves the thread's TLS and descriptor out of this. 256 KiB leaves room for a debug
+/// build and a panic's unwinding; untouched pages cost no memory, but a small mapping keeps
+/// several threads' stacks under one page table page instead of one each.
+pub const IO_THREAD_STACK_SIZE: usize = 256 << 10;
+
 /// What the loop holds: a device shared with its transport.
 pub type IoSubscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
@@ -100,6 +107,7 @@ impl IoThread {
         } = self;
         let join = std::thread::Builder::new()
             .name("io".into())
+            .stack_size(IO_THREAD_STACK_SIZE)
             .spawn(move || -> Result<(), IoThreadError> {
                 on_start().map_err(IoThreadError::StartHook)?;
                 while !stop.load(Ordering::Acquire) {

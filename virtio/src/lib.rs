@@ -21,6 +21,8 @@ pub mod vsock;
 #[cfg(test)]
 mod persist_tests;
 #[cfg(test)]
+pub(crate) mod test_alloc;
+#[cfg(test)]
 pub(crate) mod test_rings;
 #[cfg(test)]
 pub(crate) mod test_utils;

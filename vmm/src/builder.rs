@@ -17,6 +17,7 @@ use crate::arch::kernel::{load_cmdline, load_initrd, load_kernel, KernelError};
 use crate::arch::layout::arch_memory_regions;
 use crate::arch::mptable::{setup_mptable, MpTableError};
 use crate::arch::regs::{default_boot_info, write_boot_tables, EntryProtocol, RegsError};
+use crate::boot_phases;
 use crate::config::{DriveUpdate, NetworkInterfaceUpdate, VmConfig};
 use crate::console::ConsoleWriter;
 use crate::device_manager::acpi::{
@@ -180,7 +181,9 @@ pub(crate) struct Devices {
     pub nets: Vec<NetDevice>,
     pub entropy: Option<EntropyDevice>,
     pub balloon: Option<BalloonDevice>,
-    pub io: IoThread,
+    /// The loop for the virtio devices; `None` without any (no `io` thread then: an idle
+    /// VM without devices costs one thread, its stack and its kernel task less).
+    pub io: Option<IoThread>,
 }
 
 /// The metadata service as `mmds-config` asks for it: its version and output format set on
@@ -249,19 +252,22 @@ pub(crate) fn create_devices(
         }
         None => None,
     };
-    let mut io = IoThread::new()?;
-    for d in &drives {
-        io.add_subscriber(d.subscriber());
-    }
-    for n in &nets {
-        io.add_subscriber(n.subscriber());
-    }
-    if let Some(e) = &entropy {
-        io.add_subscriber(e.subscriber());
-    }
-    if let Some(b) = &balloon {
-        io.add_subscriber(b.subscriber());
-    }
+    let subscribers: Vec<_> = drives
+        .iter()
+        .map(BlockDevice::subscriber)
+        .chain(nets.iter().map(NetDevice::subscriber))
+        .chain(entropy.iter().map(EntropyDevice::subscriber))
+        .chain(balloon.iter().map(BalloonDevice::subscriber))
+        .collect();
+    let io = if subscribers.is_empty() {
+        None
+    } else {
+        let mut io = IoThread::new()?;
+        for s in subscribers {
+            io.add_subscriber(s);
+        }
+        Some(io)
+    };
     Ok(Devices {
         buses,
         legacy,
@@ -273,12 +279,15 @@ pub(crate) fn create_devices(
     })
 }
 
-/// Starts the `io` thread with its start-up hook.
+/// Starts the `io` thread with its start-up hook, when there is a device for it to serve.
 pub(crate) fn start_io_thread(
-    io: IoThread,
+    io: Option<IoThread>,
     hook: Option<ThreadStartHook>,
-) -> Result<IoThreadHandle, StartError> {
-    Ok(io.start(move || {
+) -> Result<Option<IoThreadHandle>, StartError> {
+    let Some(io) = io else {
+        return Ok(None);
+    };
+    Ok(Some(io.start(move || {
         // The io thread never ends before the VMM has written its final usage record (it
         // is stopped when the VM is dropped), so its clock is read live.
         crate::usage::register_current(crate::usage::ThreadRole::Io);
@@ -286,7 +295,7 @@ pub(crate) fn start_io_thread(
             Some(hook) => hook(),
             None => Ok(()),
         }
-    })?)
+    })?))
 }
 
 /// Started vCPU threads with the channel and eventfd through which they report exits.
@@ -369,12 +378,24 @@ pub fn build_and_boot(config: &VmConfig, options: BuildOptions) -> Result<Runnin
     build_and_boot_with(config, options, BootHooks::default())
 }
 
+/// Stack of the short-lived `memslot` thread: one ioctl and an error value.
+const MEMSLOT_STACK_SIZE: usize = 64 << 10;
+
 /// [`build_and_boot`] with start-up hooks for the threads it creates.
+///
+/// Registering guest memory with KVM is the longest step of a start (5-11 ms under PVM,
+/// waiting in the kernel), and nothing before the first KVM_RUN needs it done: the CPUID
+/// query, devices, kernel load and vCPU set-up only write the mapping or talk to KVM through
+/// other locks. So it runs on a `memslot` thread while this thread does all that, and the
+/// vCPUs start only once both are done. Either failing fails the start with its own error
+/// (this thread's first) after the other has finished, and nothing is left running: the
+/// vCPU and `io` threads start after the join.
 pub fn build_and_boot_with(
     config: &VmConfig,
     options: BuildOptions,
     hooks: BootHooks,
 ) -> Result<RunningVm, StartError> {
+    boot_phases::mark("build");
     let boot_source = config
         .boot_source
         .as_ref()
@@ -383,110 +404,46 @@ pub fn build_and_boot_with(
     let mem_size = machine.mem_size_bytes();
 
     let kvm = KvmContext::open()?;
-    let supported_cpuid = kvm.supported_cpuid()?;
-    // The CPU template (static or custom) narrows what KVM offers before each vCPU's
-    // normalisation; checked here again for a config file, which nothing checked before.
-    let template = cpu_template::resolve(
-        machine.cpu_template.as_deref(),
-        config.cpu_config.as_ref(),
-        cpu_template::host_vendor(&supported_cpuid),
-    )?;
-    let supported_cpuid = match &template {
-        Some(t) => {
-            t.check_host(&supported_cpuid)?;
-            t.apply(&supported_cpuid)?
-        }
-        None => supported_cpuid,
-    };
-    let mem_end = arch_memory_regions(mem_size)
-        .last()
-        .map_or(0, |(start, len)| start.0 + len);
-    cpuid::check_memory_end(&supported_cpuid, mem_end)?;
     let mut vm = Vm::new(&kvm)?;
+    boot_phases::mark("vm_created");
     let memory = create_guest_memory(mem_size, machine.huge_pages)?;
-    vm.register_memory(&memory, machine.track_dirty_pages)?;
-
-    let Devices {
-        mut buses,
+    vm.keep_memory(&memory);
+    boot_phases::mark("memory_mapped");
+    let vm = vm;
+    let (prepared, registered) = std::thread::scope(|s| {
+        let registration = std::thread::Builder::new()
+            .name("memslot".into())
+            .stack_size(MEMSLOT_STACK_SIZE)
+            .spawn_scoped(s, || {
+                let r = vm.register_slots(machine.track_dirty_pages);
+                boot_phases::mark("slot_registered");
+                r
+            });
+        let prepared = prepare_guest(config, options.clone(), &kvm, &vm, &memory, boot_source);
+        let registered = match registration {
+            Ok(handle) => handle.join().unwrap_or(Err(VmError::RegistrationThread)),
+            // No thread: register here, as before the overlap.
+            Err(_) => vm.register_slots(machine.track_dirty_pages),
+        };
+        (prepared, registered)
+    });
+    boot_phases::mark("joined");
+    let Prepared {
         legacy,
         drives,
         nets,
         entropy,
         balloon,
         io,
-    } = create_devices(config, &vm, &memory, options.clone())?;
-
-    let slots: Vec<MmioSlot> = drives
-        .iter()
-        .map(|d| d.mmio.slot)
-        .chain(nets.iter().map(|n| n.mmio.slot))
-        .chain(entropy.iter().map(|e| e.mmio.slot))
-        .chain(balloon.iter().map(|b| b.mmio.slot))
-        .collect();
-    let poweroff = EventFdTrigger::new(
-        legacy
-            .reset_evt
-            .try_clone()
-            .map_err(StartError::ExitEvent)?,
-    );
-    let acpi = attach_acpi(
-        &vm,
-        &mut buses,
-        &memory,
-        poweroff,
-        machine.vcpu_count,
-        slots.iter().map(MmioSlot::acpi_info).collect(),
-    )?;
-    register_acpi_metrics(&acpi, metrics::global());
-
-    let kernel = load_kernel(&memory, &boot_source.kernel_image_path)?;
-    log::info!(
-        "kernel `{}` loaded: {:?} entry at {:#x}",
-        boot_source.kernel_image_path,
-        kernel.protocol,
-        kernel.entry
-    );
-    let args = kernel_cmdline(config, &slots);
-    log::debug!("kernel command line: {args}");
-    let cmdline_len = load_cmdline(&memory, &args)?;
-    let initrd = match &boot_source.initrd_path {
-        Some(path) => Some(load_initrd(&memory, mem_size, kernel.kernel_end, path)?),
-        None => None,
-    };
-    let info = BootInfo {
-        mem_size,
-        cmdline_len,
-        initrd,
-        setup_header: kernel.setup_header,
-        rsdp: Some(acpi.rsdp),
-    };
-    match kernel.protocol {
-        EntryProtocol::Linux64 => write_zero_page(&memory, &info)?,
-        EntryProtocol::Pvh => write_pvh_info(&memory, &info)?,
-    }
-    write_boot_tables(&memory, kernel.protocol)?;
-    setup_mptable(&memory, machine.vcpu_count)?;
+        acpi,
+        vcpus,
+        persist,
+    } = prepared?;
+    registered?;
 
     let io_thread = start_io_thread(io, hooks.io_thread)?;
-
-    let persist = Arc::new(VcpuPersistContext::new(&kvm.kvm, vm.fd()));
-    let topology = Topology::new(machine.vcpu_count, machine.smt);
-    let mut vcpus = Vec::with_capacity(usize::from(machine.vcpu_count));
-    for index in 0..machine.vcpu_count {
-        let mut vcpu = Vcpu::new(&vm, index, buses.pio.clone(), buses.mmio.clone())?;
-        vcpu.set_persist_context(persist.clone());
-        let boot = (index == 0).then(|| {
-            (
-                kernel.protocol,
-                kernel.entry,
-                default_boot_info(kernel.protocol),
-            )
-        });
-        vcpu.configure(&supported_cpuid, topology, boot)?;
-        vcpus.push(vcpu);
-    }
-
     let (handles, vcpu_exits, vcpu_exit_evt) = start_vcpus(vcpus, false)?;
+    boot_phases::mark("vcpus_started");
     if let Some(start) = options.boot_timer {
         // Same level as the guest boot-time line, so a benchmark sees both by default.
         log::warn!(
@@ -494,6 +451,7 @@ pub fn build_and_boot_with(
             start.elapsed().as_micros()
         );
     }
+    boot_phases::report();
 
     Ok(RunningVm {
         kvm,
@@ -508,7 +466,7 @@ pub fn build_and_boot_with(
         nets,
         entropy,
         balloon,
-        io_thread: Some(io_thread),
+        io_thread,
         persist,
         memory_source: None,
         track_dirty_pages: machine.track_dirty_pages,
@@ -586,78 +544,10 @@ impl RunningVm {
     }
 }
 
+#[path = "builder_prepare.rs"]
+mod prepare;
+use prepare::{prepare_guest, Prepared};
+
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::{BootSourceConfig, CacheType, DriveConfig, ImageFormat, IoEngine};
-
-    fn drive(id: &str, root: bool, partuuid: Option<&str>) -> DriveConfig {
-        DriveConfig {
-            drive_id: id.into(),
-            path_on_host: Some(format!("/img/{id}")),
-            is_root_device: root,
-            partuuid: partuuid.map(str::to_owned),
-            is_read_only: Some(!root),
-            cache_type: CacheType::Unsafe,
-            io_engine: IoEngine::Sync,
-            image_format: ImageFormat::Raw,
-            rate_limiter: None,
-            socket: None,
-        }
-    }
-
-    fn config(boot_args: Option<&str>, drives: Vec<DriveConfig>) -> VmConfig {
-        VmConfig {
-            boot_source: Some(BootSourceConfig {
-                kernel_image_path: "/k".into(),
-                boot_args: boot_args.map(str::to_owned),
-                initrd_path: None,
-            }),
-            drives,
-            ..Default::default()
-        }
-    }
-
-    fn slots(n: usize) -> Vec<MmioSlot> {
-        let mut a = MmioAllocator::default();
-        (0..n)
-            .map(|i| a.allocate(&format!("d{i}")).unwrap())
-            .collect()
-    }
-
-    #[test]
-    fn linux_command_line_lists_every_drive_and_the_root_device() {
-        let c = config(
-            Some("console=ttyS0 reboot=k"),
-            vec![
-                drive("scratch", false, None),
-                drive("rootfs", true, None),
-                drive("data", false, None),
-            ],
-        );
-        // ACPI describes the devices: only root= is added.
-        assert_eq!(
-            kernel_cmdline(&c, &slots(3)),
-            "console=ttyS0 reboot=k root=/dev/vdb rw"
-        );
-        let mut off = c.clone();
-        off.boot_source.as_mut().unwrap().boot_args = Some("console=ttyS0 acpi=off".into());
-        assert_eq!(
-            kernel_cmdline(&off, &slots(3)),
-            "console=ttyS0 acpi=off virtio_mmio.device=4K@0xd0000000:5 \
-             virtio_mmio.device=4K@0xd0001000:6 virtio_mmio.device=4K@0xd0002000:7 \
-             root=/dev/vdb rw"
-        );
-    }
-
-    #[test]
-    fn partuuid_root_and_default_arguments() {
-        let c = config(None, vec![drive("rootfs", true, Some("0eaa91a0-01"))]);
-        assert_eq!(
-            kernel_cmdline(&c, &slots(1)),
-            format!("{DEFAULT_BOOT_ARGS} root=PARTUUID=0eaa91a0-01 rw")
-        );
-        let none = config(Some("console=ttyS0"), Vec::new());
-        assert_eq!(kernel_cmdline(&none, &[]), "console=ttyS0");
-    }
-}
+#[path = "builder_tests.rs"]
+mod tests;

@@ -228,6 +228,9 @@ impl ControlLoop {
     /// Serves the API thread's requests from now on.
     pub fn attach_api(&mut self, api: ApiThread) -> Result<(), ControlError> {
         self.watch(api.wake.as_raw_fd(), Token::Api)?;
+        // The VMM thread's half of the first request, run once here (read-only): its code
+        // pages are mapped before a client waits on them (the api thread warms its half).
+        let _ = self.vmm.execute(crate::rpc::VmmAction::GetInstanceInfo);
         self.api = Some(api);
         Ok(())
     }

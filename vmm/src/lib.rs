@@ -1,6 +1,7 @@
 //! The xenia VMM library.
 
 pub mod arch;
+pub mod boot_phases;
 pub mod builder;
 pub mod cli;
 pub mod config;

@@ -63,6 +63,7 @@ fn prepare(args: &CliArgs, start: Instant) -> Result<ControlLoop, String> {
         Some(path) => Some(read_config(path)?),
         None => None,
     };
+    vmm::boot_phases::mark("config");
     let settings = logger_settings(args, config.as_ref());
     logger::configure(settings.clone()).map_err(|e| e.to_string())?;
 
@@ -118,6 +119,7 @@ fn prepare(args: &CliArgs, start: Instant) -> Result<ControlLoop, String> {
         args.start_time_cpu_us,
         args.parent_cpu_time_us,
     );
+    vmm::boot_phases::mark("vmm_ready");
     // Last: starting the VM installs the VMM thread's filter, which threads started after it
     // would inherit.
     if args.config_file.is_some() {
@@ -203,6 +205,7 @@ fn run(start: Instant) -> ExitCode {
 
 fn main() -> ProcessExit {
     let start = Instant::now();
+    vmm::boot_phases::mark("main");
     let code = run(start);
     log::logger().flush();
     std::process::exit(code as i32)

@@ -208,6 +208,12 @@ impl Xenia {
     /// Starts xenia serving its API on a socket in a fresh temporary directory, with
     /// `extra_args` after `--api-sock`; returns once the socket accepts connections.
     pub fn with_api(extra_args: &[&str]) -> (Self, api::ApiClient) {
+        Self::with_api_env(extra_args, &[])
+    }
+
+    /// [`with_api`](Self::with_api) with `env` added to xenia's environment (test hooks of
+    /// debug builds).
+    pub fn with_api_env(extra_args: &[&str], env: &[(&str, &str)]) -> (Self, api::ApiClient) {
         let dir = TempDir::new();
         let socket = dir.path().join("api.sock");
         let mut args = vec![
@@ -215,7 +221,7 @@ impl Xenia {
             socket.to_string_lossy().into_owned(),
         ];
         args.extend(extra_args.iter().map(|s| s.to_string()));
-        let x = Self::spawn(&args, dir);
+        let x = Self::spawn_program_env(&xenia_binary(), &args, env, dir);
         let client = api::ApiClient::new(socket);
         if let Err(e) = client.wait_ready(BOOT_TIMEOUT) {
             panic!("{e}; stderr:\n{}", x.stderr());
@@ -252,8 +258,19 @@ impl Xenia {
     /// Starts `program` (xenia, or a launcher such as the jailer that becomes xenia) with
     /// exactly `args`; its stdout is read as the console.
     pub fn spawn_program(program: &Path, args: &[String], dir: TempDir) -> Self {
+        Self::spawn_program_env(program, args, &[], dir)
+    }
+
+    /// [`spawn_program`](Self::spawn_program) with `env` added to its environment.
+    pub fn spawn_program_env(
+        program: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+        dir: TempDir,
+    ) -> Self {
         let mut child = Command::new(program)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -5,6 +5,11 @@
 //! `bench-api <socket> --xenia <path-to-xenia>` starts that xenia (pre-boot, nothing
 //! configured) with `--api-sock <socket>`, measures it, and stops it.
 //!
+//! `bench-api <socket> --xenia <path> --cold N` starts N fresh xenias one after another and
+//! times the first requests each process serves (`GET /` #1, #2 and #10, `PUT
+//! /machine-config` #1 and #2, one connection, after the socket has answered a connect and
+//! 20 ms have passed so start-up itself is not counted): the cost of the process's cold path.
+//!
 //! `bench-api --serve <socket>` runs a stand-in server on the `api-socket` crate that
 //! answers those two routes the way xenia does, to test the benchmark without a VM.
 
@@ -28,10 +33,11 @@ struct Args {
     json: bool,
     serve: bool,
     xenia: Option<PathBuf>,
+    cold: Option<usize>,
 }
 
 fn usage() -> String {
-    "usage: bench-api <socket> [--requests N] [--clients N] [--json] [--xenia PATH]\n       bench-api --serve <socket>"
+    "usage: bench-api <socket> [--requests N] [--clients N] [--json] [--xenia PATH [--cold N]]\n       bench-api --serve <socket>"
         .to_string()
 }
 
@@ -42,6 +48,7 @@ fn parse_args() -> Result<Args, String> {
     let mut json = false;
     let mut serve = false;
     let mut xenia = None;
+    let mut cold = None;
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut number = |name: &str| -> Result<usize, String> {
@@ -55,6 +62,7 @@ fn parse_args() -> Result<Args, String> {
             "--requests" => requests = number("--requests")?,
             "--clients" => clients = number("--clients")?,
             "--json" => json = true,
+            "--cold" => cold = Some(number("--cold")?),
             "--serve" => serve = true,
             "--xenia" => xenia = Some(PathBuf::from(it.next().ok_or("--xenia needs a path")?)),
             "-h" | "--help" => return Err(usage()),
@@ -70,6 +78,7 @@ fn parse_args() -> Result<Args, String> {
         json,
         serve,
         xenia,
+        cold,
     })
 }
 
@@ -282,10 +291,61 @@ impl Drop for SpawnedXenia {
     }
 }
 
+/// `--cold N`: the first requests of N fresh processes.
+fn cold(args: &Args, binary: &std::path::Path, runs: usize) -> Result<(), String> {
+    const NAMES: [&str; 6] = [
+        "GET / #1",
+        "GET / #2",
+        "PUT /machine-config #1",
+        "PUT /machine-config #2",
+        "GET / #10",
+        "GET / #11, 20 ms idle",
+    ];
+    let put = put_machine_request();
+    let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); NAMES.len()];
+    for _ in 0..runs {
+        let _xenia = SpawnedXenia::start(binary, &args.socket)?;
+        let mut client = Client::connect(&args.socket)?;
+        // Whatever the process still does after it started listening is not the cold path.
+        std::thread::sleep(Duration::from_millis(20));
+        samples[0].push(client.call(GET_ROOT, 200)?);
+        samples[1].push(client.call(GET_ROOT, 200)?);
+        samples[2].push(client.call(&put, 204)?);
+        samples[3].push(client.call(&put, 204)?);
+        for _ in 3..9 {
+            client.call(GET_ROOT, 200)?;
+        }
+        samples[4].push(client.call(GET_ROOT, 200)?);
+        // The same wait as before #1: what idling costs the next request, cold path or not.
+        std::thread::sleep(Duration::from_millis(20));
+        samples[5].push(client.call(GET_ROOT, 200)?);
+    }
+    println!(
+        "{:<26} {:>12} {:>12} {:>12}",
+        "request", "median (us)", "min (us)", "max (us)"
+    );
+    for (name, mut s) in NAMES.iter().zip(samples) {
+        s.sort_unstable();
+        let us = |d: Duration| d.as_secs_f64() * 1e6;
+        println!(
+            "{name:<26} {:>12.1} {:>12.1} {:>12.1}",
+            us(s[s.len() / 2]),
+            us(s[0]),
+            us(s[s.len() - 1])
+        );
+    }
+    println!("{runs} processes");
+    Ok(())
+}
+
 fn run() -> Result<(), String> {
     let args = parse_args()?;
     if args.serve {
         return serve(&args.socket);
+    }
+    if let Some(runs) = args.cold {
+        let binary = args.xenia.clone().ok_or("--cold needs --xenia")?;
+        return cold(&args, &binary, runs);
     }
     let _xenia = match &args.xenia {
         Some(binary) => Some(SpawnedXenia::start(binary, &args.socket)?),

@@ -48,7 +48,9 @@ pub enum BlockError {
 }
 
 pub(super) struct ActiveState {
-    pub(super) mem: GuestMemoryMmap,
+    /// Shared, not cloned per notification: cloning a `GuestMemoryMmap` copies its region
+    /// list (an allocation), an `Arc` only counts.
+    pub(super) mem: Arc<GuestMemoryMmap>,
     pub(super) interrupt: Arc<dyn VirtioInterrupt>,
     pub(super) queue: Queue,
     pub(super) queue_evt: EventFd,
@@ -79,6 +81,11 @@ pub struct Block {
     io_err_log: LogLimiter,
     /// Problems the guest causes (broken queues) are logged at most once a period.
     pub(super) guest_log: LogLimiter,
+    /// Buffers reused from one request to the next, so the data path allocates nothing:
+    /// the data buffers of the request being parsed (at most `seg_max`)...
+    data_bufs: Vec<(GuestAddress, u32)>,
+    /// ... and the async completions being handed back.
+    pub(super) finished: Vec<Finished>,
 }
 
 impl std::fmt::Debug for Block {
@@ -150,6 +157,8 @@ impl Block {
             metrics: Arc::new(BlockMetrics::default()),
             io_err_log: LogLimiter::new(GUEST_LOG_PERIOD),
             guest_log: LogLimiter::new(GUEST_LOG_PERIOD),
+            data_bufs: Vec::with_capacity(SEG_MAX as usize),
+            finished: Vec::with_capacity(usize::from(BLOCK_QUEUE_SIZE)),
         };
         dev.build_config_space();
         Ok(dev)
@@ -325,7 +334,7 @@ impl Block {
                         status_addr: None,
                     })
                 } else {
-                    request::parse(chain, mem, self.disk.nsectors())
+                    request::parse_reusing(chain, mem, self.disk.nsectors(), &mut self.data_bufs)
                 };
                 match parsed {
                     Ok(req) => {
@@ -342,7 +351,10 @@ impl Block {
                             }
                             return Ok(());
                         }
-                        if let Some((status, len)) = self.execute(mem, &req, head) {
+                        let executed = self.execute(mem, &req, head);
+                        // The buffer list goes back for the next request.
+                        self.data_bufs = req.data;
+                        if let Some((status, len)) = executed {
                             self.complete(mem, head, req.status_addr, status, len)?;
                             *used_any = true;
                         }
@@ -484,16 +496,19 @@ impl Block {
         })
     }
 
-    /// Completes finished async operations (on the `io` thread).
-    pub(super) fn complete_async(&mut self, done: Vec<Finished>) {
+    /// Completes finished async operations (on the `io` thread); returns `done` emptied, for
+    /// reuse.
+    pub(super) fn complete_async(&mut self, mut done: Vec<Finished>) -> Vec<Finished> {
         let Some(mem) = self.active.as_ref().map(|a| a.mem.clone()) else {
-            return;
+            done.clear();
+            return done;
         };
         if done.is_empty() {
-            return;
+            return done;
         }
         let m = self.metrics.clone();
-        for f in done {
+        let mut broken = false;
+        for f in done.drain(..) {
             let p = &f.pending;
             let (status, len) = if f.ok() {
                 match p.kind {
@@ -528,17 +543,33 @@ impl Block {
             };
             if let Err(why) = self.complete(&mem, p.head, p.status_addr, status, len) {
                 self.queue_broken(&why);
-                return;
+                // Dropping the drain empties `done` of what is left.
+                broken = true;
+                break;
             }
         }
-        self.signal_used(&mem);
+        if !broken {
+            self.signal_used(&mem);
+        }
+        done
+    }
+
+    /// The completion fd fired: completes what finished (through the device's reused
+    /// completion list), then serves the requests that waited for room in the ring.
+    pub(super) fn on_async_completions(&mut self) {
+        let mut done = std::mem::take(&mut self.finished);
+        if let Some(engine) = self.engine.as_mut() {
+            engine.reap_into(&mut done);
+        }
+        self.finished = self.complete_async(done);
+        self.process_queue();
     }
 
     /// Completes every async operation in flight (before a file swap, a reset or a save).
     pub(super) fn drain_async(&mut self) {
         if let Some(engine) = self.engine.as_mut() {
             let done = engine.drain();
-            self.complete_async(done);
+            self.finished = self.complete_async(done);
         }
     }
 }
@@ -619,7 +650,7 @@ impl VirtioDevice for Block {
             return Err(ActivateError::QueueNotReady { index: 0 });
         }
         self.active = Some(ActiveState {
-            mem,
+            mem: Arc::new(mem),
             interrupt,
             queue,
             queue_evt,

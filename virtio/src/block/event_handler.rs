@@ -72,13 +72,7 @@ impl MutEventSubscriber for Block {
                 self.process_queue();
             }
             URING => {
-                let done = match self.engine.as_mut() {
-                    Some(engine) => engine.reap(),
-                    None => Vec::new(),
-                };
-                self.complete_async(done);
-                // Room freed in the ring: serve what waited for it.
-                self.process_queue();
+                self.on_async_completions();
             }
             other => log::warn!("virtio-blk {}: unexpected event data {other}", self.id),
         }

@@ -44,7 +44,30 @@ pub struct DiskFile {
     read_only: bool,
     nsectors: u64,
     device_id: [u8; DEVICE_ID_LEN],
+    /// iovec array reused by every read and write (no allocation per request).
+    iovs: IoVecScratch,
 }
+
+/// The iovec array of the request being transferred; empty between requests, so no pointer
+/// into guest memory outlives the call that made it.
+#[derive(Default)]
+struct IoVecScratch(Vec<libc::iovec>);
+
+// SAFETY: the vector is empty except during one `read_into`/`write_from` call on the thread
+// that owns the disk; the pointers it holds then are never dereferenced by Rust code.
+unsafe impl Send for IoVecScratch {}
+
+impl std::fmt::Debug for IoVecScratch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IoVecScratch")
+            .field("capacity", &self.0.capacity())
+            .finish()
+    }
+}
+
+/// iovecs kept allocated between requests: one per data buffer of a full request (buffers
+/// that straddle a memory-region boundary need one more each, and grow it once).
+const IOV_SCRATCH: usize = super::request::SEG_MAX as usize;
 
 /// `drive_id` padded with zeroes or cut to the 20 bytes of a `GET_ID` answer.
 pub fn device_id_bytes(drive_id: &str) -> [u8; DEVICE_ID_LEN] {
@@ -92,6 +115,7 @@ impl DiskFile {
             read_only,
             nsectors: len >> SECTOR_SHIFT,
             device_id: device_id_bytes(drive_id),
+            iovs: IoVecScratch(Vec::with_capacity(IOV_SCRATCH)),
         })
     }
 
@@ -124,8 +148,11 @@ impl DiskFile {
         offset: u64,
         bufs: &[(GuestAddress, u32)],
     ) -> Result<(), DiskError> {
-        let mut iovs = guest_iovecs(mem, bufs)?;
-        transfer(self.file.as_raw_fd(), &mut iovs, offset, Direction::Read)
+        let iovs = &mut self.iovs.0;
+        let res = guest_iovecs(mem, bufs, iovs)
+            .and_then(|()| transfer(self.file.as_raw_fd(), iovs, offset, Direction::Read));
+        iovs.clear();
+        res
     }
 
     /// Writes the guest buffers to the disk at `offset` (`pwritev`).
@@ -135,8 +162,11 @@ impl DiskFile {
         offset: u64,
         bufs: &[(GuestAddress, u32)],
     ) -> Result<(), DiskError> {
-        let mut iovs = guest_iovecs(mem, bufs)?;
-        transfer(self.file.as_raw_fd(), &mut iovs, offset, Direction::Write)
+        let iovs = &mut self.iovs.0;
+        let res = guest_iovecs(mem, bufs, iovs)
+            .and_then(|()| transfer(self.file.as_raw_fd(), iovs, offset, Direction::Write));
+        iovs.clear();
+        res
     }
 
     /// Waits until written data is on stable storage.
@@ -193,13 +223,14 @@ impl DiskFile {
     }
 }
 
-/// iovecs covering the guest buffers (one per contiguous host piece). The parser bounds the
-/// buffers at `seg_max`, so this stays small.
+/// Fills `iovs` with iovecs covering the guest buffers (one per contiguous host piece). The
+/// parser bounds the buffers at `seg_max`, so this stays small.
 fn guest_iovecs(
     mem: &GuestMemoryMmap,
     bufs: &[(GuestAddress, u32)],
-) -> Result<Vec<libc::iovec>, DiskError> {
-    let mut iovs = Vec::with_capacity(bufs.len());
+    iovs: &mut Vec<libc::iovec>,
+) -> Result<(), DiskError> {
+    iovs.clear();
     for &(addr, len) in bufs {
         for slice in GuestMemoryBackend::get_slices(mem, addr, len as usize) {
             let slice = slice.map_err(|e| DiskError::GuestMemory {
@@ -212,7 +243,7 @@ fn guest_iovecs(
             });
         }
     }
-    Ok(iovs)
+    Ok(())
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -98,18 +98,22 @@ pub struct Pending {
     pub status_addr: GuestAddress,
     pub kind: RequestKind,
     pub len: u64,
-    /// Keeps the iovec array alive (and at a stable address) until completion.
-    _iovecs: IoVecs,
 }
 
 /// iovecs pointing into guest memory.
-#[derive(Debug)]
-struct IoVecs {
-    _iovecs: Vec<libc::iovec>,
-}
+#[derive(Debug, Default)]
+struct IoVecs(Vec<libc::iovec>);
 // SAFETY: the pointers are only handed to the kernel, never dereferenced by Rust code; the
 // memory they point to (guest RAM) is mapped for the whole process, whatever thread owns this.
 unsafe impl Send for IoVecs {}
+
+/// An operation the kernel owns, with the iovec array it reads (alive and at a stable
+/// address until completion).
+#[derive(Debug)]
+struct InFlight {
+    pending: Pending,
+    iovecs: IoVecs,
+}
 
 /// A completed operation: `result` is the byte count or a negative errno.
 #[derive(Debug)]
@@ -132,7 +136,10 @@ pub struct AsyncEngine {
     ring: IoUring,
     evt: EventFd,
     ops: EngineOps,
-    pending: HashMap<u64, Pending>,
+    pending: HashMap<u64, InFlight>,
+    /// iovec arrays of completed operations, reused by the next submissions: at most one
+    /// per ring entry, so after the first `capacity` requests none allocates.
+    spare_iovecs: Vec<IoVecs>,
     next_id: u64,
     capacity: usize,
     /// Keeps guest memory mapped while the kernel may still touch it.
@@ -193,7 +200,9 @@ impl AsyncEngine {
             ring,
             evt,
             ops,
-            pending: HashMap::new(),
+            // Sized for a full ring up front: an insert never grows it on the data path.
+            pending: HashMap::with_capacity(entries as usize),
+            spare_iovecs: Vec::with_capacity(entries as usize),
             next_id: 0,
             capacity: entries as usize,
             mem: None,
@@ -254,30 +263,37 @@ impl AsyncEngine {
         if !self.has_room() {
             return Err(AsyncError::Full);
         }
-        let mut iovecs = Vec::with_capacity(req.data.len());
+        let mut iovecs = self.spare_iovecs.pop().unwrap_or_default();
+        iovecs.0.clear();
         if req.kind != RequestKind::Flush {
             for &(addr, len) in &req.data {
-                let slice = GuestMemoryBackend::get_slice(mem, addr, len as usize)
-                    .map_err(|_| AsyncError::Buffer { addr: addr.0, len })?;
+                let slice = match GuestMemoryBackend::get_slice(mem, addr, len as usize) {
+                    Ok(s) => s,
+                    Err(_) => {
+                        self.spare_iovecs.push(iovecs);
+                        return Err(AsyncError::Buffer { addr: addr.0, len });
+                    }
+                };
                 if req.kind == RequestKind::In {
                     // io_uring fills the buffer through the raw pointer, unseen by vm-memory's
                     // dirty bitmap (Diff snapshots rely on it).
                     vm_memory::bitmap::Bitmap::mark_dirty(slice.bitmap(), 0, len as usize);
                 }
-                iovecs.push(libc::iovec {
+                iovecs.0.push(libc::iovec {
                     iov_base: slice.ptr_guard_mut().as_ptr().cast(),
                     iov_len: len as usize,
                 });
             }
         }
-        let iov_len = u32::try_from(iovecs.len()).map_err(|_| AsyncError::Full)?;
+        // At most seg_max (254) entries: the parser bounds the buffers.
+        let iov_len = u32::try_from(iovecs.0.len()).map_err(|_| AsyncError::Full)?;
         let id = self.next_id;
         let file = types::Fixed(FILE_INDEX);
         let entry = match req.kind {
-            RequestKind::In => opcode::Readv::new(file, iovecs.as_ptr(), iov_len)
+            RequestKind::In => opcode::Readv::new(file, iovecs.0.as_ptr(), iov_len)
                 .offset(req.offset())
                 .build(),
-            RequestKind::Out => opcode::Writev::new(file, iovecs.as_ptr(), iov_len)
+            RequestKind::Out => opcode::Writev::new(file, iovecs.0.as_ptr(), iov_len)
                 .offset(req.offset())
                 .build(),
             _ => opcode::Fsync::new(file)
@@ -291,18 +307,21 @@ impl AsyncEngine {
         // kernel may still own them (Drop drains, and leaks what it cannot drain).
         let pushed = unsafe { self.ring.submission().push(&entry) };
         if pushed.is_err() {
+            self.spare_iovecs.push(iovecs);
             return Err(AsyncError::Full);
         }
         self.next_id = self.next_id.wrapping_add(1);
         self.mem.get_or_insert_with(|| mem.clone());
         self.pending.insert(
             id,
-            Pending {
-                head,
-                status_addr: req.status_addr,
-                kind: req.kind,
-                len: req.data_len,
-                _iovecs: IoVecs { _iovecs: iovecs },
+            InFlight {
+                pending: Pending {
+                    head,
+                    status_addr: req.status_addr,
+                    kind: req.kind,
+                    len: req.data_len,
+                },
+                iovecs,
             },
         );
         self.unsubmitted = true;
@@ -351,25 +370,31 @@ impl AsyncEngine {
     /// Collects finished operations (call when the completion fd is readable); first retries
     /// a submission the kernel refused earlier.
     pub fn reap(&mut self) -> Vec<Finished> {
+        let mut done = Vec::new();
+        self.reap_into(&mut done);
+        done
+    }
+
+    /// [`reap`](Self::reap) appending to `done`: the `io` thread passes the same vector each
+    /// time, so a completion allocates nothing.
+    pub fn reap_into(&mut self, done: &mut Vec<Finished>) {
         // The counter value is irrelevant; EAGAIN means nothing new.
         let _ = self.evt.read();
         if self.ring.submission().is_empty() {
             self.unsubmitted = false;
         }
         self.push_to_kernel();
-        let mut done = Vec::new();
         for cqe in self.ring.completion() {
-            if let Some(pending) = self.pending.remove(&cqe.user_data()) {
+            if let Some(InFlight { pending, iovecs }) = self.pending.remove(&cqe.user_data()) {
+                self.spare_iovecs.push(iovecs);
                 done.push(Finished {
                     pending,
                     result: cqe.result(),
                 });
             }
         }
-        if self.pending.is_empty() {
-            self.mem = None;
-        }
-        done
+        // `mem` stays while the device runs (its clone copies the region list: an allocation
+        // per batch otherwise); `drain`, on a reset, a file swap or a save, lets it go.
     }
 
     /// Waits for every operation in flight (before a reset or a file swap). Never frees a
@@ -397,7 +422,10 @@ impl AsyncEngine {
                     }
                 }
             }
-            done.extend(self.reap());
+            self.reap_into(&mut done);
+        }
+        if self.pending.is_empty() {
+            self.mem = None;
         }
         done
     }

@@ -20,6 +20,8 @@ pub mod request;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_alloc;
+#[cfg(test)]
 mod tests_hardening;
 
 use std::path::PathBuf;

@@ -174,6 +174,23 @@ pub fn parse<M>(
 where
     M: Deref<Target = GuestMemoryMmap>,
 {
+    parse_reusing(chain, mem, capacity, &mut Vec::new())
+}
+
+/// [`parse`] collecting the data buffers in `spare`'s allocation: a valid request takes it
+/// (give it back through `Request::data` when done), a refused one leaves it in `spare`. With
+/// `spare` holding [`SEG_MAX`] entries of capacity, parsing never allocates.
+pub fn parse_reusing<M>(
+    chain: DescriptorChain<M>,
+    mem: &GuestMemoryMmap,
+    capacity: u64,
+    spare: &mut Vec<(GuestAddress, u32)>,
+) -> Result<Request, RequestError>
+where
+    M: Deref<Target = GuestMemoryMmap>,
+{
+    spare.clear();
+    let data = spare;
     let err = |kind, status_addr| RequestError { kind, status_addr };
     let mut chain = chain;
     let Some(header_desc) = chain.next() else {
@@ -224,7 +241,6 @@ where
         }
     };
 
-    let mut data: Vec<(GuestAddress, u32)> = Vec::new();
     let mut data_len: u64 = 0;
     // The descriptor seen last: the status one if nothing follows it, else a data buffer.
     let mut last: Option<Descriptor> = None;
@@ -293,23 +309,41 @@ where
     let mut req = Request {
         kind,
         sector: header.sector,
-        data,
+        data: std::mem::take(data),
         data_len,
         status_addr,
     };
+    match check_request(&mut req, mem, capacity) {
+        Ok(()) => Ok(req),
+        Err(kind) => {
+            // A refused request hands the buffer list back for the next one.
+            *data = std::mem::take(&mut req.data);
+            Err(fail(kind))
+        }
+    }
+}
+
+/// The checks that depend on the request type; may rewrite the kind, sector and length of
+/// a discard or write-zeroes request from its segment.
+fn check_request(
+    req: &mut Request,
+    mem: &GuestMemoryMmap,
+    capacity: u64,
+) -> Result<(), RequestErrorKind> {
+    let kind = req.kind;
     match kind {
         RequestKind::In | RequestKind::Out => {
             if req.data_len == 0 {
-                return Err(fail(RequestErrorKind::NoData));
+                return Err(RequestErrorKind::NoData);
             }
             if !req.data_len.is_multiple_of(SECTOR_SIZE) {
-                return Err(fail(RequestErrorKind::UnalignedLength(req.data_len)));
+                return Err(RequestErrorKind::UnalignedLength(req.data_len));
             }
-            check_range(header.sector, req.data_len >> SECTOR_SHIFT, capacity).map_err(&fail)?;
+            check_range(req.sector, req.data_len >> SECTOR_SHIFT, capacity)?;
         }
         RequestKind::GetId => {
             if req.data_len == 0 {
-                return Err(fail(RequestErrorKind::NoData));
+                return Err(RequestErrorKind::NoData);
             }
         }
         RequestKind::Flush => {}
@@ -319,25 +353,25 @@ where
                 || req.data_len > u64::from(SEGMENT_LEN * MAX_SEGMENTS)
                 || req.data[0].1 < SEGMENT_LEN
             {
-                return Err(fail(RequestErrorKind::BadSegments(req.data_len)));
+                return Err(RequestErrorKind::BadSegments(req.data_len));
             }
-            let seg: DiscardSegment = mem.read_obj(req.data[0].0).map_err(|_| {
-                fail(RequestErrorKind::OutsideMemory {
-                    addr: req.data[0].0 .0,
-                    len: SEGMENT_LEN,
-                })
-            })?;
+            let seg: DiscardSegment =
+                mem.read_obj(req.data[0].0)
+                    .map_err(|_| RequestErrorKind::OutsideMemory {
+                        addr: req.data[0].0 .0,
+                        len: SEGMENT_LEN,
+                    })?;
             let unmap = seg.flags & 1 != 0;
             // Bit 0 (unmap) only means something for write-zeroes; other bits are reserved.
             if seg.flags & !1 != 0 || (kind == RequestKind::Discard && unmap) {
-                return Err(fail(RequestErrorKind::BadFlags(seg.flags)));
+                return Err(RequestErrorKind::BadFlags(seg.flags));
             }
             // The same limit is advertised as max_discard_sectors and
             // max_write_zeroes_sectors.
             if seg.num_sectors > MAX_DISCARD_SECTORS {
-                return Err(fail(RequestErrorKind::TooManySectors(seg.num_sectors)));
+                return Err(RequestErrorKind::TooManySectors(seg.num_sectors));
             }
-            check_range(seg.sector, u64::from(seg.num_sectors), capacity).map_err(&fail)?;
+            check_range(seg.sector, u64::from(seg.num_sectors), capacity)?;
             if let RequestKind::WriteZeroes { .. } = kind {
                 req.kind = RequestKind::WriteZeroes { unmap };
             }
@@ -345,7 +379,7 @@ where
             req.data_len = u64::from(seg.num_sectors) << SECTOR_SHIFT;
         }
     }
-    Ok(req)
+    Ok(())
 }
 
 fn check_range(sector: u64, sectors: u64, capacity: u64) -> Result<(), RequestErrorKind> {

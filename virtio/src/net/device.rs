@@ -70,7 +70,9 @@ pub enum NetError {
 }
 
 pub(super) struct ActiveState {
-    pub(super) mem: GuestMemoryMmap,
+    /// Shared, not cloned per notification: cloning a `GuestMemoryMmap` copies its region
+    /// list (an allocation), an `Arc` only counts.
+    pub(super) mem: Arc<GuestMemoryMmap>,
     pub(super) interrupt: Arc<dyn VirtioInterrupt>,
     pub(super) rx_queue: Queue,
     pub(super) tx_queue: Queue,
@@ -437,7 +439,7 @@ impl VirtioDevice for Net {
         self.rx = RxState::default();
         self.broken = false;
         self.active = Some(ActiveState {
-            mem,
+            mem: Arc::new(mem),
             interrupt,
             rx_queue,
             tx_queue,

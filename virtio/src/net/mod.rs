@@ -22,6 +22,8 @@ pub mod tx;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_alloc;
+#[cfg(test)]
 mod tests_hardening;
 #[cfg(test)]
 mod tests_mmds;

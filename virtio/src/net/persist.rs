@@ -58,7 +58,7 @@ impl Net {
         let mem = active.mem.clone();
         let mut failed = None;
         for c in &self.rx_chains[..pending] {
-            if let Err(e) = active.rx_queue.add_used(&mem, c.head, c.used) {
+            if let Err(e) = active.rx_queue.add_used(&*mem, c.head, c.used) {
                 failed = Some(format!("cannot add used entry {}: {e}", c.head));
                 break;
             }
@@ -71,7 +71,7 @@ impl Net {
         NetMetrics::inc(&self.metrics.rx_packets);
         NetMetrics::add(&self.metrics.rx_bytes, bytes);
         if let Some(active) = self.active.as_mut() {
-            if active.rx_queue.needs_notification(&mem).unwrap_or(true)
+            if active.rx_queue.needs_notification(&*mem).unwrap_or(true)
                 && active.interrupt.trigger(InterruptType::Vring).is_err()
             {
                 NetMetrics::inc(&self.metrics.interrupt_errors);

@@ -273,7 +273,7 @@ pub fn load_snapshot(
             nets,
             entropy,
             balloon,
-            io_thread: Some(io_thread),
+            io_thread,
             persist,
             memory_source: Some(source),
             uffd,

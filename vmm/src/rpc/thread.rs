@@ -12,6 +12,13 @@ use super::bridge::{api_handler, ApiRequest};
 use super::routes::ROUTES;
 use crate::metrics;
 
+/// Stack of the `api` thread. It parses request bodies, and a body may nest as deep as
+/// serde_json allows (128 levels) in a field kept as a JSON value (`vsock_override`): parsed,
+/// compared with what serde read and dropped, that touches 240 KiB in a debug build (measured
+/// with 127 levels; release: 68 KiB). 512 KiB: twice the worst case, a quarter of Rust's
+/// default.
+pub const API_STACK_SIZE: usize = 512 << 10;
+
 /// Runs first on the `api` thread, before any request is read (its seccomp filter).
 pub use crate::builder::ThreadStartHook;
 
@@ -116,6 +123,7 @@ impl ApiThread {
         let thread_shutdown = shutdown.try_clone().map_err(ApiThreadError::EventFd)?;
         let thread = std::thread::Builder::new()
             .name("api".into())
+            .stack_size(API_STACK_SIZE)
             .spawn(move || {
                 crate::usage::register_current(crate::usage::ThreadRole::Api);
                 serve(
@@ -176,6 +184,7 @@ fn serve(
     shutdown: EventFd,
     started: Sender<Result<(), String>>,
 ) {
+    warm_up();
     if let Err(e) = on_start() {
         let _ = started.send(Err(e));
         return;
@@ -184,6 +193,40 @@ fn serve(
     let handler = instrumented(api_handler(to_vmm, wake));
     if let Err(e) = server.run_until(&shutdown, handler) {
         log::error!("the API server stopped: {e}");
+    }
+}
+
+/// Canned requests for [`warm_up`]: the two most common first calls, one with a body.
+const WARM_UP_INPUT: &[u8] =
+    b"GET / HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\n\r\n\
+PUT /machine-config HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+Content-Length: 38\r\n\r\n{\"vcpu_count\": 1, \"mem_size_mib\": 128}";
+
+/// Serves the canned requests over an in-memory connection before the thread serves the
+/// socket: the first real request then finds this thread's code pages mapped, its heap arena
+/// and stack touched and the framing, routing and JSON paths run once (measured: the first
+/// request of a process cost ~90 µs more than one after the same idle time, five page faults
+/// among it). Nothing reaches the VMM thread. Runs before the seccomp filter: it makes a
+/// socket pair, which the serving thread never needs.
+fn warm_up() {
+    use super::response::{response_for, InstanceInfo, InstanceState, VmmData};
+    let mut handler = |request: Request| match super::routes::parse_request(&request) {
+        // The answer to `GET /` is serialised here as the real one is (on this thread).
+        Ok(_) if request.body.is_empty() => response_for(Ok(VmmData::InstanceInfo(InstanceInfo {
+            id: String::new(),
+            state: InstanceState::NotStarted,
+            vmm_version: String::new(),
+            app_name: String::new(),
+        }))),
+        Ok(_) => Response::no_content(),
+        Err(e) => e.into(),
+    };
+    if let Err(e) = api_socket::serve_stream(
+        WARM_UP_INPUT,
+        &api_socket::ServerOptions::default(),
+        &mut handler,
+    ) {
+        log::debug!("api thread warm-up skipped: {e}");
     }
 }
 
@@ -200,6 +243,22 @@ mod tests {
             headers: Vec::new(),
             body: Vec::new(),
         }
+    }
+
+    #[test]
+    fn the_warm_up_requests_parse() {
+        let mut answers = Vec::new();
+        let mut handler = |request: Request| {
+            answers.push(super::super::routes::parse_request(&request).is_ok());
+            Response::no_content()
+        };
+        api_socket::serve_stream(
+            WARM_UP_INPUT,
+            &api_socket::ServerOptions::default(),
+            &mut handler,
+        )
+        .unwrap();
+        assert_eq!(answers, [true, true]);
     }
 
     #[test]

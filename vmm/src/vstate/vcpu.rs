@@ -40,6 +40,12 @@ use crate::arch::regs::{setup_boot_vcpu, EntryProtocol, RegsError};
 /// Offset from SIGRTMIN of the signal that kicks a vCPU out of KVM_RUN.
 const KICK_SIGNAL_OFFSET: i32 = 0;
 
+/// Stack of a `vcpu N` thread. Measured: a boot, MMIO and port I/O to every device, pause,
+/// resume and a snapshot save touch under 16 KiB in release and 40 KiB in a debug build
+/// (glibc's TLS block and thread descriptor included; the kick signal runs on this stack).
+/// 256 KiB instead of Rust's 2 MiB default: the mapping, not the memory, is what shrinks.
+pub const VCPU_STACK_SIZE: usize = 256 << 10;
+
 /// Errors while creating, configuring or talking to a vCPU.
 #[derive(Debug, thiserror::Error)]
 pub enum VcpuError {
@@ -288,6 +294,7 @@ impl Vcpu {
         }
         let thread = std::thread::Builder::new()
             .name(format!("vcpu {index}"))
+            .stack_size(VCPU_STACK_SIZE)
             .spawn(move || self.run(event_rx, response_tx, state_tx, exits))
             .map_err(|source| VcpuError::Spawn { index, source })?;
         Ok((

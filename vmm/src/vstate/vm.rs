@@ -38,6 +38,8 @@ pub enum VmError {
         size: u64,
         source: kvm_ioctls::Error,
     },
+    #[error("the thread registering guest memory with KVM ended without an answer")]
+    RegistrationThread,
     #[error("KVM_IRQFD for GSI {gsi} failed: {source}")]
     Irqfd { gsi: u32, source: kvm_ioctls::Error },
 }
@@ -92,6 +94,22 @@ impl Vm {
         mem: &GuestMemoryMmap,
         track_dirty_pages: bool,
     ) -> Result<(), VmError> {
+        self.keep_memory(mem);
+        self.register_slots(track_dirty_pages)
+    }
+
+    /// Keeps a clone of `mem` (its mappings live as long as the VM) for
+    /// [`register_slots`](Self::register_slots), which may then run on another thread while
+    /// this one goes on with the VM's set-up.
+    pub fn keep_memory(&mut self, mem: &GuestMemoryMmap) {
+        self.memory = mem.clone();
+    }
+
+    /// Registers every region of the kept memory with KVM. Under PVM each call waits 5-11 ms
+    /// in the kernel (an SRCU grace period as the slot is published), mostly off-CPU: the
+    /// builder runs it on a helper thread. Call it once.
+    pub fn register_slots(&self, track_dirty_pages: bool) -> Result<(), VmError> {
+        let mem = &self.memory;
         let flags = if track_dirty_pages {
             KVM_MEM_LOG_DIRTY_PAGES
         } else {
@@ -111,7 +129,7 @@ impl Vm {
                 userspace_addr: host as u64,
             };
             // SAFETY: `host` maps `region.len()` bytes of `region`, an `Arc`-shared region of
-            // `mem`. The clone of `mem` stored below keeps it mapped as long as this VM exists,
+            // `self.memory`, which keeps it mapped as long as this VM exists,
             // and each vCPU holds its own clone, so the slot never points at unmapped memory
             // while KVM can use it. (If this call fails, the slot was not created.)
             unsafe { self.fd.set_user_memory_region(desc) }.map_err(|source| {
@@ -123,8 +141,7 @@ impl Vm {
                 }
             })?;
         }
-        self.memory = mem.clone();
-        Ok(())
+        fail_injected_for_tests(mem)
     }
 
     /// Makes a write to `evt` raise `gsi`.
@@ -133,6 +150,21 @@ impl Vm {
             .register_irqfd(evt, gsi)
             .map_err(|source| VmError::Irqfd { gsi, source })
     }
+}
+
+/// Debug builds only: `XENIA_TEST_FAIL_MEMORY_REGISTRATION` set in the environment makes the
+/// registration fail after the real ioctl, so that the integration tests can check how an
+/// overlapped start reports it and what it leaves behind.
+fn fail_injected_for_tests(mem: &GuestMemoryMmap) -> Result<(), VmError> {
+    if cfg!(debug_assertions) && std::env::var_os("XENIA_TEST_FAIL_MEMORY_REGISTRATION").is_some() {
+        return Err(VmError::MemoryRegion {
+            slot: 0,
+            addr: 0,
+            size: mem.iter().map(|r| r.len()).sum(),
+            source: kvm_ioctls::Error::new(libc::EINVAL),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -2,8 +2,8 @@
 //! `PROBE <cmd> ok key=value ...` or `PROBE <cmd> FAIL <reason>`, possibly
 //! after detail lines of its own.
 
-use crate::arch::{cpu, lapic_timer};
 use crate::arch::port::{inb, outb};
+use crate::arch::{cpu, lapic_timer};
 use crate::bootinfo::{self, BootInfo};
 use crate::cmdline::{as_text, parse_u64, Command};
 use crate::e820::{find_free, E820_RAM};

@@ -33,6 +33,7 @@ use crate::device_manager::mmio::{MmioAllocator, MmioSlot};
 use crate::device_manager::net::{
     attach_net_devices, register_net_metrics, update_net_device, NetDevice, NetDeviceError,
 };
+use crate::device_manager::vsock::{attach_vsock, VsockDevice, VsockDeviceError};
 use crate::device_manager::DeviceBuses;
 use crate::metrics;
 use crate::persist::memory::MemorySource;
@@ -92,6 +93,8 @@ pub enum StartError {
     Net(#[from] NetDeviceError),
     #[error("entropy: {0}")]
     Entropy(#[from] EntropyError),
+    #[error("vsock: {0}")]
+    Vsock(#[from] VsockDeviceError),
     #[error("balloon: {0}")]
     Balloon(#[from] BalloonDeviceError),
     #[error("io thread: {0}")]
@@ -150,6 +153,8 @@ pub struct RunningVm {
     pub entropy: Option<EntropyDevice>,
     /// The memory balloon, when configured (after the entropy device on the bus).
     pub balloon: Option<BalloonDevice>,
+    /// The vsock device, when configured (after the balloon on the bus).
+    pub vsock: Option<VsockDevice>,
     /// The loop serving every virtio device; stopped and joined on drop.
     pub io_thread: Option<IoThreadHandle>,
     /// Host facts for saving vCPU states.
@@ -176,12 +181,13 @@ pub(crate) struct Devices {
     pub nets: Vec<NetDevice>,
     pub entropy: Option<EntropyDevice>,
     pub balloon: Option<BalloonDevice>,
+    pub vsock: Option<VsockDevice>,
     pub io: IoThread,
 }
 
 /// Creates every device of `config` on `vm` with `memory`, in the fixed order that decides
 /// their MMIO windows and IRQs: legacy devices, drives, network interfaces, the entropy
-/// device, the balloon.
+/// device, the balloon, the vsock device.
 pub(crate) fn create_devices(
     config: &VmConfig,
     vm: &Vm,
@@ -219,6 +225,14 @@ pub(crate) fn create_devices(
         }
         None => None,
     };
+    let vsock = match &config.vsock {
+        Some(cfg) => {
+            let dev = attach_vsock(vm, &mut buses, &mut allocator, memory, cfg)?;
+            dev.register_metrics(metrics::global());
+            Some(dev)
+        }
+        None => None,
+    };
     let mut io = IoThread::new()?;
     for d in &drives {
         io.add_subscriber(d.subscriber());
@@ -232,6 +246,9 @@ pub(crate) fn create_devices(
     if let Some(b) = &balloon {
         io.add_subscriber(b.subscriber());
     }
+    if let Some(v) = &vsock {
+        io.add_subscriber(v.subscriber());
+    }
     Ok(Devices {
         buses,
         legacy,
@@ -239,6 +256,7 @@ pub(crate) fn create_devices(
         nets,
         entropy,
         balloon,
+        vsock,
         io,
     })
 }
@@ -383,6 +401,7 @@ pub fn build_and_boot_with(
         nets,
         entropy,
         balloon,
+        vsock,
         io,
     } = create_devices(config, &vm, &memory, options)?;
 
@@ -392,6 +411,7 @@ pub fn build_and_boot_with(
         .chain(nets.iter().map(|n| n.mmio.slot))
         .chain(entropy.iter().map(|e| e.mmio.slot))
         .chain(balloon.iter().map(|b| b.mmio.slot))
+        .chain(vsock.iter().map(|v| v.mmio.slot))
         .collect();
     let poweroff = EventFdTrigger::new(
         legacy
@@ -478,6 +498,7 @@ pub fn build_and_boot_with(
         nets,
         entropy,
         balloon,
+        vsock,
         io_thread: Some(io_thread),
         persist,
         memory_source: None,

@@ -20,6 +20,9 @@
 //! sends no CONNECT line within [`HOST_LINE_TIMEOUT`], a guest that does not answer a
 //! REQUEST within [`CONNECT_TIMEOUT`], and a close whose data the host does not take within
 //! [`SHUTDOWN_TIMEOUT`] are given up (RST to the guest, socket closed).
+//!
+//! The socket file at `uds_path` stays when xenia exits (as with Firecracker); a later
+//! xenia binding the same path replaces it once nobody listens there.
 
 pub mod conn;
 mod muxer;
@@ -34,7 +37,7 @@ pub mod unix;
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -145,8 +148,6 @@ pub struct Vsock {
     broken: bool,
     metrics: Arc<VsockMetrics>,
     listener: UnixListener,
-    /// Inode of the socket file bound at `uds_path` (removed on drop only if still ours).
-    listener_ino: Option<u64>,
     conns: HashMap<ConnKey, Conn>,
     /// Socket fd -> its connection (fds are the event data of the sockets).
     by_fd: HashMap<RawFd, ConnKey>,
@@ -185,8 +186,9 @@ const QUEUE_DATA: u32 = 8;
 const SOCKET_TAG: u32 = 1 << 31;
 
 impl Vsock {
-    /// Creates the device and its listening socket at `uds_path` (which must not exist: a
-    /// stale socket file is the caller's to remove, as with Firecracker).
+    /// Creates the device and its listening socket at `uds_path`. A socket file nobody
+    /// listens on (left by a VMM that exited, e.g. the source of a snapshot) is replaced; a
+    /// live one, or any other file, is an error.
     pub fn new(cid: u64, uds_path: &Path) -> Result<Self, VsockError> {
         if cid < 3 {
             return Err(VsockError::Cid(cid));
@@ -195,9 +197,8 @@ impl Vsock {
             path: uds_path.to_owned(),
             source,
         };
-        let listener = UnixListener::bind(uds_path).map_err(listen_err)?;
+        let listener = bind_replacing_stale(uds_path).map_err(listen_err)?;
         listener.set_nonblocking(true).map_err(listen_err)?;
-        let listener_ino = std::fs::metadata(uds_path).ok().map(|m| m.ino());
         Ok(Vsock {
             cid,
             uds_path: uds_path.to_owned(),
@@ -210,7 +211,6 @@ impl Vsock {
             broken: false,
             metrics: Arc::new(VsockMetrics::default()),
             listener,
-            listener_ino,
             conns: HashMap::new(),
             by_fd: HashMap::new(),
             pending_hosts: HashMap::new(),
@@ -384,13 +384,26 @@ impl MutEventSubscriber for Vsock {
     }
 }
 
-impl Drop for Vsock {
-    fn drop(&mut self) {
-        // The listening socket's file goes with the device (a new VMM may bind the path),
-        // unless something else was bound there since.
-        let ours = std::fs::metadata(&self.uds_path).ok().map(|m| m.ino());
-        if ours.is_some() && ours == self.listener_ino {
-            let _ = std::fs::remove_file(&self.uds_path);
+/// Binds a listening socket at `path`; a socket file there that refuses connections is
+/// stale and is replaced. Runs on the VMM thread before its seccomp filter (build time).
+fn bind_replacing_stale(path: &Path) -> std::io::Result<UnixListener> {
+    match UnixListener::bind(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            let is_socket = std::fs::symlink_metadata(path)
+                .map(|m| m.file_type().is_socket())
+                .unwrap_or(false);
+            let stale = is_socket
+                && unix::connect_nonblocking(path)
+                    .err()
+                    .and_then(|e| e.raw_os_error())
+                    == Some(libc::ECONNREFUSED);
+            if !stale {
+                return Err(e);
+            }
+            log::info!("vsock: replacing the stale socket {}", path.display());
+            std::fs::remove_file(path)?;
+            UnixListener::bind(path)
         }
+        r => r,
     }
 }

@@ -549,14 +549,30 @@ fn snapshot_quiesce_resets_connections_and_the_guest_gets_transport_reset() {
 }
 
 #[test]
-fn the_socket_file_goes_with_the_device() {
-    let h = Harness::new("drop");
+fn a_stale_socket_file_is_replaced_but_a_live_one_or_another_file_is_not() {
+    let h = Harness::new("stale");
     let uds = h.uds.clone();
-    assert!(uds.exists());
+    let dir = h.dir.clone();
+    // Live: refused.
+    assert!(matches!(
+        Vsock::new(3, &uds),
+        Err(VsockError::Listen { .. })
+    ));
     drop(h);
-    assert!(!uds.exists());
-    let _ = std::fs::remove_dir_all(uds.parent().unwrap());
-    // Keep AsRawFd in use for the harness's socket helpers.
+    std::fs::create_dir_all(&dir).unwrap();
+    // A socket file nobody listens on: replaced.
+    let l = UnixListener::bind(&uds).unwrap();
+    drop(l);
+    assert!(uds.exists());
+    let v = Vsock::new(3, &uds).unwrap();
+    assert!(UnixStream::connect(&uds).is_ok());
+    drop(v);
+    // A regular file: never removed.
+    let file = dir.join("f");
+    std::fs::write(&file, b"x").unwrap();
+    assert!(Vsock::new(3, &file).is_err());
+    assert_eq!(std::fs::read(&file).unwrap(), b"x");
+    let _ = std::fs::remove_dir_all(&dir);
     let (a, _b) = UnixStream::pair().unwrap();
     assert!(a.as_raw_fd() >= 0);
 }

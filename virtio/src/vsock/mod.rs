@@ -370,7 +370,13 @@ impl MutEventSubscriber for Vsock {
                     let _ = a.evts[index].read();
                 }
                 match index {
-                    RXQ => VsockMetrics::inc(&self.metrics.rx_queue_event_count),
+                    RXQ => {
+                        VsockMetrics::inc(&self.metrics.rx_queue_event_count);
+                        // New buffers: the ring is looked at whenever there is something to
+                        // deliver, so the guest need not notify again until xenia runs out
+                        // (process_rx re-enables notifications then).
+                        self.quiet_rx();
+                    }
                     TXQ => {
                         VsockMetrics::inc(&self.metrics.tx_queue_event_count);
                         self.process_tx();

@@ -393,6 +393,18 @@ impl Vsock {
         None
     }
 
+    /// Asks the guest not to notify the rx queue (until [`Self::process_rx`] runs out).
+    pub(crate) fn quiet_rx(&mut self) {
+        let Some(mem) = self.ready_mem(RXQ) else {
+            return;
+        };
+        if let Some(a) = self.active.as_mut() {
+            if let Err(e) = a.queues[RXQ].disable_notification(&mem) {
+                self.queue_broken(&format!("rx: cannot disable notifications: {e}"));
+            }
+        }
+    }
+
     /// Delivers what is owed to the guest while it has rx buffers.
     pub(crate) fn process_rx(&mut self) {
         let Some(mem) = self.ready_mem(RXQ) else {

@@ -2,7 +2,7 @@
 //!
 //! Per run, one VM (1 vCPU, 256 MiB) runs three probe commands in turn:
 //! - `rx`: host -> probe. The host connects to `uds_path`, `CONNECT 53`, writes `--mib` MiB;
-//!   the probe (`vsock-sink`) hashes them and answers `<bytes> <fnv>` after the host's
+//!   the probe (`vsock-sink`) counts them and answers `<bytes>` after the host's
 //!   shutdown. Timed from the first byte to the answer.
 //! - `tx`: probe -> host. The probe (`vsock-connect`) connects to `<uds_path>_7001` and sends
 //!   `--mib` MiB; the host reads to EOF. Timed from accept to EOF.
@@ -202,7 +202,7 @@ fn one_run(a: &Args, n: usize) -> Result<Run, String> {
         .map_err(|e| e.to_string())?;
     let rx_secs = t0.elapsed().as_secs_f64();
     let _ = writer.join();
-    if !reply.starts_with(&format!("{bytes} ")) {
+    if reply.trim() != bytes.to_string() {
         return Err(format!("sink answered {reply:?}"));
     }
 

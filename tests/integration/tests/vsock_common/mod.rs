@@ -200,19 +200,39 @@ pub fn host_listener(uds: &Path, port: u32, conns: usize, echo: bool) -> JoinHan
     })
 }
 
-/// Reads the sink's `<bytes> <fnv hex>\n` answer (then EOF).
-pub fn sink_reply(mut s: UnixStream) -> (u64, u64) {
+/// Reads the sink's `<bytes>\n` answer.
+pub fn sink_reply(mut s: UnixStream) -> u64 {
     let mut text = String::new();
     BufReader::new(&mut s)
         .read_line(&mut text)
         .unwrap_or_else(|e| panic!("reply: {e}"));
-    let mut parts = text.split_whitespace();
-    let bytes = parts.next().and_then(|b| b.parse().ok());
-    let hash = parts.next().and_then(|h| u64::from_str_radix(h, 16).ok());
-    match (bytes, hash) {
-        (Some(b), Some(h)) => (b, h),
-        _ => panic!("bad sink reply {text:?}"),
+    text.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("bad sink reply {text:?}"))
+}
+
+/// The stream `vsock-connect` connection `n` sends (the probe's `base_block`): 32 KiB blocks
+/// of little-endian xorshift64 words from `(n + 1) * 0x9e3779b97f4a7c15 | 1`, block `i`'s
+/// first 8 bytes replaced by `i`, cut to `len`.
+pub fn probe_stream(n: u64, len: usize) -> Vec<u8> {
+    const BLOCK: usize = 32 << 10;
+    let mut base = vec![0u8; BLOCK];
+    let mut s = (n + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    for w in base.chunks_exact_mut(8) {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        w.copy_from_slice(&s.to_le_bytes());
     }
+    let mut out = Vec::with_capacity(len);
+    let mut i = 0u64;
+    while out.len() < len {
+        base[..8].copy_from_slice(&i.to_le_bytes());
+        let take = BLOCK.min(len - out.len());
+        out.extend_from_slice(&base[..take]);
+        i += 1;
+    }
+    out
 }
 
 /// `key=value` of a probe line, as a number (hex if the key says so).

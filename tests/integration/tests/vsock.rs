@@ -138,3 +138,38 @@ fn sixty_four_mib_arrive_intact_each_way() {
     assert!(m["vsock"]["rx_bytes_count"].as_u64() >= Some(2 * LEN as u64));
     assert!(m["vsock"]["tx_bytes_count"].as_u64() >= Some(2 * LEN as u64));
 }
+
+#[test]
+fn put_vsock_before_boot_is_exported_and_refused_after() {
+    use xenia_integration_tests::{probe, probe_args, TempDir, Xenia, BOOT_TIMEOUT};
+    let dir = TempDir::new();
+    let uds = dir.path().join("api.sock");
+    let (mut x, api) = Xenia::with_api(&[]);
+    let body = serde_json::json!({"vsock_id": "vsock0", "guest_cid": 7, "uds_path": uds});
+    let r = api.expect("PUT", "/vsock", &body.to_string(), 204);
+    assert_eq!(
+        r.header("deprecation"),
+        Some("true"),
+        "vsock_id is deprecated"
+    );
+    let plain = serde_json::json!({"guest_cid": 7, "uds_path": uds});
+    let r = api.expect("PUT", "/vsock/vsock0", &plain.to_string(), 204);
+    assert_eq!(r.header("deprecation"), None);
+    let config = api.expect("GET", "/vm/config", "", 200).json();
+    assert_eq!(config["vsock"], plain, "{config}");
+    let boot = serde_json::json!({"kernel_image_path": probe().pvh,
+                                  "boot_args": probe_args("vsock-info,idle")});
+    api.expect("PUT", "/boot-source", &boot.to_string(), 204);
+    api.expect(
+        "PUT",
+        "/actions",
+        r#"{"action_type": "InstanceStart"}"#,
+        204,
+    );
+    let info = x
+        .wait_for_line("PROBE vsock-info ", BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(num(&info, "cid"), 7, "{info}");
+    let r = api.expect("PUT", "/vsock", &plain.to_string(), 400);
+    assert!(r.fault().contains("after starting"), "{}", r.fault());
+}

@@ -9,7 +9,7 @@
 //!
 //! Files: `packet.rs` (the 44-byte header and its checks), `conn.rs` (one connection, credit
 //! accounting), `unix.rs` (non-blocking accept/connect, the CONNECT line), `muxer.rs` (host
-//! sockets on the `io` loop, timeouts), `queues.rs` (the rx, tx and event queues),
+//! sockets on the `io` loop, timeouts), `queues.rs` (the tx queue, checked chains), `rx.rs` (the rx and event queues),
 //! `persist.rs` (snapshot state).
 //!
 //! Limits: [`MAX_CONNECTIONS`] connections (host-initiated ones still sending their CONNECT
@@ -29,6 +29,7 @@ mod muxer;
 pub mod packet;
 mod persist;
 mod queues;
+mod rx;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

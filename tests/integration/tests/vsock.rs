@@ -173,3 +173,43 @@ fn put_vsock_before_boot_is_exported_and_refused_after() {
     let r = api.expect("PUT", "/vsock", &plain.to_string(), 400);
     assert!(r.fault().contains("after starting"), "{}", r.fault());
 }
+
+#[test]
+fn a_live_socket_at_uds_path_fails_the_start_and_a_stale_one_is_replaced() {
+    use xenia_integration_tests::{probe, probe_args, TempDir, Xenia, BOOT_TIMEOUT};
+    let dir = TempDir::new();
+    let uds = dir.path().join("taken.sock");
+    let live = std::os::unix::net::UnixListener::bind(&uds).unwrap_or_else(|e| panic!("{e}"));
+    let boot = serde_json::json!({"kernel_image_path": probe().pvh,
+                                  "boot_args": probe_args("vsock-info")});
+    let vsock = serde_json::json!({"guest_cid": 3, "uds_path": uds});
+    let (_x, api) = Xenia::with_api(&[]);
+    api.expect("PUT", "/vsock", &vsock.to_string(), 204);
+    api.expect("PUT", "/boot-source", &boot.to_string(), 204);
+    let r = api.expect(
+        "PUT",
+        "/actions",
+        r#"{"action_type": "InstanceStart"}"#,
+        400,
+    );
+    assert!(
+        r.fault().contains("vsock: cannot listen on uds_path"),
+        "{}",
+        r.fault()
+    );
+    // Nobody listens any more: the file is stale and the next VM takes the path.
+    drop(live);
+    let (mut y, api2) = Xenia::with_api(&[]);
+    api2.expect("PUT", "/vsock", &vsock.to_string(), 204);
+    api2.expect("PUT", "/boot-source", &boot.to_string(), 204);
+    api2.expect(
+        "PUT",
+        "/actions",
+        r#"{"action_type": "InstanceStart"}"#,
+        204,
+    );
+    let info = y
+        .wait_for_line("PROBE vsock-info ", BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(info.contains(" ok "), "{info}");
+}

@@ -108,14 +108,14 @@ crate::device_counters!(VsockMetrics, VsockMetricsSnapshot, {
     queue_errors: "Times a queue broke (the device then needs a reset).",
 });
 
-/// Errors from building the device.
+/// Errors from building the device (the VMM's messages say it is the vsock device).
 #[derive(Debug, thiserror::Error)]
 pub enum VsockError {
-    #[error("vsock: guest_cid {0} is reserved (must be at least 3)")]
+    #[error("guest_cid {0} is reserved (must be at least 3)")]
     Cid(u64),
-    #[error("vsock: cannot create an EventFd or timerfd: {0}")]
+    #[error("cannot create an EventFd or timerfd: {0}")]
     Fd(std::io::Error),
-    #[error("vsock: cannot listen on {path}: {source}")]
+    #[error("cannot listen on uds_path {path}: {source}")]
     Listen {
         path: PathBuf,
         source: std::io::Error,

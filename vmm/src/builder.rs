@@ -34,6 +34,7 @@ use crate::device_manager::mmio::{MmioAllocator, MmioSlot};
 use crate::device_manager::net::{
     attach_net_devices, register_net_metrics, update_net_device, NetDevice, NetDeviceError,
 };
+use crate::device_manager::vsock::{attach_vsock, VsockDevice, VsockDeviceError};
 use crate::device_manager::DeviceBuses;
 use crate::metrics;
 use crate::persist::memory::MemorySource;
@@ -95,6 +96,8 @@ pub enum StartError {
     Net(#[from] NetDeviceError),
     #[error("entropy: {0}")]
     Entropy(#[from] EntropyError),
+    #[error("vsock: {0}")]
+    Vsock(#[from] VsockDeviceError),
     #[error("balloon: {0}")]
     Balloon(#[from] BalloonDeviceError),
     #[error("io thread: {0}")]
@@ -155,6 +158,8 @@ pub struct RunningVm {
     pub entropy: Option<EntropyDevice>,
     /// The memory balloon, when configured (after the entropy device on the bus).
     pub balloon: Option<BalloonDevice>,
+    /// The vsock device, when configured (after the balloon on the bus).
+    pub vsock: Option<VsockDevice>,
     /// The loop serving every virtio device; stopped and joined on drop.
     pub io_thread: Option<IoThreadHandle>,
     /// Host facts for saving vCPU states.
@@ -181,6 +186,7 @@ pub(crate) struct Devices {
     pub nets: Vec<NetDevice>,
     pub entropy: Option<EntropyDevice>,
     pub balloon: Option<BalloonDevice>,
+    pub vsock: Option<VsockDevice>,
     /// The loop for the virtio devices; `None` without any (no `io` thread then: an idle
     /// VM without devices costs one thread, its stack and its kernel task less).
     pub io: Option<IoThread>,
@@ -212,7 +218,7 @@ fn mmds_for_devices(
 
 /// Creates every device of `config` on `vm` with `memory`, in the fixed order that decides
 /// their MMIO windows and IRQs: legacy devices, drives, network interfaces, the entropy
-/// device, the balloon.
+/// device, the balloon, the vsock device.
 pub(crate) fn create_devices(
     config: &VmConfig,
     vm: &Vm,
@@ -252,12 +258,21 @@ pub(crate) fn create_devices(
         }
         None => None,
     };
+    let vsock = match &config.vsock {
+        Some(cfg) => {
+            let dev = attach_vsock(vm, &mut buses, &mut allocator, memory, cfg)?;
+            dev.register_metrics(metrics::global());
+            Some(dev)
+        }
+        None => None,
+    };
     let subscribers: Vec<_> = drives
         .iter()
         .map(BlockDevice::subscriber)
         .chain(nets.iter().map(NetDevice::subscriber))
         .chain(entropy.iter().map(EntropyDevice::subscriber))
         .chain(balloon.iter().map(BalloonDevice::subscriber))
+        .chain(vsock.iter().map(VsockDevice::subscriber))
         .collect();
     let io = if subscribers.is_empty() {
         None
@@ -275,6 +290,7 @@ pub(crate) fn create_devices(
         nets,
         entropy,
         balloon,
+        vsock,
         io,
     })
 }
@@ -434,6 +450,7 @@ pub fn build_and_boot_with(
         nets,
         entropy,
         balloon,
+        vsock,
         io,
         acpi,
         vcpus,
@@ -466,6 +483,7 @@ pub fn build_and_boot_with(
         nets,
         entropy,
         balloon,
+        vsock,
         io_thread,
         persist,
         memory_source: None,

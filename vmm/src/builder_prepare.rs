@@ -10,6 +10,7 @@ pub(super) struct Prepared {
     pub(super) nets: Vec<NetDevice>,
     pub(super) entropy: Option<EntropyDevice>,
     pub(super) balloon: Option<BalloonDevice>,
+    pub(super) vsock: Option<VsockDevice>,
     pub(super) io: Option<IoThread>,
     pub(super) acpi: AcpiDevices,
     pub(super) vcpus: Vec<Vcpu>,
@@ -56,6 +57,7 @@ pub(super) fn prepare_guest(
         nets,
         entropy,
         balloon,
+        vsock,
         io,
     } = create_devices(config, vm, memory, options)?;
 
@@ -65,6 +67,7 @@ pub(super) fn prepare_guest(
         .chain(nets.iter().map(|n| n.mmio.slot))
         .chain(entropy.iter().map(|e| e.mmio.slot))
         .chain(balloon.iter().map(|b| b.mmio.slot))
+        .chain(vsock.iter().map(|v| v.mmio.slot))
         .collect();
     let poweroff = EventFdTrigger::new(
         legacy
@@ -135,6 +138,7 @@ pub(super) fn prepare_guest(
         nets,
         entropy,
         balloon,
+        vsock,
         io,
         acpi,
         vcpus,

@@ -201,6 +201,14 @@ impl VmResources {
         self.update(|c| c.mmds_config = Some(mmds))
     }
 
+    /// `PUT /vsock`: adds the vsock device, or replaces its settings (one device).
+    pub fn set_vsock(
+        &mut self,
+        vsock: crate::config::VsockDeviceConfig,
+    ) -> Result<(), ResourceError> {
+        self.update(|c| c.vsock = Some(vsock))
+    }
+
     /// `PUT /balloon`: adds the balloon, or replaces its settings.
     pub fn set_balloon(
         &mut self,

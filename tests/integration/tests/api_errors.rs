@@ -236,9 +236,16 @@ fn bad_bodies_are_400_with_a_fault_message() {
     refused(
         &api,
         "PUT",
-        "/vsock",
-        r#"{"guest_cid": 3, "uds_path": "/v"}"#,
+        "/pmem/p0",
+        r#"{"id": "p0", "path_on_host": "/p"}"#,
         "not supported",
+    );
+    refused(
+        &api,
+        "PUT",
+        "/vsock",
+        r#"{"guest_cid": 2, "uds_path": "/v"}"#,
+        "vsock.guest_cid",
     );
 
     // Post-boot calls before boot.

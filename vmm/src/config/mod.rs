@@ -19,6 +19,7 @@ mod net;
 mod rate_limiter;
 mod serial;
 mod snapshot;
+mod vsock;
 
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +43,7 @@ pub use snapshot::{
     LoadHugePages, MemBackendConfig, MemBackendType, NetworkOverride, SnapshotCreateConfig,
     SnapshotLoadConfig,
 };
+pub use vsock::{VsockDeviceConfig, VsockOverride, MAX_UDS_PATH_LEN};
 
 /// Most block devices one VM may have; each takes an MMIO window and an IRQ line.
 pub const MAX_DRIVES: usize = 16;
@@ -145,8 +147,8 @@ pub struct VmConfig {
     pub serial: Option<SerialConfig>,
     #[serde(default, deserialize_with = "export::typed_unless_empty")]
     pub balloon: Option<BalloonDeviceConfig>,
-    #[serde(default, deserialize_with = "export::unless_empty")]
-    pub vsock: Option<serde_json::Value>,
+    #[serde(default, deserialize_with = "export::typed_unless_empty")]
+    pub vsock: Option<VsockDeviceConfig>,
     #[serde(default, deserialize_with = "export::typed_unless_empty")]
     pub entropy: Option<EntropyDeviceConfig>,
     #[serde(
@@ -199,7 +201,6 @@ impl VmConfig {
     /// Validates every section and the rules that span sections.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let unsupported = [
-            ("vsock", self.vsock.is_some()),
             ("pmem", self.pmem.is_some()),
             ("memory-hotplug", self.memory_hotplug.is_some()),
         ];
@@ -238,6 +239,9 @@ impl VmConfig {
         }
         if let Some(e) = &self.entropy {
             e.validate()?;
+        }
+        if let Some(v) = &self.vsock {
+            v.validate()?;
         }
         if let Some(b) = &self.balloon {
             b.validate()?;
@@ -282,9 +286,28 @@ mod tests {
 
     #[test]
     fn unimplemented_sections_are_refused_by_name() {
-        let e =
-            VmConfig::from_json(r#"{"vsock": {"guest_cid": 3, "uds_path": "/v"}}"#).unwrap_err();
-        assert_eq!(e, ConfigError::Unsupported("vsock"));
+        let e = VmConfig::from_json(r#"{"mmds-config": {"network_interfaces": ["eth0"]}}"#)
+            .unwrap_err();
+        assert_eq!(e, ConfigError::Unsupported("mmds-config"));
+    }
+
+    #[test]
+    fn the_vsock_section_is_read_validated_and_exported_in_firecrackers_shape() {
+        let c = VmConfig::from_json(
+            r#"{"vsock": {"vsock_id": "vsock0", "guest_cid": 3, "uds_path": "/v"}}"#,
+        )
+        .unwrap();
+        let v = c.vsock.as_ref().unwrap();
+        assert_eq!((v.guest_cid, v.uds_path.as_str()), (3, "/v"));
+        let out = serde_json::to_value(&c).unwrap();
+        assert_eq!(
+            out["vsock"],
+            serde_json::json!({"vsock_id": "vsock0", "guest_cid": 3, "uds_path": "/v"})
+        );
+        let e = VmConfig::from_json(r#"{"vsock": {"guest_cid": 1, "uds_path": "/v"}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("vsock.guest_cid"), "{e}");
     }
 
     /// The sections of Firecracker's `FullVmConfiguration` (its OpenAPI document).
@@ -406,10 +429,10 @@ mod tests {
             VmConfig::from_json(r#"{"pmem": [{"id": "p", "path_on_host": "/p"}]}"#).unwrap_err(),
             ConfigError::Unsupported("pmem")
         );
-        assert_eq!(
+        assert!(matches!(
             VmConfig::from_json(r#"{"vsock": {"guest_cid": 3}}"#).unwrap_err(),
-            ConfigError::Unsupported("vsock")
-        );
+            ConfigError::Parse(_)
+        ));
         let c = VmConfig::from_json(r#"{"balloon": {"amount_mib": 0, "deflate_on_oom": false}}"#)
             .unwrap();
         assert_eq!(c.balloon.map(|b| b.amount_mib), Some(0));

@@ -80,9 +80,9 @@ pub struct SnapshotLoadConfig {
     pub resume_vm: bool,
     #[serde(default)]
     pub network_overrides: Vec<NetworkOverride>,
-    /// Accepted for the wire shape; xenia has no vsock yet, so a value is refused.
+    /// The restored vsock device listens at this `uds_path` instead of the saved one.
     #[serde(default)]
-    pub vsock_override: Option<serde_json::Value>,
+    pub vsock_override: Option<super::VsockOverride>,
     #[serde(default)]
     pub clock_realtime: bool,
     #[serde(default)]
@@ -123,8 +123,17 @@ impl SnapshotLoadConfig {
                 "an interface is overridden twice",
             ));
         }
-        if self.vsock_override.is_some() {
-            return Err(ConfigError::Unsupported("vsock_override"));
+        if let Some(o) = &self.vsock_override {
+            validate_path("vsock_override.uds_path", &o.uds_path)?;
+            if o.uds_path.len() > super::MAX_UDS_PATH_LEN {
+                return Err(ConfigError::invalid(
+                    "vsock_override.uds_path",
+                    format!(
+                        "is longer than {} bytes (a Unix socket address)",
+                        super::MAX_UDS_PATH_LEN
+                    ),
+                ));
+            }
         }
         if let Some(h) = self.huge_pages {
             if h != LoadHugePages::Snapshot {
@@ -210,10 +219,20 @@ mod tests {
         )
         .unwrap_err()
         .contains("twice"));
-        assert!(load(
-            r#"{"snapshot_path": "s", "mem_file_path": "m", "vsock_override": {"uds_path": "x"}}"#
+        let c = load(
+            r#"{"snapshot_path": "s", "mem_file_path": "m", "vsock_override": {"uds_path": "x"}}"#,
         )
-        .unwrap_err()
-        .contains("vsock_override"));
+        .unwrap();
+        assert_eq!(c.vsock_override.unwrap().uds_path, "x");
+        for bad in [
+            r#"{"uds_path": ""}"#.to_owned(),
+            r#"{"uds_path": "x", "extra": 1}"#.to_owned(),
+            format!(r#"{{"uds_path": "{}"}}"#, "x".repeat(200)),
+        ] {
+            let text = format!(
+                r#"{{"snapshot_path": "s", "mem_file_path": "m", "vsock_override": {bad}}}"#
+            );
+            assert!(load(&text).is_err(), "{text}");
+        }
     }
 }

@@ -7,6 +7,7 @@
 //! - [`balloon`]: the memory balloon and its runtime updates.
 //! - [`entropy`]: the virtio-rng device.
 //! - [`net`]: network interfaces as virtio-net devices over taps, limiter updates, metrics.
+//! - [`vsock`]: the virtio-vsock device and its Unix-socket listener.
 //! - [`persist`]: saving and restoring every device's state (snapshots).
 //!
 //! Everything is attached before the vCPUs start: each vCPU holds a clone of the buses.
@@ -19,6 +20,7 @@ pub mod legacy;
 pub mod mmio;
 pub mod net;
 pub mod persist;
+pub mod vsock;
 
 use devices::Bus;
 

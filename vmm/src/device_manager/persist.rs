@@ -38,6 +38,7 @@ use virtio::balloon::{Balloon, BalloonState};
 use virtio::block::{Block, BlockState};
 use virtio::net::{Net, NetState};
 use virtio::rng::{Rng, RngState};
+use virtio::vsock::{Vsock, VsockState};
 use virtio::{MmioTransport, MmioTransportState, TransportStateError, VirtioPersist};
 
 use super::balloon::BalloonDevice;
@@ -46,6 +47,7 @@ use super::entropy::EntropyDevice;
 use super::legacy::LegacyDevices;
 use super::mmio::MmioSlot;
 use super::net::NetDevice;
+use super::vsock::VsockDevice;
 use crate::builder::RunningVm;
 
 /// Where a virtio device sat on the MMIO bus.
@@ -81,6 +83,7 @@ pub type BlockDeviceState = VirtioDeviceEntry<BlockState>;
 pub type NetDeviceState = VirtioDeviceEntry<NetState>;
 pub type EntropyDeviceState = VirtioDeviceEntry<RngState>;
 pub type BalloonDeviceState = VirtioDeviceEntry<BalloonState>;
+pub type VsockDeviceState = VirtioDeviceEntry<VsockState>;
 
 /// Every device's saved state, in configuration order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +97,8 @@ pub struct DeviceStates {
     pub entropy: Option<EntropyDeviceState>,
     /// The balloon (id `balloon`), when configured.
     pub balloon: Option<BalloonDeviceState>,
+    /// The vsock device (id `vsock`), when configured.
+    pub vsock: Option<VsockDeviceState>,
 }
 
 /// Why a saved device set was refused or could not be applied; each names the device and
@@ -261,6 +266,7 @@ pub struct DeviceSet<'a> {
     pub nets: &'a [NetDevice],
     pub entropy: Option<&'a EntropyDevice>,
     pub balloon: Option<&'a BalloonDevice>,
+    pub vsock: Option<&'a VsockDevice>,
 }
 
 /// Every device locked and drained; the `io` thread cannot touch a device until this is
@@ -272,6 +278,7 @@ pub struct QuiescedDevices<'a> {
     nets: Vec<Locked<'a, Net>>,
     entropy: Option<Locked<'a, Rng>>,
     balloon: Option<Locked<'a, Balloon>>,
+    vsock: Option<Locked<'a, Vsock>>,
 }
 
 impl std::fmt::Debug for QuiescedDevices<'_> {
@@ -293,6 +300,7 @@ impl QuiescedDevices<'_> {
             nets: self.nets.iter().map(Locked::save).collect(),
             entropy: self.entropy.as_ref().map(Locked::save),
             balloon: self.balloon.as_ref().map(Locked::save),
+            vsock: self.vsock.as_ref().map(Locked::save),
         }
     }
 }
@@ -338,6 +346,16 @@ impl<'a> DeviceSet<'a> {
         })
     }
 
+    fn vsock_handle(&self) -> Option<VirtioHandle<'a, Vsock>> {
+        self.vsock.map(|v| VirtioHandle {
+            kind: "vsock",
+            id: "vsock",
+            slot: v.mmio.slot,
+            transport: &v.mmio.transport,
+            device: &v.device,
+        })
+    }
+
     /// Locks every device and drains what is in flight (call with the vCPUs paused). The
     /// guard keeps the `io` thread away until dropped.
     pub fn quiesce(&self) -> QuiescedDevices<'a> {
@@ -348,6 +366,7 @@ impl<'a> DeviceSet<'a> {
             nets: self.net_handles().map(|h| h.lock_and_quiesce()).collect(),
             entropy: self.entropy_handle().map(|h| h.lock_and_quiesce()),
             balloon: self.balloon_handle().map(|h| h.lock_and_quiesce()),
+            vsock: self.vsock_handle().map(|h| h.lock_and_quiesce()),
         }
     }
 
@@ -381,6 +400,12 @@ impl<'a> DeviceSet<'a> {
         count("network-interfaces", states.nets.len(), self.nets.len())?;
         let entropy = self.entropy_handle();
         let balloon = self.balloon_handle();
+        let vsock = self.vsock_handle();
+        count(
+            "vsock",
+            usize::from(states.vsock.is_some()),
+            usize::from(vsock.is_some()),
+        )?;
         count(
             "entropy",
             usize::from(states.entropy.is_some()),
@@ -410,6 +435,9 @@ impl<'a> DeviceSet<'a> {
         if let (Some(h), Some(s)) = (balloon, &states.balloon) {
             h.restore(0, s, apply)?;
         }
+        if let (Some(h), Some(s)) = (vsock, &states.vsock) {
+            h.restore(0, s, apply)?;
+        }
         Ok(())
     }
 
@@ -429,6 +457,9 @@ impl<'a> DeviceSet<'a> {
         if let Some(h) = self.balloon_handle() {
             n += h.kick()?;
         }
+        if let Some(h) = self.vsock_handle() {
+            n += h.kick()?;
+        }
         Ok(n)
     }
 }
@@ -442,6 +473,7 @@ impl RunningVm {
             nets: &self.nets,
             entropy: self.entropy.as_ref(),
             balloon: self.balloon.as_ref(),
+            vsock: self.vsock.as_ref(),
         }
     }
 }

@@ -91,6 +91,7 @@ impl Set {
             nets: &[],
             entropy: None,
             balloon: None,
+            vsock: None,
         }
     }
 }

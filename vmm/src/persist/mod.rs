@@ -29,7 +29,8 @@ use crate::vstate::vm_state::VmState;
 /// The state-file format this xenia writes and reads. Bump it whenever the encoding of
 /// [`Snapshot`] changes in any way.
 /// 2: the usage record. 3: the entropy device and the balloon in the device states.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 3;
+/// 4: the vsock device in the device states.
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 4;
 
 /// Page size of the memory file's granularity (holes, diff pages).
 pub const PAGE_SIZE: u64 = 4096;
@@ -262,6 +263,7 @@ pub(crate) mod tests {
             nets: Vec::new(),
             entropy: None,
             balloon: None,
+            vsock: None,
         }
     }
 

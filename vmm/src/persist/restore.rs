@@ -46,6 +46,8 @@ pub struct LoadOptions {
     pub track_dirty_pages: bool,
     /// (iface_id, host_dev_name): the tap each interface uses instead of the saved one.
     pub network_overrides: Vec<(String, String)>,
+    /// `vsock_override.uds_path`: where the restored vsock device listens instead.
+    pub vsock_override: Option<String>,
     pub clock_realtime: bool,
 }
 
@@ -68,6 +70,8 @@ pub enum LoadError {
     UnknownIface(String),
     #[error("network_overrides: {0}")]
     BadOverride(String),
+    #[error("vsock_override: the snapshot has no vsock device")]
+    NoVsock,
     #[error(
         "the snapshot's VM uses 2 MiB hugetlbfs pages (machine-config.huge_pages \"2M\"); a File \
          memory backend cannot map a regular file with them: load through a Uffd backend"
@@ -132,9 +136,14 @@ pub fn read_state_bytes(path: &str) -> Result<Vec<u8>, LoadError> {
     Ok(bytes)
 }
 
-/// Applies `network_overrides` to the configuration the devices will be built from.
-fn apply_overrides(config: &mut VmConfig, overrides: &[(String, String)]) -> Result<(), LoadError> {
-    for (iface, tap) in overrides {
+/// Applies `network_overrides` and `vsock_override` to the configuration the devices will
+/// be built from.
+fn apply_overrides(config: &mut VmConfig, options: &LoadOptions) -> Result<(), LoadError> {
+    if let Some(path) = &options.vsock_override {
+        let vsock = config.vsock.as_mut().ok_or(LoadError::NoVsock)?;
+        vsock.uds_path = path.clone();
+    }
+    for (iface, tap) in &options.network_overrides {
         let n = config
             .network_interfaces
             .iter_mut()
@@ -164,7 +173,7 @@ pub fn load_snapshot(
         path: path.clone(),
         source,
     })?;
-    apply_overrides(&mut config, &options.network_overrides)?;
+    apply_overrides(&mut config, options)?;
     mark("state file read and checked", t0);
     let machine = config.machine_config.clone().unwrap_or_default();
 
@@ -218,6 +227,7 @@ pub fn load_snapshot(
         nets,
         entropy,
         balloon,
+        vsock,
         io,
     } = create_devices(&config, &vm, &memory, build)?;
     // The ACPI devices, with a new VM generation ID: every restore is a new generation.
@@ -237,6 +247,7 @@ pub fn load_snapshot(
         nets: &nets,
         entropy: entropy.as_ref(),
         balloon: balloon.as_ref(),
+        vsock: vsock.as_ref(),
     }
     .restore_state(&snapshot.devices)?;
     restore_vm(vm.fd(), &snapshot.vm, options.clock_realtime)?;
@@ -273,6 +284,7 @@ pub fn load_snapshot(
             nets,
             entropy,
             balloon,
+            vsock,
             io_thread,
             persist,
             memory_source: Some(source),

@@ -249,6 +249,7 @@ impl Vmm {
                 .iter()
                 .map(|o| (o.iface_id.clone(), o.host_dev_name.clone()))
                 .collect(),
+            vsock_override: params.vsock_override.as_ref().map(|o| o.uds_path.clone()),
             clock_realtime: params.clock_realtime,
         };
         let start = Instant::now();
@@ -328,6 +329,9 @@ impl Vmm {
                 .map(|n| (n.iface_id.clone(), n.counters()))
                 .collect(),
         );
+        if let Some(v) = &vm.vsock {
+            self.usage.set_vsock_source(v.counters.clone());
+        }
         self.usage.set_paused(paused);
     }
 
@@ -477,6 +481,11 @@ impl Vmm {
                 self.resources
                     .set_entropy(entropy)
                     .map_err(|e| failed(&e))?;
+                Ok(VmmData::Empty)
+            }
+            A::PutVsock(vsock) => {
+                self.pre_boot()?;
+                self.resources.set_vsock(vsock).map_err(|e| failed(&e))?;
                 Ok(VmmData::Empty)
             }
             A::PutBalloon(balloon) => {

@@ -84,6 +84,8 @@ pub enum VmmAction {
     PutEntropy(EntropyDeviceConfig),
     /// `PUT /balloon`
     PutBalloon(BalloonDeviceConfig),
+    /// `PUT /vsock`
+    PutVsock(crate::config::VsockDeviceConfig),
     /// `PATCH /balloon`
     PatchBalloon(BalloonUpdate),
     /// `GET /balloon`

@@ -40,10 +40,11 @@ pub const ROUTES: &[(Method, &str)] = &[
     (Method::Get, "/version"),
     (Method::Patch, "/vm"),
     (Method::Get, "/vm/config"),
+    (Method::Put, "/vsock"),
 ];
 
 /// Firecracker paths (first segment) xenia recognises but does not implement yet.
-pub const UNSUPPORTED_ROUTES: &[&str] = &["hotplug", "pmem", "vsock"];
+pub const UNSUPPORTED_ROUTES: &[&str] = &["hotplug", "pmem"];
 
 /// A request the router accepted.
 #[derive(Debug, Clone, PartialEq)]
@@ -257,6 +258,14 @@ fn route(method: Method, path: &str, body: &[u8]) -> Result<ParsedRequest, Route
             config.validate()?;
             A::PutEntropy(config)
         }
+        (Put, "vsock") => {
+            let config: crate::config::VsockDeviceConfig = json("vsock").parse()?;
+            config.validate()?;
+            let old_id = config.vsock_id.is_some();
+            return Ok(
+                ParsedRequest::from(A::PutVsock(config)).deprecated_if(old_id, VSOCK_ID_DEPRECATED)
+            );
+        }
         (Put, "drives") => {
             let id = second.ok_or(RouteError::MissingId("drive id"))?;
             let config: crate::config::DriveConfig = json("drives").parse()?;
@@ -361,6 +370,9 @@ const SNAPSHOT_LOAD_MEM_FILE_DEPRECATED: &str =
     "PUT /snapshot/load: the mem_file_path field is deprecated; use mem_backend.";
 const SNAPSHOT_LOAD_DIFF_DEPRECATED: &str =
     "PUT /snapshot/load: the enable_diff_snapshots field is deprecated; use track_dirty_pages.";
+
+/// `PUT /vsock`'s old device id (Firecracker ignores it too).
+const VSOCK_ID_DEPRECATED: &str = "PUT /vsock: the vsock_id field is deprecated.";
 
 /// The deprecation messages of `machine-config`'s static CPU template field.
 const CPU_TEMPLATE_PUT_DEPRECATED: &str =

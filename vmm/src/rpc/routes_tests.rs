@@ -296,8 +296,6 @@ fn unknown_paths_and_methods() {
 #[test]
 fn unsupported_features_are_refused_by_name_never_accepted() {
     for (m, p) in [
-        (Method::Put, "/vsock"),
-        (Method::Put, "/vsock/vsock0"),
         (Method::Patch, "/balloon/hinting/start"),
         (Method::Patch, "/balloon/hinting/stop"),
         (Method::Get, "/balloon/hinting/status"),
@@ -661,6 +659,47 @@ fn put_entropy_takes_an_optional_rate_limiter_and_refuses_unknown_fields() {
     assert_eq!(c.rate_limiter.and_then(|l| l.ops).map(|o| o.size), Some(10));
     let e = r(r#"{"bytes_per_s": 1}"#).unwrap_err().to_string();
     assert!(e.contains("unknown field `bytes_per_s`"), "{e}");
+}
+
+#[test]
+fn put_vsock_takes_firecrackers_body_and_marks_vsock_id_deprecated() {
+    let r = |path: &str, body: &str| {
+        parse_request(&Request {
+            method: Method::Put,
+            path: path.into(),
+            query: None,
+            headers: Vec::new(),
+            body: body.as_bytes().to_vec(),
+        })
+    };
+    let Ok(p) = r("/vsock", r#"{"guest_cid": 3, "uds_path": "/tmp/v.sock"}"#) else {
+        panic!("a plain vsock body is valid")
+    };
+    assert!(!p.is_deprecated());
+    let VmmAction::PutVsock(c) = p.action else {
+        panic!("not PutVsock")
+    };
+    assert_eq!((c.guest_cid, c.uds_path.as_str()), (3, "/tmp/v.sock"));
+    // The deprecated id, and the trailing path segment Firecracker's clients send.
+    let Ok(p) = r(
+        "/vsock/vsock0",
+        r#"{"vsock_id": "vsock0", "guest_cid": 4, "uds_path": "/v"}"#,
+    ) else {
+        panic!("vsock_id is accepted")
+    };
+    assert!(p.is_deprecated());
+    for (body, needle) in [
+        (r#"{"guest_cid": 2, "uds_path": "/v"}"#, "guest_cid"),
+        (r#"{"guest_cid": 3, "uds_path": ""}"#, "uds_path"),
+        (r#"{"guest_cid": 3}"#, "uds_path"),
+        (
+            r#"{"guest_cid": 3, "uds_path": "/v", "x": 1}"#,
+            "unknown field",
+        ),
+    ] {
+        let e = r("/vsock", body).unwrap_err().to_string();
+        assert!(e.contains(needle), "{body}: {e}");
+    }
 }
 
 #[test]

@@ -106,9 +106,13 @@ pub(super) const VCPU: &[&str] = &[
 ];
 
 pub(super) const IO: &[&str] = &[
+    // virtio-vsock: host processes connecting to uds_path.
+    "accept4",
     "brk",
     "clock_gettime",
     "close",
+    // virtio-vsock: guest connections to <uds_path>_<port>, non-blocking.
+    "connect",
     "epoll_ctl",
     "epoll_wait",
     "exit",
@@ -130,9 +134,17 @@ pub(super) const IO: &[&str] = &[
     "pwritev",
     "read",
     "readv",
+    // virtio-vsock: UnixStream::read is recv(2).
+    "recvfrom",
     "rt_sigprocmask",
     "rt_sigreturn",
+    // virtio-vsock: UnixStream::write is send(2) with MSG_NOSIGNAL.
+    "sendto",
+    // virtio-vsock: the guest shut its sending side (the host reads EOF).
+    "shutdown",
     "sigaltstack",
+    // virtio-vsock: AF_UNIX stream sockets only (argument checked).
+    "socket",
     "timerfd_settime",
     "write",
     "writev",
@@ -147,5 +159,6 @@ pub(super) const ARG_CHECKED: &[&str] = &[
     "madvise",
     "mmap",
     "mprotect",
+    "socket",
     "tgkill",
 ];

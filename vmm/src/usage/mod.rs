@@ -26,12 +26,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use virtio::block::BlockMetrics;
 use virtio::net::NetMetrics;
+use virtio::vsock::VsockMetrics;
 use virtio::GuestMemoryMmap;
 
 pub use cpu::{register_current, CpuTime, ThreadCpu, ThreadRole};
 pub use state::{
     DriveUsage, MemoryUsage, NetUsage, UsageCounters, UsageState, UsageStateError, VmmThreads,
-    WallTime,
+    VsockUsage, WallTime,
 };
 
 use memory::ResidentTracker;
@@ -105,6 +106,7 @@ struct Sources {
     configured_mib: u64,
     drives: Vec<(String, Arc<BlockMetrics>)>,
     nets: Vec<(String, Arc<NetMetrics>)>,
+    vsock: Option<Arc<VsockMetrics>>,
 }
 
 /// The usage meter of one VMM process (owned by the VMM thread).
@@ -187,6 +189,24 @@ fn add_drive(a: &DriveUsage, b: &DriveUsage) -> DriveUsage {
         flush_ops: a.flush_ops + b.flush_ops,
         discard_bytes: a.discard_bytes + b.discard_bytes,
         discard_ops: a.discard_ops + b.discard_ops,
+    }
+}
+
+/// The inherited vsock counters plus the live device's (either may be missing).
+fn vsock_usage(base: Option<&VsockUsage>, live: Option<&VsockMetrics>) -> Option<VsockUsage> {
+    let live = live.map(|m| {
+        let s = m.snapshot();
+        VsockUsage {
+            rx_bytes: s.rx_bytes_count,
+            rx_packets: s.rx_packets_count,
+            tx_bytes: s.tx_bytes_count,
+            tx_packets: s.tx_packets_count,
+            connections: s.conns_added,
+        }
+    });
+    match (base, live) {
+        (Some(b), Some(l)) => Some(b.add(&l)),
+        (b, l) => b.copied().or(l),
     }
 }
 
@@ -281,8 +301,16 @@ impl UsageMeter {
             configured_mib: configured_bytes >> 20,
             drives,
             nets,
+            vsock: None,
         });
         self.sample();
+    }
+
+    /// The running VM has a vsock device with these counters (call after `vm_started`).
+    pub fn set_vsock_source(&mut self, counters: Arc<VsockMetrics>) {
+        if let Some(s) = self.sources.as_mut() {
+            s.vsock = Some(counters);
+        }
     }
 
     /// The VM was paused (true) or resumed (false).
@@ -365,6 +393,7 @@ impl UsageMeter {
             },
             drives,
             interfaces,
+            vsock: vsock_usage(base.vsock.as_ref(), sources.vsock.as_deref()),
         })
     }
 

@@ -73,6 +73,32 @@ pub struct NetUsage {
     pub rate_limited_events: u64,
 }
 
+/// The vsock device's traffic (payload bytes; headers excluded).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockUsage {
+    /// Stream bytes (and packets of any kind) delivered to the guest.
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    /// Stream bytes (and packets) the guest sent.
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
+    /// Connections opened, either direction.
+    pub connections: u64,
+}
+
+impl VsockUsage {
+    pub fn add(&self, b: &VsockUsage) -> VsockUsage {
+        VsockUsage {
+            rx_bytes: self.rx_bytes + b.rx_bytes,
+            rx_packets: self.rx_packets + b.rx_packets,
+            tx_bytes: self.tx_bytes + b.tx_bytes,
+            tx_packets: self.tx_packets + b.tx_packets,
+            connections: self.connections + b.connections,
+        }
+    }
+}
+
 /// Every usage counter of one VM. Each is cumulative since the VM was created (across
 /// snapshot restores) and never decreases; gauges say so.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
@@ -89,6 +115,9 @@ pub struct UsageCounters {
     pub drives: BTreeMap<String, DriveUsage>,
     /// By `iface_id`.
     pub interfaces: BTreeMap<String, NetUsage>,
+    /// The vsock device, when the VM has one.
+    #[serde(default)]
+    pub vsock: Option<VsockUsage>,
 }
 
 /// What a snapshot carries: the counters at the moment of the snapshot and the identity of

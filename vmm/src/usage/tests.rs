@@ -91,3 +91,32 @@ fn a_restore_continues_the_counters_under_a_new_identity() {
     assert_ne!(clones[0], clones[1]);
     assert!(!clones.contains(&original.usage_id().to_owned()));
 }
+
+#[test]
+fn vsock_counters_are_reported_and_continue_from_a_snapshot() {
+    use virtio::vsock::VsockMetrics;
+    let mut meter = UsageMeter::new("vm-v");
+    started(&mut meter);
+    assert_eq!(
+        meter.counters().unwrap().vsock,
+        None,
+        "no device, no section"
+    );
+    let m = Arc::new(VsockMetrics::default());
+    meter.set_vsock_source(m.clone());
+    VsockMetrics::add(&m.rx_bytes_count, 1000);
+    VsockMetrics::add(&m.tx_packets_count, 3);
+    VsockMetrics::inc(&m.conns_added);
+    let v = meter.counters().unwrap().vsock.unwrap();
+    assert_eq!((v.rx_bytes, v.tx_packets, v.connections), (1000, 3, 1));
+    let inherited = VsockUsage {
+        rx_bytes: 5,
+        connections: 2,
+        ..Default::default()
+    };
+    assert_eq!(
+        vsock_usage(Some(&inherited), Some(&m)).map(|v| (v.rx_bytes, v.connections)),
+        Some((1005, 3))
+    );
+    assert_eq!(vsock_usage(Some(&inherited), None), Some(inherited));
+}

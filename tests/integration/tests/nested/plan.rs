@@ -218,12 +218,13 @@ fn run_direct(plan: &Plan) -> Result<PlanOutcome, String> {
     std::fs::create_dir_all(work.join("scratch"))
         .and_then(|()| std::fs::create_dir_all(&l2))
         .map_err(|e| format!("cannot create {}: {e}", work.display()))?;
-    let artifacts: [(&str, PathBuf); 5] = [
+    let artifacts: [(&str, PathBuf); 6] = [
         ("vmlinux", root.join("build/linux/vmlinux")),
         ("vmlinux-nopvh", root.join("build/linux/vmlinux-nopvh")),
         ("bzImage", root.join("build/linux/bzImage")),
         ("initramfs.cpio", root.join("build/rootfs/initramfs.cpio")),
         ("rootfs.ext4", root.join("build/rootfs/rootfs.ext4")),
+        ("vsock-test", root.join("build/rootfs/vsock-test")),
     ];
     for (name, target) in &artifacts {
         std::os::unix::fs::symlink(target, l2.join(name))

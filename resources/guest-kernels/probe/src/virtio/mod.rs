@@ -14,6 +14,8 @@
 //!   frames by hand; `net_cmds.rs`: its commands.
 //! - `rng.rs`: virtio-rng driver and the `rng-*` commands.
 //! - `balloon.rs`: virtio-balloon driver and the `balloon-*` commands.
+//! - `vsock.rs`: virtio-vsock driver; `vsock_cmds.rs`: the `vsock-*` commands (stream
+//!   connections by hand, credit both ways); `vsock_hostile.rs`: `vsock-hostile`.
 
 pub mod balloon;
 pub mod bench;
@@ -32,6 +34,9 @@ pub mod netstack;
 pub mod queue;
 pub mod rng;
 pub mod tcp;
+pub mod vsock;
+pub mod vsock_cmds;
+pub mod vsock_hostile;
 
 use crate::bootinfo;
 use crate::cmdline::{as_text, parse_u64, Command};
@@ -125,7 +130,8 @@ pub fn run(cmd: Command<'_>) -> bool {
     if !(cmd.name.starts_with(b"blk-")
         || cmd.name.starts_with(b"net-")
         || cmd.name.starts_with(b"rng-")
-        || cmd.name.starts_with(b"balloon-"))
+        || cmd.name.starts_with(b"balloon-")
+        || cmd.name.starts_with(b"vsock-"))
     {
         return false;
     }
@@ -138,6 +144,8 @@ pub fn run(cmd: Command<'_>) -> bool {
         blk_cmds::run(as_text(name), index, cmd.arg);
     } else if name.starts_with(b"balloon-") {
         balloon::run(as_text(name), index, cmd.arg);
+    } else if name.starts_with(b"vsock-") {
+        vsock_cmds::run(as_text(name), index, cmd.arg);
     } else if name.starts_with(b"rng-") {
         rng::run(as_text(name), index, cmd.arg);
     } else {

@@ -99,10 +99,12 @@ fn a_fresh_vmm_shows_firecrackers_defaults_and_agrees_with_machine_config() {
 #[test]
 fn a_configured_then_running_vm_keeps_the_shape_and_its_export_boots_again() {
     let (mut x, api) = Xenia::with_api(&["--id", "export"]);
+    // `idle` keeps the guest from resetting (and xenia from exiting) before the running
+    // VM's export is read.
     api.expect(
         "PUT",
         "/boot-source",
-        &boot_source(&probe().pvh, "blk-info"),
+        &boot_source(&probe().pvh, "blk-info,idle"),
         204,
     );
     api.expect(

@@ -286,9 +286,8 @@ mod tests {
 
     #[test]
     fn unimplemented_sections_are_refused_by_name() {
-        let e = VmConfig::from_json(r#"{"mmds-config": {"network_interfaces": ["eth0"]}}"#)
-            .unwrap_err();
-        assert_eq!(e, ConfigError::Unsupported("mmds-config"));
+        let e = VmConfig::from_json(r#"{"pmem": [{"id": "p0"}]}"#).unwrap_err();
+        assert_eq!(e, ConfigError::Unsupported("pmem"));
     }
 
     #[test]

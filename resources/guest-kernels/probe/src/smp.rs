@@ -8,6 +8,7 @@ use core::arch::global_asm;
 use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use crate::arch::entry::KERNEL_CS32;
+use crate::arch::lapic::Lapic;
 use crate::mptable::MpTable;
 use crate::timer::{delay_us, Deadline};
 
@@ -101,34 +102,17 @@ pub fn stop_flipper() -> (u64, u32) {
 
 // Local APIC registers (xAPIC MMIO).
 const LAPIC_ID: u64 = 0x20;
-const LAPIC_SVR: u64 = 0xf0;
 const LAPIC_ICR_LOW: u64 = 0x300;
 const LAPIC_ICR_HIGH: u64 = 0x310;
 const ICR_INIT: u32 = 0x0000_4500;
 const ICR_STARTUP: u32 = 0x0000_4600;
 const ICR_PENDING: u32 = 1 << 12;
 
-struct Lapic {
-    base: u64,
-}
-
-impl Lapic {
-    fn read(&self, reg: u64) -> u32 {
-        // SAFETY: base is the LAPIC MMIO page (inside the uncached part of our identity map).
-        unsafe { core::ptr::read_volatile((self.base + reg) as *const u32) }
-    }
-
-    fn write(&self, reg: u64, value: u32) {
-        // SAFETY: as for `read`.
-        unsafe { core::ptr::write_volatile((self.base + reg) as *mut u32, value) }
-    }
-
-    fn send_ipi(&self, apic_id: u8, icr_low: u32) {
-        self.write(LAPIC_ICR_HIGH, (apic_id as u32) << 24);
-        self.write(LAPIC_ICR_LOW, icr_low);
-        let deadline = Deadline::after_us(10_000);
-        while self.read(LAPIC_ICR_LOW) & ICR_PENDING != 0 && !deadline.passed() {}
-    }
+fn send_ipi(lapic: &Lapic, apic_id: u8, icr_low: u32) {
+    lapic.write(LAPIC_ICR_HIGH, (apic_id as u32) << 24);
+    lapic.write(LAPIC_ICR_LOW, icr_low);
+    let deadline = Deadline::after_us(10_000);
+    while lapic.read(LAPIC_ICR_LOW) & ICR_PENDING != 0 && !deadline.passed() {}
 }
 
 pub struct SmpResult {
@@ -150,26 +134,26 @@ pub fn start_aps(mp: &MpTable) -> Result<SmpResult, SmpError> {
     if base < 0xd000_0000 || base & 0xfff != 0 {
         return Err(SmpError::BadLapicAddress(mp.lapic_addr));
     }
-    let lapic = Lapic { base };
+    let lapic = Lapic::at(base);
     let my_id = (lapic.read(LAPIC_ID) >> 24) as u8;
     copy_trampoline();
     probe_ap_slot.store(0, Ordering::SeqCst);
     probe_ap_online.store(0, Ordering::SeqCst);
-    lapic.write(LAPIC_SVR, lapic.read(LAPIC_SVR) | 0x1ff); // software-enable, spurious vector 0xff
+    lapic.enable();
 
     let cpus = &mp.cpus[..mp.cpu_count];
     let aps = cpus.iter().filter(|c| c.apic_id != my_id);
     let vector = (TRAMPOLINE >> 12) as u32;
     let mut woken = 0;
     for cpu in aps.clone() {
-        lapic.send_ipi(cpu.apic_id, ICR_INIT);
+        send_ipi(&lapic, cpu.apic_id, ICR_INIT);
         woken += 1;
     }
     if woken > 0 {
         delay_us(10_000);
         for _ in 0..2 {
             for cpu in aps.clone() {
-                lapic.send_ipi(cpu.apic_id, ICR_STARTUP | vector);
+                send_ipi(&lapic, cpu.apic_id, ICR_STARTUP | vector);
             }
             delay_us(200);
         }

@@ -8,13 +8,13 @@
 use core::arch::asm;
 
 use super::cpu::{pause, rdtsc};
+use super::lapic::Lapic;
 use super::port::outb;
 use crate::sync::BootCell;
 
 const IA32_APIC_BASE: u32 = 0x1b;
 const APIC_GLOBAL_ENABLE: u64 = 1 << 11;
 const APIC_X2APIC_MODE: u64 = 1 << 10;
-const SVR: u64 = 0xf0;
 const EOI: u64 = 0xb0;
 const LVT_TIMER: u64 = 0x320;
 const INITIAL_COUNT: u64 = 0x380;
@@ -27,23 +27,10 @@ const WAKE_VECTOR: u32 = 0x30;
 
 #[derive(Clone, Copy)]
 struct WakeTimer {
-    base: u64,
+    lapic: Lapic,
     /// APIC timer ticks per `tsc_ticks` TSC ticks, measured once.
     apic_ticks: u64,
     tsc_ticks: u64,
-}
-
-impl WakeTimer {
-    fn read(&self, reg: u64) -> u32 {
-        // SAFETY: `base` is the LAPIC MMIO page, inside the uncached part of our identity
-        // map; `reg` is one of its 16-byte-aligned registers.
-        unsafe { core::ptr::read_volatile((self.base + reg) as *const u32) }
-    }
-
-    fn write(&self, reg: u64, value: u32) {
-        // SAFETY: as in `read`.
-        unsafe { core::ptr::write_volatile((self.base + reg) as *mut u32, value) }
-    }
 }
 
 /// `None` before the first sleep; `Some(None)` when the timer is unusable.
@@ -74,25 +61,25 @@ fn calibrate() -> Option<WakeTimer> {
     if msr & APIC_GLOBAL_ENABLE == 0 || msr & APIC_X2APIC_MODE != 0 {
         return None;
     }
-    let base = msr & 0x000f_ffff_ffff_f000;
+    let lapic = Lapic::at(msr & 0x000f_ffff_ffff_f000);
     let mut timer = WakeTimer {
-        base,
+        lapic,
         apic_ticks: 0,
         tsc_ticks: 0,
     };
     outb(0x21, 0xff);
     outb(0xa1, 0xff);
-    timer.write(SVR, timer.read(SVR) | 0x1ff); // software-enable, spurious vector 0xff
-    timer.write(DIVIDE_CONFIG, DIVIDE_BY_1);
-    timer.write(LVT_TIMER, LVT_MASKED | WAKE_VECTOR);
+    lapic.enable();
+    timer.lapic.write(DIVIDE_CONFIG, DIVIDE_BY_1);
+    timer.lapic.write(LVT_TIMER, LVT_MASKED | WAKE_VECTOR);
     let start = rdtsc();
-    timer.write(INITIAL_COUNT, u32::MAX);
+    timer.lapic.write(INITIAL_COUNT, u32::MAX);
     while rdtsc().wrapping_sub(start) < 1 << 20 {
         pause();
     }
-    let left = timer.read(CURRENT_COUNT);
+    let left = timer.lapic.read(CURRENT_COUNT);
     let tsc_ticks = rdtsc().wrapping_sub(start);
-    timer.write(INITIAL_COUNT, 0);
+    timer.lapic.write(INITIAL_COUNT, 0);
     timer.apic_ticks = u64::from(u32::MAX - left);
     timer.tsc_ticks = tsc_ticks;
     (timer.apic_ticks > 0 && tsc_ticks > 0).then_some(timer)
@@ -113,14 +100,16 @@ pub fn sleep_until(deadline: u64) {
             break;
         }
         let count = (left as u64).saturating_mul(timer.apic_ticks) / timer.tsc_ticks;
-        timer.write(LVT_TIMER, WAKE_VECTOR);
-        timer.write(INITIAL_COUNT, count.clamp(1, u64::from(u32::MAX)) as u32);
+        timer.lapic.write(LVT_TIMER, WAKE_VECTOR);
+        timer
+            .lapic
+            .write(INITIAL_COUNT, count.clamp(1, u64::from(u32::MAX)) as u32);
         // SAFETY: every vector from 32 up has a gate that only returns, and the PICs are
         // masked, so the only interrupts are the APIC's and each just ends the `hlt`. `sti`
         // delays interrupts by one instruction, so a timer that already fired still wakes
         // the `hlt` instead of being taken before it.
         unsafe { asm!("sti", "hlt", "cli", options(nomem, nostack)) }
-        timer.write(EOI, 0);
+        timer.lapic.write(EOI, 0);
     }
-    timer.write(INITIAL_COUNT, 0);
+    timer.lapic.write(INITIAL_COUNT, 0);
 }

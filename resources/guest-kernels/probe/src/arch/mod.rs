@@ -3,5 +3,6 @@
 pub mod cpu;
 pub mod entry;
 pub mod idt;
+pub mod lapic;
 pub mod lapic_timer;
 pub mod port;

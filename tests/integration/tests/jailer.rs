@@ -49,7 +49,8 @@ fn assert_confined(pid: u32, jail: &Jail) {
     assert_eq!(status_field(pid, "NoNewPrivs"), "1");
     let threads = wait_all_filtered(pid);
     assert!(
-        threads.len() >= 3 && threads.iter().all(|(_, mode)| mode == "2"),
+        // The VMM thread and `vcpu 0` at least (no `io` thread without a virtio device).
+        threads.len() >= 2 && threads.iter().all(|(_, mode)| mode == "2"),
         "every thread filtered: {threads:?}"
     );
     assert!(threads.iter().any(|(n, _)| n == "vcpu 0"), "{threads:?}");

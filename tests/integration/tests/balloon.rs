@@ -237,12 +237,7 @@ fn a_restored_balloon_and_entropy_device_keep_working() {
     let boot = json!({"kernel_image_path": probe().pvh,
                       "boot_args": probe_args("balloon-serve:20:32,rng-read:65536")});
     api.expect("PUT", "/boot-source", &boot.to_string(), 204);
-    api.expect(
-        "PUT",
-        "/actions",
-        r#"{"action_type": "InstanceStart"}"#,
-        204,
-    );
+    api.start_instance(204);
     let line = wait(&mut x, "PROBE balloon-inflated");
     assert_eq!(field(&line, "actual"), 16 * 256, "{line}");
     // Let a statistics round trip happen, so the device holds the guest's buffer.

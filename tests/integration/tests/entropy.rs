@@ -167,12 +167,7 @@ fn put_entropy_before_boot_is_exported_and_refused_after_boot() {
         config["entropy"]["rate_limiter"]["ops"]["size"], 100,
         "{config}"
     );
-    api.expect(
-        "PUT",
-        "/actions",
-        r#"{"action_type": "InstanceStart"}"#,
-        204,
-    );
+    api.start_instance(204);
     let line = x
         .wait_for_line("PROBE rng-read", RUN_TIMEOUT)
         .unwrap_or_else(|e| panic!("{e}"));

@@ -33,12 +33,7 @@ fn start(
     api.expect("PUT", "/network-interfaces/eth0", &nic.to_string(), 204);
     api.expect("PUT", "/mmds/config", &mmds_config.to_string(), 204);
     api.expect("PUT", "/mmds", DATA, 204);
-    api.expect(
-        "PUT",
-        "/actions",
-        r#"{"action_type": "InstanceStart"}"#,
-        204,
-    );
+    api.start_instance(204);
     (x, api)
 }
 
@@ -189,12 +184,7 @@ fn a_snapshot_keeps_the_mmds_config_and_the_control_plane_pushes_new_data_before
     api.expect("PUT", "/network-interfaces/eth0", &nic.to_string(), 204);
     api.expect("PUT", "/mmds/config", &config.to_string(), 204);
     api.expect("PUT", "/mmds", r#"{"id": "i-old"}"#, 204);
-    api.expect(
-        "PUT",
-        "/actions",
-        r#"{"action_type": "InstanceStart"}"#,
-        204,
-    );
+    api.start_instance(204);
     let first = x
         .wait_for_line("PROBE net-mmds-until-first", RUN_TIMEOUT)
         .unwrap_or_else(|e| panic!("{e}\n{}", x.lines.join("\n")));

@@ -5,6 +5,7 @@
 //! of carrying their own copies.
 
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use event_manager::{EventOps, EventSet, Events};
@@ -57,6 +58,22 @@ impl ActiveQueues {
         })
     }
 
+    /// [`Self::take`] for a device whose activation is `current`: refused while one is
+    /// active; a refused queue set is counted in `activate_fails`.
+    pub fn activate(
+        current: &Option<Self>,
+        ctx: ActivateContext,
+        required: usize,
+        activate_fails: &AtomicU64,
+    ) -> Result<Self, ActivateError> {
+        if current.is_some() {
+            return Err(ActivateError::AlreadyActive);
+        }
+        Self::take(ctx, required).inspect_err(|_| {
+            activate_fails.fetch_add(1, Ordering::Relaxed);
+        })
+    }
+
     /// Whether queue `index` exists and the driver made it ready.
     pub fn is_ready(&self, index: usize) -> bool {
         self.queues.get(index).is_some_and(|q| q.ready())
@@ -77,6 +94,16 @@ impl ActiveQueues {
             }
             Ok(false) => Ok(()),
             Err(e) => Err(format!("used event of queue {index} unreadable: {e}")),
+        }
+    }
+}
+
+/// Watches each `(fd, data)` for input on the `io` loop (a device's control EventFd, timers,
+/// listeners). A failure is logged: the device misses those events, the loop goes on.
+pub fn watch_fds(ops: &mut EventOps, fds: &[(RawFd, u32)], what: &str) {
+    for &(fd, data) in fds {
+        if let Err(e) = ops.add(Events::with_data_raw(fd, data, EventSet::IN)) {
+            log::error!("{what}: cannot watch fd {fd}: {e:?}");
         }
     }
 }

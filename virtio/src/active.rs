@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use event_manager::{EventOps, EventSet, Events};
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::device::{ActivateContext, ActivateError, InterruptType, VirtioInterrupt};
@@ -72,6 +73,26 @@ impl ActiveQueues {
         Self::take(ctx, required).inspect_err(|_| {
             activate_fails.fetch_add(1, Ordering::Relaxed);
         })
+    }
+
+    /// The next available chain of queue `index` (`None`: nothing available), with whether
+    /// its head uses an indirect table (refused by these devices, the caller counts it).
+    /// `Err`: the available ring is unusable, the queue is broken.
+    pub fn next_chain<'m>(
+        &mut self,
+        mem: &'m GuestMemoryMmap,
+        index: usize,
+    ) -> Result<Option<(DescriptorChain<&'m GuestMemoryMmap>, bool)>, String> {
+        let q = &mut self.queues[index];
+        let (table, size) = (GuestAddress(q.desc_table()), q.size());
+        let chain = match q.iter(mem) {
+            Ok(mut it) => it.next(),
+            Err(e) => return Err(format!("queue {index}: available ring unusable: {e}")),
+        };
+        Ok(chain.map(|c| {
+            let indirect = crate::indirect::chain_uses_indirect(mem, table, size, c.head_index());
+            (c, indirect)
+        }))
     }
 
     /// Whether queue `index` exists and the driver made it ready.

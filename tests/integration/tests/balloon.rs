@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use xenia_integration_tests::api::ApiClient;
-use xenia_integration_tests::{boot_config, probe, probe_args, TempDir, Xenia, BOOT_TIMEOUT};
+use xenia_integration_tests::{
+    boot_config, last_metrics, probe, probe_args, TempDir, Xenia, BOOT_TIMEOUT,
+};
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 const MIB: u64 = 1 << 20;
@@ -57,10 +59,7 @@ fn wait(x: &mut Xenia, needle: &str) -> String {
 }
 
 fn metrics(path: &Path) -> Value {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("metrics: {e}"));
-    let last = text.lines().last().unwrap_or_else(|| panic!("no metrics"));
-    let line: Value = serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {last}"));
-    line["balloon"].clone()
+    last_metrics(path)["balloon"].clone()
 }
 
 #[test]

@@ -11,7 +11,7 @@ use net_common::*;
 use serde_json::json;
 use snapshot_common::{pause_and_create, SnapshotFiles};
 use xenia_integration_tests::api::ApiClient;
-use xenia_integration_tests::{probe, TempDir, Xenia};
+use xenia_integration_tests::{last_metrics, probe, TempDir, Xenia};
 
 const MMDS: &str = "169.254.169.254";
 const DATA: &str =
@@ -47,16 +47,6 @@ fn gets(x: &Xenia) -> Vec<(u64, String)> {
             (num(l, "status"), body.to_owned())
         })
         .collect()
-}
-
-fn last_metrics(path: &std::path::Path) -> serde_json::Value {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{e}"));
-    let last = text
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or_default();
-    serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {last}"))
 }
 
 #[test]

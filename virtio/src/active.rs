@@ -146,6 +146,13 @@ impl QueueWatch {
         self.retired.extend(evts);
     }
 
+    /// Ends the activation in `active` (a device reset): its EventFds wait here for the loop.
+    pub fn deactivate(&mut self, active: &mut Option<ActiveQueues>) {
+        if let Some(a) = active.take() {
+            self.retire(a.evts);
+        }
+    }
+
     /// Makes the loop's interests match `active`: queue `i` is watched with event data
     /// `first_data + i` when it is ready. Returns the first failure to watch a queue.
     pub fn sync(

@@ -353,9 +353,7 @@ impl VirtioDevice for Balloon {
     }
 
     fn reset(&mut self) {
-        if let Some(a) = self.active.take() {
-            self.watch.retire(a.evts);
-        }
+        self.watch.deactivate(&mut self.active);
         self.acked_features = 0;
         self.broken = false;
         self.stats_head = None;

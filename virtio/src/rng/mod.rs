@@ -338,9 +338,7 @@ impl VirtioDevice for Rng {
     }
 
     fn reset(&mut self) {
-        if let Some(a) = self.active.take() {
-            self.watch.retire(a.evts);
-        }
+        self.watch.deactivate(&mut self.active);
         self.acked_features = 0;
         self.broken = false;
         self.wake_loop();

@@ -308,9 +308,7 @@ impl VirtioDevice for Vsock {
     }
 
     fn reset(&mut self) {
-        if let Some(a) = self.active.take() {
-            self.watch.retire(a.evts);
-        }
+        self.watch.deactivate(&mut self.active);
         // The guest forgot every connection: so do we (the sockets close on the loop).
         self.kill_all();
         self.reset_event_pending = false;

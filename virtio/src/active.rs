@@ -5,10 +5,12 @@
 //! of carrying their own copies.
 
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use event_manager::{EventOps, EventSet, Events};
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::device::{ActivateContext, ActivateError, InterruptType, VirtioInterrupt};
@@ -57,6 +59,42 @@ impl ActiveQueues {
         })
     }
 
+    /// [`Self::take`] for a device whose activation is `current`: refused while one is
+    /// active; a refused queue set is counted in `activate_fails`.
+    pub fn activate(
+        current: &Option<Self>,
+        ctx: ActivateContext,
+        required: usize,
+        activate_fails: &AtomicU64,
+    ) -> Result<Self, ActivateError> {
+        if current.is_some() {
+            return Err(ActivateError::AlreadyActive);
+        }
+        Self::take(ctx, required).inspect_err(|_| {
+            activate_fails.fetch_add(1, Ordering::Relaxed);
+        })
+    }
+
+    /// The next available chain of queue `index` (`None`: nothing available), with whether
+    /// its head uses an indirect table (refused by these devices, the caller counts it).
+    /// `Err`: the available ring is unusable, the queue is broken.
+    pub fn next_chain<'m>(
+        &mut self,
+        mem: &'m GuestMemoryMmap,
+        index: usize,
+    ) -> Result<Option<(DescriptorChain<&'m GuestMemoryMmap>, bool)>, String> {
+        let q = &mut self.queues[index];
+        let (table, size) = (GuestAddress(q.desc_table()), q.size());
+        let chain = match q.iter(mem) {
+            Ok(mut it) => it.next(),
+            Err(e) => return Err(format!("queue {index}: available ring unusable: {e}")),
+        };
+        Ok(chain.map(|c| {
+            let indirect = crate::indirect::chain_uses_indirect(mem, table, size, c.head_index());
+            (c, indirect)
+        }))
+    }
+
     /// Whether queue `index` exists and the driver made it ready.
     pub fn is_ready(&self, index: usize) -> bool {
         self.queues.get(index).is_some_and(|q| q.ready())
@@ -81,6 +119,16 @@ impl ActiveQueues {
     }
 }
 
+/// Watches each `(fd, data)` for input on the `io` loop (a device's control EventFd, timers,
+/// listeners). A failure is logged: the device misses those events, the loop goes on.
+pub fn watch_fds(ops: &mut EventOps, fds: &[(RawFd, u32)], what: &str) {
+    for &(fd, data) in fds {
+        if let Err(e) = ops.add(Events::with_data_raw(fd, data, EventSet::IN)) {
+            log::error!("{what}: cannot watch fd {fd}: {e:?}");
+        }
+    }
+}
+
 /// The queue EventFds the `io` loop watches for one device. Only the loop's thread changes
 /// it; activation and reset (on a vCPU thread) only hand EventFds over to [`Self::retire`]
 /// and wake the loop.
@@ -96,6 +144,13 @@ impl QueueWatch {
     /// Keeps the EventFds of an activation that ended until the next [`Self::sync`].
     pub fn retire(&mut self, evts: Vec<EventFd>) {
         self.retired.extend(evts);
+    }
+
+    /// Ends the activation in `active` (a device reset): its EventFds wait here for the loop.
+    pub fn deactivate(&mut self, active: &mut Option<ActiveQueues>) {
+        if let Some(a) = active.take() {
+            self.retire(a.evts);
+        }
     }
 
     /// Makes the loop's interests match `active`: queue `i` is watched with event data

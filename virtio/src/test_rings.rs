@@ -5,6 +5,7 @@
 
 use devices::BusDevice;
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::mmio::status::*;
@@ -33,6 +34,19 @@ impl RawRing {
             used,
             size,
         }
+    }
+
+    /// A ready queue over these rings, for a device activated by hand.
+    pub fn queue(&self) -> Queue {
+        let mut q = Queue::new(self.size).unwrap();
+        q.try_set_desc_table_address(GuestAddress(self.desc))
+            .unwrap();
+        q.try_set_avail_ring_address(GuestAddress(self.avail))
+            .unwrap();
+        q.try_set_used_ring_address(GuestAddress(self.used))
+            .unwrap();
+        q.set_ready(true);
+        q
     }
 
     /// Writes a chain at descriptor `first` (NEXT links filled in) and publishes it.

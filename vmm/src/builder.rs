@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use devices::legacy::SerialOut;
-use devices::EventFdTrigger;
 use virtio::GuestMemoryMmap;
 use virtio::{IoThread, IoThreadError, IoThreadHandle};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};

@@ -69,12 +69,7 @@ pub(super) fn prepare_guest(
         .chain(balloon.iter().map(|b| b.mmio.slot))
         .chain(vsock.iter().map(|v| v.mmio.slot))
         .collect();
-    let poweroff = EventFdTrigger::new(
-        legacy
-            .reset_evt
-            .try_clone()
-            .map_err(StartError::ExitEvent)?,
-    );
+    let poweroff = legacy.poweroff_trigger().map_err(StartError::ExitEvent)?;
     let acpi = attach_acpi(
         vm,
         &mut buses,

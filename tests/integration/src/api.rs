@@ -166,6 +166,16 @@ impl ApiClient {
         );
         r
     }
+
+    /// `PUT /actions` with InstanceStart, requiring `status`.
+    pub fn start_instance(&self, status: u16) -> ApiResponse {
+        self.expect(
+            "PUT",
+            "/actions",
+            r#"{"action_type": "InstanceStart"}"#,
+            status,
+        )
+    }
 }
 
 /// True while `path` exists.

@@ -417,6 +417,32 @@ impl Drop for Xenia {
     }
 }
 
+/// The last line of the metrics file `path` (`--metrics-path`: one JSON object a flush),
+/// parsed. Blank lines are passed over.
+pub fn last_metrics(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("metrics file {}: {e}", path.display()));
+    let last = text
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_else(|| panic!("no metrics line in {}", path.display()));
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {last}"))
+}
+
+/// The names of `pid`'s threads, sorted. Kernel workers KVM runs inside the process
+/// (`kvm-nx-lpage-re...`) are left out: xenia does not start them.
+pub fn thread_names(pid: u32) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/task: {e}"))
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|s| s.trim_end().to_owned())
+        .filter(|s| !s.starts_with("kvm-"))
+        .collect();
+    names.sort();
+    names
+}
+
 /// Runs xenia with `args` to completion (it must exit by itself) and returns its status and
 /// stderr.
 pub fn run_to_exit(args: &[String], timeout: Duration) -> (ExitStatus, String) {

@@ -8,7 +8,9 @@
 use std::time::Duration;
 
 use xenia_integration_tests::probe_lines::{field, ok_line};
-use xenia_integration_tests::{boot_config, probe, probe_args, TempDir, Xenia, BOOT_TIMEOUT};
+use xenia_integration_tests::{
+    boot_config, last_metrics, probe, probe_args, TempDir, Xenia, BOOT_TIMEOUT,
+};
 
 fn boot(config: &serde_json::Value) -> Xenia {
     let mut x = Xenia::start(config, &[]);
@@ -156,10 +158,4 @@ fn garbage_in_the_sleep_registers_is_ignored_and_counted() {
     let last = last_metrics(&metrics);
     assert_eq!(last["acpi"]["ignored_writes"], 4, "{last}");
     assert_eq!(last["acpi"]["poweroff_requests"], 0, "{last}");
-}
-
-fn last_metrics(path: &std::path::Path) -> serde_json::Value {
-    let text = std::fs::read_to_string(path).expect("metrics file");
-    let line = text.lines().last().expect("a metrics line");
-    serde_json::from_str(line).expect("metrics JSON")
 }

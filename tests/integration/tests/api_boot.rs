@@ -18,12 +18,7 @@ fn start_through_api(api: &ApiClient, kernel: &Path, cmds: &str) {
         r#"{"vcpu_count": 1, "mem_size_mib": 64}"#,
         204,
     );
-    api.expect(
-        "PUT",
-        "/actions",
-        r#"{"action_type": "InstanceStart"}"#,
-        204,
-    );
+    api.start_instance(204);
 }
 
 #[test]
@@ -133,12 +128,7 @@ fn a_failed_start_answers_400_and_the_vmm_stays_usable() {
         &boot_source(&not_a_kernel, "idle"),
         204,
     );
-    let r = api.expect(
-        "PUT",
-        "/actions",
-        r#"{"action_type": "InstanceStart"}"#,
-        400,
-    );
+    let r = api.start_instance(400);
     assert!(
         r.fault().contains("Cannot start the microVM"),
         "{}",

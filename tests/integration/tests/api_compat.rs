@@ -17,12 +17,7 @@ fn boot(api: &ApiClient, kernel: &Path) {
         r#"{"vcpu_count": 1, "mem_size_mib": 32}"#,
         204,
     );
-    api.expect(
-        "PUT",
-        "/actions",
-        r#"{"action_type": "InstanceStart"}"#,
-        204,
-    );
+    api.start_instance(204);
 }
 
 #[test]

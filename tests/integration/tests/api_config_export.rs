@@ -119,12 +119,7 @@ fn a_configured_then_running_vm_keeps_the_shape_and_its_export_boots_again() {
     assert_eq!(configured["drives"][0]["drive_id"], "data");
     assert_eq!(configured["machine-config"]["vcpu_count"], 2);
 
-    api.expect(
-        "PUT",
-        "/actions",
-        r#"{"action_type": "InstanceStart"}"#,
-        204,
-    );
+    api.start_instance(204);
     x.wait_for_line("PROBE blk-info", BOOT_TIMEOUT).unwrap();
     let running = full_config(&api);
     assert_firecracker_shape(&running);

@@ -292,12 +292,7 @@ fn pre_boot_calls_after_boot_are_refused() {
         "is_root_device": false})
     .to_string();
     api.expect("PUT", "/drives/data", &body, 204);
-    api.expect(
-        "PUT",
-        "/actions",
-        r#"{"action_type": "InstanceStart"}"#,
-        204,
-    );
+    api.start_instance(204);
     // The console went to the file, not to stdout.
     wait_for_file(&serial, "PROBE idle ok");
     assert!(x.lines_within(Duration::from_millis(200)).is_empty());

@@ -8,12 +8,7 @@ use xenia_integration_tests::{probe, probe_args, Xenia, BOOT_TIMEOUT};
 fn start(api: &ApiClient, cmds: &str) {
     let body = serde_json::json!({"kernel_image_path": probe().pvh, "boot_args": probe_args(cmds)});
     api.expect("PUT", "/boot-source", &body.to_string(), 204);
-    api.expect(
-        "PUT",
-        "/actions",
-        r#"{"action_type": "InstanceStart"}"#,
-        204,
-    );
+    api.start_instance(204);
 }
 
 fn state(api: &ApiClient) -> String {

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use xenia_integration_tests::api::ApiClient;
-use xenia_integration_tests::{boot_config, probe, probe_args, TempDir, Xenia, BOOT_TIMEOUT};
+use xenia_integration_tests::{
+    boot_config, last_metrics, probe, probe_args, TempDir, Xenia, BOOT_TIMEOUT,
+};
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 const MIB: u64 = 1 << 20;
@@ -57,10 +59,7 @@ fn wait(x: &mut Xenia, needle: &str) -> String {
 }
 
 fn metrics(path: &Path) -> Value {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("metrics: {e}"));
-    let last = text.lines().last().unwrap_or_else(|| panic!("no metrics"));
-    let line: Value = serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {last}"));
-    line["balloon"].clone()
+    last_metrics(path)["balloon"].clone()
 }
 
 #[test]
@@ -237,12 +236,7 @@ fn a_restored_balloon_and_entropy_device_keep_working() {
     let boot = json!({"kernel_image_path": probe().pvh,
                       "boot_args": probe_args("balloon-serve:20:32,rng-read:65536")});
     api.expect("PUT", "/boot-source", &boot.to_string(), 204);
-    api.expect(
-        "PUT",
-        "/actions",
-        r#"{"action_type": "InstanceStart"}"#,
-        204,
-    );
+    api.start_instance(204);
     let line = wait(&mut x, "PROBE balloon-inflated");
     assert_eq!(field(&line, "actual"), 16 * 256, "{line}");
     // Let a statistics round trip happen, so the device holds the guest's buffer.

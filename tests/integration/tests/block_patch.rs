@@ -101,12 +101,7 @@ fn swap_image(engine: serde_json::Value, large: &std::path::Path, large_bytes: u
     let cmds = "blk-await-change:60000,blk-write:300:16:7,blk-flush,blk-read:300:16:7";
     let boot = serde_json::json!({"kernel_image_path": probe().pvh, "boot_args": probe_args(cmds)});
     api.expect("PUT", "/boot-source", &boot.to_string(), 204);
-    api.expect(
-        "PUT",
-        "/actions",
-        r#"{"action_type": "InstanceStart"}"#,
-        204,
-    );
+    api.start_instance(204);
 
     let ready = x
         .wait_for_line("PROBE blk-await-change ready", BOOT_TIMEOUT)

@@ -26,12 +26,7 @@ fn put_boot(api: &ApiClient) {
 }
 
 fn start(api: &ApiClient) {
-    api.expect(
-        "PUT",
-        "/actions",
-        r#"{"action_type": "InstanceStart"}"#,
-        204,
-    );
+    api.start_instance(204);
 }
 
 /// The four registers of the first `cpuid-leaf` line for `leaf`.

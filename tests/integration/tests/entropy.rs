@@ -11,7 +11,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use xenia_integration_tests::{boot_config, probe, probe_args, TempDir, Xenia, BOOT_TIMEOUT};
+use xenia_integration_tests::{
+    boot_config, last_metrics, probe, probe_args, TempDir, Xenia, BOOT_TIMEOUT,
+};
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -31,10 +33,7 @@ fn num(f: &HashMap<String, String>, key: &str) -> u64 {
 
 /// The `entropy` object of the last metrics line.
 fn entropy_metrics(path: &Path) -> Value {
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("metrics file {}: {e}", path.display()));
-    let last = text.lines().last().unwrap_or_else(|| panic!("no metrics"));
-    let line: Value = serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {last}"));
+    let line = last_metrics(path);
     assert!(line["entropy"].is_object(), "no `entropy` in {line}");
     line["entropy"].clone()
 }
@@ -167,12 +166,7 @@ fn put_entropy_before_boot_is_exported_and_refused_after_boot() {
         config["entropy"]["rate_limiter"]["ops"]["size"], 100,
         "{config}"
     );
-    api.expect(
-        "PUT",
-        "/actions",
-        r#"{"action_type": "InstanceStart"}"#,
-        204,
-    );
+    api.start_instance(204);
     let line = x
         .wait_for_line("PROBE rng-read", RUN_TIMEOUT)
         .unwrap_or_else(|e| panic!("{e}"));

@@ -217,12 +217,7 @@ fn jailed_api_sees_only_the_jail_and_boots_through_the_socket() {
         r#"{"vcpu_count": 1, "mem_size_mib": 64}"#,
         204,
     );
-    api.expect(
-        "PUT",
-        "/actions",
-        r#"{"action_type": "InstanceStart"}"#,
-        204,
-    );
+    api.start_instance(204);
     wait(&mut x, "PROBE-BOOT-OK entry=pvh");
     let read = wait(&mut x, "PROBE blk-read");
     assert!(read.starts_with("PROBE blk-read ok"), "{read}");
@@ -299,12 +294,7 @@ fn two_tenants_run_at_once_and_neither_can_open_the_others_files() {
     );
     let boot = json!({"kernel_image_path": "/probe.elf", "boot_args": probe_args("blk-write:0:8:12,blk-read:0:8:12,idle")});
     api.expect("PUT", "/boot-source", &boot.to_string(), 204);
-    api.expect(
-        "PUT",
-        "/actions",
-        r#"{"action_type": "InstanceStart"}"#,
-        204,
-    );
+    api.start_instance(204);
 
     for x in [&mut xa, &mut xb] {
         wait(x, "PROBE-BOOT-OK");

@@ -11,7 +11,7 @@ use net_common::*;
 use serde_json::json;
 use snapshot_common::{pause_and_create, SnapshotFiles};
 use xenia_integration_tests::api::ApiClient;
-use xenia_integration_tests::{probe, TempDir, Xenia};
+use xenia_integration_tests::{last_metrics, probe, TempDir, Xenia};
 
 const MMDS: &str = "169.254.169.254";
 const DATA: &str =
@@ -33,12 +33,7 @@ fn start(
     api.expect("PUT", "/network-interfaces/eth0", &nic.to_string(), 204);
     api.expect("PUT", "/mmds/config", &mmds_config.to_string(), 204);
     api.expect("PUT", "/mmds", DATA, 204);
-    api.expect(
-        "PUT",
-        "/actions",
-        r#"{"action_type": "InstanceStart"}"#,
-        204,
-    );
+    api.start_instance(204);
     (x, api)
 }
 
@@ -52,16 +47,6 @@ fn gets(x: &Xenia) -> Vec<(u64, String)> {
             (num(l, "status"), body.to_owned())
         })
         .collect()
-}
-
-fn last_metrics(path: &std::path::Path) -> serde_json::Value {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{e}"));
-    let last = text
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or_default();
-    serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {last}"))
 }
 
 #[test]
@@ -189,12 +174,7 @@ fn a_snapshot_keeps_the_mmds_config_and_the_control_plane_pushes_new_data_before
     api.expect("PUT", "/network-interfaces/eth0", &nic.to_string(), 204);
     api.expect("PUT", "/mmds/config", &config.to_string(), 204);
     api.expect("PUT", "/mmds", r#"{"id": "i-old"}"#, 204);
-    api.expect(
-        "PUT",
-        "/actions",
-        r#"{"action_type": "InstanceStart"}"#,
-        204,
-    );
+    api.start_instance(204);
     let first = x
         .wait_for_line("PROBE net-mmds-until-first", RUN_TIMEOUT)
         .unwrap_or_else(|e| panic!("{e}\n{}", x.lines.join("\n")));

@@ -67,12 +67,7 @@ fn syn_floods_half_requests_and_a_huge_request_stay_bounded() {
         204,
     );
     api.expect("PUT", "/mmds", r#"{"id": "i-1"}"#, 204);
-    api.expect(
-        "PUT",
-        "/actions",
-        r#"{"action_type": "InstanceStart"}"#,
-        204,
-    );
+    api.start_instance(204);
 
     // The baseline: the guest has booted and been answered once.
     let first = x

@@ -106,14 +106,7 @@ fn api_errors_are_400_naming_the_field() {
         "{fault}"
     );
     // The tap is looked up at start.
-    let fault = api
-        .expect(
-            "PUT",
-            "/actions",
-            r#"{"action_type": "InstanceStart"}"#,
-            400,
-        )
-        .fault();
+    let fault = api.start_instance(400).fault();
     assert!(
         fault.contains("network-interfaces[eth0].host_dev_name")
             && fault.contains("does not exist"),

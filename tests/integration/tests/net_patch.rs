@@ -29,12 +29,7 @@ fn patching_the_tx_limit_changes_the_measured_rate() {
         json!({"tx_rate_limiter": limiter(SLOW)}),
     );
     api.expect("PUT", "/network-interfaces/eth0", &nic.to_string(), 204);
-    api.expect(
-        "PUT",
-        "/actions",
-        r#"{"action_type": "InstanceStart"}"#,
-        204,
-    );
+    api.start_instance(204);
     let first = x
         .wait_for_line("PROBE net-flood", RUN_TIMEOUT)
         .unwrap_or_else(|e| panic!("{e}"));

@@ -179,12 +179,7 @@ fn patch_swaps_the_top_overlay_and_the_config_shows_the_format() {
     let cmds = "blk-await-change:60000,blk-write:12000:16:7,blk-read:12000:16:7,blk-read:0:64:3";
     let boot = json!({"kernel_image_path": probe().pvh, "boot_args": probe_args(cmds)});
     api.expect("PUT", "/boot-source", &boot.to_string(), 204);
-    api.expect(
-        "PUT",
-        "/actions",
-        r#"{"action_type": "InstanceStart"}"#,
-        204,
-    );
+    api.start_instance(204);
     let ready = x
         .wait_for_line("PROBE blk-await-change ready", BOOT_TIMEOUT)
         .unwrap_or_else(|e| panic!("{e}"));

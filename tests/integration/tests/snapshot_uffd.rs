@@ -144,12 +144,7 @@ fn a_hugetlbfs_vm_restores_through_uffd_and_a_file_load_says_why_not() {
         r#"{"vcpu_count": 1, "mem_size_mib": 64, "huge_pages": "2M"}"#,
         204,
     );
-    api.expect(
-        "PUT",
-        "/actions",
-        r#"{"action_type": "InstanceStart"}"#,
-        204,
-    );
+    api.start_instance(204);
     x.wait_for_line("PROBE memtick n=2 ", BOOT_TIMEOUT).unwrap();
     let files = SnapshotFiles::new();
     pause_and_create(&mut x, &api, &files, "Full");

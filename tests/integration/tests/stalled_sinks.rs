@@ -92,12 +92,7 @@ fn sinks_nobody_reads_block_neither_the_api_nor_the_guest() {
     // The guest writes its console as fast as it can, for ever.
     let boot = json!({"kernel_image_path": probe().pvh, "boot_args": probe_args("print:0")});
     api.expect("PUT", "/boot-source", &boot.to_string(), 204);
-    api.expect(
-        "PUT",
-        "/actions",
-        r#"{"action_type": "InstanceStart"}"#,
-        204,
-    );
+    api.start_instance(204);
 
     // First the console FIFO fills up: the guest's output starts being dropped.
     let mut reader = open_reader(&metrics);

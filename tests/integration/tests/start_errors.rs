@@ -8,22 +8,12 @@
 
 use serde_json::json;
 use xenia_integration_tests::api::ApiClient;
-use xenia_integration_tests::{boot_config, probe, probe_args, TempDir, Xenia, BOOT_TIMEOUT};
+use xenia_integration_tests::{
+    boot_config, probe, probe_args, thread_names, TempDir, Xenia, BOOT_TIMEOUT,
+};
 
 /// Makes `KVM_SET_USER_MEMORY_REGION` fail (after the real call) in a debug xenia.
 const FAIL_REGISTRATION: (&str, &str) = ("XENIA_TEST_FAIL_MEMORY_REGISTRATION", "1");
-
-/// The process's thread names, sorted, without KVM's own workers.
-fn threads(pid: u32) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap_or_else(|e| panic!("/proc/{pid}/task: {e}"))
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .map(|s| s.trim_end().to_owned())
-        .filter(|s| !s.starts_with("kvm-"))
-        .collect();
-    names.sort();
-    names
-}
 
 /// Configures the probe with `kernel` through the API and asks for InstanceStart; returns
 /// the fault message of the refusal.
@@ -52,7 +42,7 @@ fn a_bad_kernel_is_refused_by_name_and_leaves_no_thread_behind() {
     let fault = refused_start(&x, &api, &junk);
     assert!(fault.contains("neither an ELF"), "{fault}");
     // No vCPU, io or memslot thread survives the failed start.
-    assert_eq!(threads(x.pid()), ["api", "xenia"]);
+    assert_eq!(thread_names(x.pid()), ["api", "xenia"]);
     assert_eq!(
         api.expect("GET", "/", "", 200).json()["state"],
         "Not started"
@@ -60,12 +50,7 @@ fn a_bad_kernel_is_refused_by_name_and_leaves_no_thread_behind() {
     // The same process boots once the kernel is right.
     let body = json!({"kernel_image_path": probe().pvh, "boot_args": probe_args("idle")});
     api.expect("PUT", "/boot-source", &body.to_string(), 204);
-    api.expect(
-        "PUT",
-        "/actions",
-        r#"{"action_type": "InstanceStart"}"#,
-        204,
-    );
+    api.start_instance(204);
     x.wait_for_line("PROBE idle ok", BOOT_TIMEOUT)
         .unwrap_or_else(|e| panic!("{e}\nstderr:\n{}", x.stderr()));
 }
@@ -75,7 +60,7 @@ fn a_failed_memory_registration_is_reported_and_leaves_no_thread_behind() {
     let (x, api) = Xenia::with_api_env(&[], &[FAIL_REGISTRATION]);
     let fault = refused_start(&x, &api, &probe().pvh);
     assert!(fault.contains("KVM_SET_USER_MEMORY_REGION"), "{fault}");
-    assert_eq!(threads(x.pid()), ["api", "xenia"]);
+    assert_eq!(thread_names(x.pid()), ["api", "xenia"]);
     assert_eq!(
         api.expect("GET", "/", "", 200).json()["state"],
         "Not started"

@@ -11,20 +11,9 @@ mod snapshot_common;
 use block_common::zero_image;
 use serde_json::json;
 use snapshot_common::{boot_with, pause_and_create, SnapshotFiles};
-use xenia_integration_tests::{boot_config, probe, probe_args, TempDir, Xenia, BOOT_TIMEOUT};
-
-/// The names of the process's threads, sorted. Kernel workers KVM runs inside the process
-/// (`kvm-nx-lpage-re...`) are left out: xenia does not start them.
-fn threads(pid: u32) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap_or_else(|e| panic!("/proc/{pid}/task: {e}"))
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .map(|s| s.trim_end().to_owned())
-        .filter(|s| !s.starts_with("kvm-"))
-        .collect();
-    names.sort();
-    names
-}
+use xenia_integration_tests::{
+    boot_config, probe, probe_args, thread_names, TempDir, Xenia, BOOT_TIMEOUT,
+};
 
 fn wait(x: &mut Xenia, needle: &str) {
     if let Err(e) = x.wait_for_line(needle, BOOT_TIMEOUT) {
@@ -37,7 +26,7 @@ fn a_vm_without_virtio_devices_and_without_api_runs_only_its_vmm_and_vcpu_thread
     let config = boot_config(&probe().pvh, &probe_args("idle"), 2, 64);
     let mut x = Xenia::start(&config, &[]);
     wait(&mut x, "PROBE idle ok");
-    assert_eq!(threads(x.pid()), ["vcpu 0", "vcpu 1", "xenia"]);
+    assert_eq!(thread_names(x.pid()), ["vcpu 0", "vcpu 1", "xenia"]);
 }
 
 #[test]
@@ -48,7 +37,7 @@ fn a_drive_added_through_the_api_before_boot_gets_an_io_thread() {
     // Before boot: the API thread and the VMM thread only. The socket accepts before the
     // thread names itself; an answer proves it runs.
     api.expect("GET", "/", "", 200);
-    assert_eq!(threads(x.pid()), ["api", "xenia"]);
+    assert_eq!(thread_names(x.pid()), ["api", "xenia"]);
     let drive = json!({"drive_id": "data", "path_on_host": image, "is_root_device": false,
                        "is_read_only": false});
     boot_with(
@@ -61,7 +50,7 @@ fn a_drive_added_through_the_api_before_boot_gets_an_io_thread() {
     );
     wait(&mut x, "PROBE blk-read ok");
     wait(&mut x, "PROBE idle ok");
-    assert_eq!(threads(x.pid()), ["api", "io", "vcpu 0", "xenia"]);
+    assert_eq!(thread_names(x.pid()), ["api", "io", "vcpu 0", "xenia"]);
 }
 
 #[test]
@@ -91,6 +80,6 @@ fn a_restored_vm_with_a_drive_gets_an_io_thread_and_one_without_gets_none() {
         } else {
             &["api", "vcpu 0", "xenia"]
         };
-        assert_eq!(threads(y.pid()), expected, "with_drive={with_drive}");
+        assert_eq!(thread_names(y.pid()), expected, "with_drive={with_drive}");
     }
 }

@@ -129,12 +129,7 @@ fn start_with_api(api: &ApiClient, metrics: &Path, config: &Value) {
     let before = usage(api);
     assert_eq!(before["state"], "Not started", "{before}");
     assert!(before["counters"].is_null(), "{before}");
-    api.expect(
-        "PUT",
-        "/actions",
-        r#"{"action_type": "InstanceStart"}"#,
-        204,
-    );
+    api.start_instance(204);
 }
 
 #[test]

@@ -160,12 +160,7 @@ fn put_vsock_before_boot_is_exported_and_refused_after() {
     let boot = serde_json::json!({"kernel_image_path": probe().pvh,
                                   "boot_args": probe_args("vsock-info,idle")});
     api.expect("PUT", "/boot-source", &boot.to_string(), 204);
-    api.expect(
-        "PUT",
-        "/actions",
-        r#"{"action_type": "InstanceStart"}"#,
-        204,
-    );
+    api.start_instance(204);
     let info = x
         .wait_for_line("PROBE vsock-info ", BOOT_TIMEOUT)
         .unwrap_or_else(|e| panic!("{e}"));
@@ -186,12 +181,7 @@ fn a_live_socket_at_uds_path_fails_the_start_and_a_stale_one_is_replaced() {
     let (_x, api) = Xenia::with_api(&[]);
     api.expect("PUT", "/vsock", &vsock.to_string(), 204);
     api.expect("PUT", "/boot-source", &boot.to_string(), 204);
-    let r = api.expect(
-        "PUT",
-        "/actions",
-        r#"{"action_type": "InstanceStart"}"#,
-        400,
-    );
+    let r = api.start_instance(400);
     assert!(
         r.fault().contains("vsock: cannot listen on uds_path"),
         "{}",
@@ -202,12 +192,7 @@ fn a_live_socket_at_uds_path_fails_the_start_and_a_stale_one_is_replaced() {
     let (mut y, api2) = Xenia::with_api(&[]);
     api2.expect("PUT", "/vsock", &vsock.to_string(), 204);
     api2.expect("PUT", "/boot-source", &boot.to_string(), 204);
-    api2.expect(
-        "PUT",
-        "/actions",
-        r#"{"action_type": "InstanceStart"}"#,
-        204,
-    );
+    api2.start_instance(204);
     let info = y
         .wait_for_line("PROBE vsock-info ", BOOT_TIMEOUT)
         .unwrap_or_else(|e| panic!("{e}"));

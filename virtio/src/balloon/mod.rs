@@ -20,12 +20,12 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use event_manager::{EventOps, Events, MutEventSubscriber};
 use vm_memory::GuestMemoryBackend;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
-use crate::active::{ActiveQueues, QueueWatch};
+use crate::active::{watch_fds, ActiveQueues, QueueWatch};
 use crate::device::{
     read_config_space, ActivateContext, ActivateError, InterruptType, VirtioDevice,
 };
@@ -339,15 +339,11 @@ impl VirtioDevice for Balloon {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        if self.active.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
         let layout = QueueLayout::for_features(self.acked_features);
         let required =
             2 + usize::from(layout.stats.is_some()) + usize::from(layout.reporting.is_some());
-        let active = ActiveQueues::take(ctx, required).inspect_err(|_| {
-            BalloonMetrics::inc(&self.metrics.activate_fails);
-        })?;
+        let active =
+            ActiveQueues::activate(&self.active, ctx, required, &self.metrics.activate_fails)?;
         self.layout = layout;
         self.active = Some(active);
         self.broken = false;
@@ -357,9 +353,7 @@ impl VirtioDevice for Balloon {
     }
 
     fn reset(&mut self) {
-        if let Some(a) = self.active.take() {
-            self.watch.retire(a.evts);
-        }
+        self.watch.deactivate(&mut self.active);
         self.acked_features = 0;
         self.broken = false;
         self.stats_head = None;
@@ -377,14 +371,14 @@ impl VirtioDevice for Balloon {
 
 impl MutEventSubscriber for Balloon {
     fn init(&mut self, ops: &mut EventOps) {
-        for (fd, data) in [
-            (self.ctrl_evt.as_raw_fd(), CTRL),
-            (self.stats_timer.as_raw_fd(), STATS_TIMER),
-        ] {
-            if let Err(e) = ops.add(Events::with_data_raw(fd, data, EventSet::IN)) {
-                log::error!("virtio-balloon: cannot watch fd {fd}: {e:?}");
-            }
-        }
+        watch_fds(
+            ops,
+            &[
+                (self.ctrl_evt.as_raw_fd(), CTRL),
+                (self.stats_timer.as_raw_fd(), STATS_TIMER),
+            ],
+            "virtio-balloon",
+        );
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {

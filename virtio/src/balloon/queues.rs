@@ -3,7 +3,7 @@
 //! reporting (free ranges: released). Every PFN and range is checked against guest memory
 //! before anything is done with it; the guest cannot make xenia release its own memory.
 
-use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::stats::{BalloonStats, MAX_STAT_ENTRIES, STAT_ENTRY_LEN};
@@ -125,17 +125,11 @@ impl Balloon {
                 let Some(a) = self.active.as_mut() else {
                     return Ok(());
                 };
-                let q = &mut a.queues[index];
-                let (table, size) = (GuestAddress(q.desc_table()), q.size());
-                let chain = match q.iter(mem) {
-                    Ok(mut it) => it.next(),
-                    Err(e) => return Err(format!("queue {index}: available ring unusable: {e}")),
-                };
-                let Some(chain) = chain else {
+                let Some((chain, indirect)) = a.next_chain(mem, index)? else {
                     break;
                 };
                 let head = chain.head_index();
-                if crate::indirect::chain_uses_indirect(mem, table, size, head) {
+                if indirect {
                     BalloonMetrics::inc(&self.metrics.invalid_requests);
                 } else {
                     match role {

@@ -8,7 +8,6 @@
 use std::sync::Arc;
 
 use virtio_bindings::bindings::virtio_blk::{VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
-use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -35,15 +34,7 @@ fn active_block(mem: &GuestMemoryMmap, engine: IoEngine, path: &std::path::Path)
     cfg.cache_type = CacheType::Unsafe;
     let mut dev = Block::new(&cfg).unwrap();
     dev.set_acked_features(dev.avail_features() & !(1 << crate::features::VIRTIO_RING_F_EVENT_IDX));
-    let ring = RawRing::at(0, QUEUE_SIZE);
-    let mut q = Queue::new(QUEUE_SIZE).unwrap();
-    q.try_set_desc_table_address(GuestAddress(ring.desc))
-        .unwrap();
-    q.try_set_avail_ring_address(GuestAddress(ring.avail))
-        .unwrap();
-    q.try_set_used_ring_address(GuestAddress(ring.used))
-        .unwrap();
-    q.set_ready(true);
+    let q = RawRing::at(0, QUEUE_SIZE).queue();
     dev.activate(ActivateContext {
         mem: mem.clone(),
         interrupt: Arc::new(RecordingInterrupt::default()),

@@ -86,14 +86,9 @@ impl Net {
                     continue;
                 }
                 Some(n) => {
-                    self.place_frame(mem, n)?;
-                    let frame_bytes = (n - VNET_HDR_LEN) as u64;
-                    self.rx.pending_bytes = frame_bytes;
-                    if !self.rx_limiter.consume_request(frame_bytes) {
-                        NetMetrics::inc(&self.metrics.rx_rate_limited);
+                    if !self.deliver_frame(mem, n)? {
                         return Ok(());
                     }
-                    self.publish_rx(mem)?;
                     *used_any = true;
                     continue;
                 }
@@ -139,17 +134,26 @@ impl Net {
                 );
                 continue;
             }
-            self.place_frame(mem, n)?;
-            let frame_bytes = (n - VNET_HDR_LEN) as u64;
-            self.rx.pending_bytes = frame_bytes;
-            if !self.rx_limiter.consume_request(frame_bytes) {
-                // The frame stays in the guest buffers, unpublished, until the timer fires.
-                NetMetrics::inc(&self.metrics.rx_rate_limited);
+            if !self.deliver_frame(mem, n)? {
                 return Ok(());
             }
-            self.publish_rx(mem)?;
             *used_any = true;
         }
+    }
+
+    /// Places an `n`-byte frame (header included) in the gathered chains and publishes it.
+    /// `false`: the rx limiter holds it back; the frame stays in the guest buffers,
+    /// unpublished, until the timer fires.
+    fn deliver_frame(&mut self, mem: &Mem, n: usize) -> Result<bool, String> {
+        self.place_frame(mem, n)?;
+        let frame_bytes = (n - VNET_HDR_LEN) as u64;
+        self.rx.pending_bytes = frame_bytes;
+        if !self.rx_limiter.consume_request(frame_bytes) {
+            NetMetrics::inc(&self.metrics.rx_rate_limited);
+            return Ok(false);
+        }
+        self.publish_rx(mem)?;
+        Ok(true)
     }
 
     /// Pops rx chains into `rx_chains`/`segs` until they can hold the largest frame.

@@ -6,7 +6,6 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -22,18 +21,6 @@ const WARM_UP: u32 = 64;
 const COUNTED: u32 = 1_000;
 const TX_BUF: u64 = 0x10_0000;
 const RX_BUF: u64 = 0x20_0000;
-
-fn queue(ring: &RawRing) -> Queue {
-    let mut q = Queue::new(ring.size).unwrap();
-    q.try_set_desc_table_address(GuestAddress(ring.desc))
-        .unwrap();
-    q.try_set_avail_ring_address(GuestAddress(ring.avail))
-        .unwrap();
-    q.try_set_used_ring_address(GuestAddress(ring.used))
-        .unwrap();
-    q.set_ready(true);
-    q
-}
 
 /// Allocations the device made while moving one frame each way, per frame.
 fn device_allocations(h: &mut Harness<'_>, rounds: u32) -> u64 {
@@ -94,8 +81,8 @@ fn tx_and_rx_frames_allocate_nothing_in_steady_state() {
             mem: mem.clone(),
             interrupt: Arc::new(RecordingInterrupt::default()),
             queues: vec![
-                queue(&RawRing::at(RX_BASE, QUEUE_SIZE)),
-                queue(&RawRing::at(TX_BASE, QUEUE_SIZE)),
+                RawRing::at(RX_BASE, QUEUE_SIZE).queue(),
+                RawRing::at(TX_BASE, QUEUE_SIZE).queue(),
             ],
             queue_evts: vec![
                 EventFd::new(libc::EFD_NONBLOCK).unwrap(),

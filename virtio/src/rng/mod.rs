@@ -13,13 +13,13 @@ mod tests;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
-use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use event_manager::{EventOps, Events, MutEventSubscriber};
 use virtio_queue::QueueOwnedT;
 use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::active::{ActiveQueues, QueueWatch};
+use crate::active::{watch_fds, ActiveQueues, QueueWatch};
 use crate::device::{read_config_space, ActivateContext, ActivateError, VirtioDevice};
 use crate::features::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::rate_limiter::{RateLimiter, RateLimiterConfig, RateLimiterError};
@@ -331,21 +331,14 @@ impl VirtioDevice for Rng {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        if self.active.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
-        let active = ActiveQueues::take(ctx, 1).inspect_err(|_| {
-            RngMetrics::inc(&self.metrics.activate_fails);
-        })?;
+        let active = ActiveQueues::activate(&self.active, ctx, 1, &self.metrics.activate_fails)?;
         self.active = Some(active);
         self.broken = false;
         self.ctrl_evt.write(1).map_err(ActivateError::Notify)
     }
 
     fn reset(&mut self) {
-        if let Some(a) = self.active.take() {
-            self.watch.retire(a.evts);
-        }
+        self.watch.deactivate(&mut self.active);
         self.acked_features = 0;
         self.broken = false;
         self.wake_loop();
@@ -358,14 +351,14 @@ impl VirtioDevice for Rng {
 
 impl MutEventSubscriber for Rng {
     fn init(&mut self, ops: &mut EventOps) {
-        for (fd, data) in [
-            (self.ctrl_evt.as_raw_fd(), CTRL),
-            (self.rate_limiter.as_raw_fd(), LIMITER),
-        ] {
-            if let Err(e) = ops.add(Events::with_data_raw(fd, data, EventSet::IN)) {
-                log::error!("virtio-rng: cannot watch fd {fd}: {e:?}");
-            }
-        }
+        watch_fds(
+            ops,
+            &[
+                (self.ctrl_evt.as_raw_fd(), CTRL),
+                (self.rate_limiter.as_raw_fd(), LIMITER),
+            ],
+            "virtio-rng",
+        );
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {

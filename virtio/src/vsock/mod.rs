@@ -44,11 +44,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
-use crate::active::{ActiveQueues, QueueWatch};
+use crate::active::{watch_fds, ActiveQueues, QueueWatch};
 use crate::device::{read_config_space, ActivateContext, ActivateError, VirtioDevice};
 use crate::features::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use conn::Conn;
@@ -301,21 +301,14 @@ impl VirtioDevice for Vsock {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        if self.active.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
-        let active = ActiveQueues::take(ctx, 3).inspect_err(|_| {
-            VsockMetrics::inc(&self.metrics.activate_fails);
-        })?;
+        let active = ActiveQueues::activate(&self.active, ctx, 3, &self.metrics.activate_fails)?;
         self.active = Some(active);
         self.broken = false;
         self.ctrl_evt.write(1).map_err(ActivateError::Notify)
     }
 
     fn reset(&mut self) {
-        if let Some(a) = self.active.take() {
-            self.watch.retire(a.evts);
-        }
+        self.watch.deactivate(&mut self.active);
         // The guest forgot every connection: so do we (the sockets close on the loop).
         self.kill_all();
         self.reset_event_pending = false;
@@ -331,15 +324,15 @@ impl VirtioDevice for Vsock {
 
 impl MutEventSubscriber for Vsock {
     fn init(&mut self, ops: &mut EventOps) {
-        for (fd, data) in [
-            (self.ctrl_evt.as_raw_fd(), CTRL),
-            (self.listener.as_raw_fd(), LISTENER),
-            (self.timer.as_raw_fd(), TIMER),
-        ] {
-            if let Err(e) = ops.add(Events::with_data_raw(fd, data, EventSet::IN)) {
-                log::error!("virtio-vsock: cannot watch fd {fd}: {e:?}");
-            }
-        }
+        watch_fds(
+            ops,
+            &[
+                (self.ctrl_evt.as_raw_fd(), CTRL),
+                (self.listener.as_raw_fd(), LISTENER),
+                (self.timer.as_raw_fd(), TIMER),
+            ],
+            "virtio-vsock",
+        );
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {

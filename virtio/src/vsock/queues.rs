@@ -9,7 +9,7 @@ use std::io;
 use std::net::Shutdown;
 use std::time::Instant;
 
-use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::conn::ConnState;
@@ -125,17 +125,11 @@ impl Vsock {
         let Some(a) = self.active.as_mut() else {
             return Ok(None);
         };
-        let q = &mut a.queues[index];
-        let (table, size) = (GuestAddress(q.desc_table()), q.size());
-        let chain = match q.iter(mem) {
-            Ok(mut it) => it.next(),
-            Err(e) => return Err(format!("queue {index}: available ring unusable: {e}")),
-        };
-        let Some(chain) = chain else {
+        let Some((chain, indirect)) = a.next_chain(mem, index)? else {
             return Ok(None);
         };
         let head = chain.head_index();
-        let bufs = if crate::indirect::chain_uses_indirect(mem, table, size, head) {
+        let bufs = if indirect {
             None
         } else {
             Buffers::of(mem, chain, writable)

@@ -42,6 +42,14 @@ pub struct LegacyDevices {
     pub reset_evt: EventFd,
 }
 
+impl LegacyDevices {
+    /// A trigger on the reset event, for the ACPI power button: a guest powering off ends
+    /// the VM the way an i8042 reset does.
+    pub fn poweroff_trigger(&self) -> std::io::Result<EventFdTrigger> {
+        Ok(EventFdTrigger::new(self.reset_evt.try_clone()?))
+    }
+}
+
 fn eventfd(what: &'static str) -> Result<EventFdTrigger, LegacyError> {
     EventFdTrigger::new_nonblocking().map_err(|source| LegacyError::EventFd { what, source })
 }

@@ -45,7 +45,7 @@ use super::balloon::BalloonDevice;
 use super::block::BlockDevice;
 use super::entropy::EntropyDevice;
 use super::legacy::LegacyDevices;
-use super::mmio::MmioSlot;
+use super::mmio::{MmioDevice, MmioSlot};
 use super::net::NetDevice;
 use super::vsock::VsockDevice;
 use crate::builder::RunningVm;
@@ -160,6 +160,19 @@ struct VirtioHandle<'a, D> {
     slot: MmioSlot,
     transport: &'a Arc<Mutex<MmioTransport>>,
     device: &'a Arc<Mutex<D>>,
+}
+
+impl<'a, D> VirtioHandle<'a, D> {
+    /// The one device of its kind a VM can have: its id is its kind.
+    fn single(kind: &'static str, mmio: &'a MmioDevice, device: &'a Arc<Mutex<D>>) -> Self {
+        VirtioHandle {
+            kind,
+            id: kind,
+            slot: mmio.slot,
+            transport: &mmio.transport,
+            device,
+        }
+    }
 }
 
 /// A virtio device locked for saving (transport, then device).
@@ -327,33 +340,18 @@ impl<'a> DeviceSet<'a> {
     }
 
     fn entropy_handle(&self) -> Option<VirtioHandle<'a, Rng>> {
-        self.entropy.map(|e| VirtioHandle {
-            kind: "entropy",
-            id: "entropy",
-            slot: e.mmio.slot,
-            transport: &e.mmio.transport,
-            device: &e.device,
-        })
+        self.entropy
+            .map(|e| VirtioHandle::single("entropy", &e.mmio, &e.device))
     }
 
     fn balloon_handle(&self) -> Option<VirtioHandle<'a, Balloon>> {
-        self.balloon.map(|b| VirtioHandle {
-            kind: "balloon",
-            id: "balloon",
-            slot: b.mmio.slot,
-            transport: &b.mmio.transport,
-            device: &b.device,
-        })
+        self.balloon
+            .map(|b| VirtioHandle::single("balloon", &b.mmio, &b.device))
     }
 
     fn vsock_handle(&self) -> Option<VirtioHandle<'a, Vsock>> {
-        self.vsock.map(|v| VirtioHandle {
-            kind: "vsock",
-            id: "vsock",
-            slot: v.mmio.slot,
-            transport: &v.mmio.transport,
-            device: &v.device,
-        })
+        self.vsock
+            .map(|v| VirtioHandle::single("vsock", &v.mmio, &v.device))
     }
 
     /// Locks every device and drains what is in flight (call with the vCPUs paused). The

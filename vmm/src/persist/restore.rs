@@ -27,7 +27,6 @@ use crate::vstate::vcpu::{Vcpu, VcpuError};
 use crate::vstate::vcpu_state::VcpuPersistContext;
 use crate::vstate::vm::Vm;
 use crate::vstate::vm_state::{restore_vm, VmStateError};
-use devices::EventFdTrigger;
 
 /// Where guest memory comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -231,12 +230,7 @@ pub fn load_snapshot(
         io,
     } = create_devices(&config, &vm, &memory, build)?;
     // The ACPI devices, with a new VM generation ID: every restore is a new generation.
-    let poweroff = EventFdTrigger::new(
-        legacy
-            .reset_evt
-            .try_clone()
-            .map_err(StartError::ExitEvent)?,
-    );
+    let poweroff = legacy.poweroff_trigger().map_err(StartError::ExitEvent)?;
     let mut acpi = attach_acpi_restored(&vm, &mut buses, &memory, poweroff)?;
     register_acpi_metrics(&acpi, metrics::global());
     mark("devices created", t0);

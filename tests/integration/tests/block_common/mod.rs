@@ -101,13 +101,7 @@ fn pattern_matches_the_probes_definition() {
 /// The counters of drive `id` in the last line xenia wrote to the metrics file `path`
 /// (`--metrics-path`; xenia writes a line at exit).
 pub fn drive_metrics(path: &Path, id: &str) -> Value {
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("metrics file {}: {e}", path.display()));
-    let last = text
-        .lines()
-        .last()
-        .unwrap_or_else(|| panic!("no metrics line"));
-    let line: Value = serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {last}"));
+    let line = xenia_integration_tests::last_metrics(path);
     let key = format!("block_{id}");
     assert!(line[&key].is_object(), "no `{key}` in {line}");
     line[&key].clone()

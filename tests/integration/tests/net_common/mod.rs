@@ -417,15 +417,7 @@ pub fn num(line: &str, key: &str) -> u64 {
 
 /// The `net_<iface>` object of the last metrics line in `path`.
 pub fn net_metrics(path: &Path, iface: &str) -> Value {
-    let text =
-        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    let last = text
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or_else(|| panic!("{} is empty", path.display()));
-    let v: Value = serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {last}"));
-    v[format!("net_{iface}")].clone()
+    xenia_integration_tests::last_metrics(path)[format!("net_{iface}")].clone()
 }
 
 /// Whether the process `pid` is still running (not gone, not a zombie).

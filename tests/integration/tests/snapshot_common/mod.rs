@@ -41,12 +41,7 @@ pub fn boot_with(
     let machine = serde_json::json!({"vcpu_count": 1, "mem_size_mib": mem_mib,
                                      "track_dirty_pages": track_dirty_pages});
     api.expect("PUT", "/machine-config", &machine.to_string(), 204);
-    api.expect(
-        "PUT",
-        "/actions",
-        r#"{"action_type": "InstanceStart"}"#,
-        204,
-    );
+    api.start_instance(204);
 }
 
 /// A snapshot's two files, in the directory of the process that made them.

@@ -12,7 +12,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use xenia_integration_tests::{boot_config, probe, probe_args, TempDir, Xenia, BOOT_TIMEOUT};
+use xenia_integration_tests::{
+    boot_config, last_metrics, probe, probe_args, TempDir, Xenia, BOOT_TIMEOUT,
+};
 
 pub const RUN_TIMEOUT: Duration = Duration::from_secs(180);
 pub const GUEST_CID: u64 = 3;
@@ -97,13 +99,6 @@ impl VsockVm {
         assert_eq!(status.code(), Some(0), "stderr:\n{}", self.x.stderr());
         last_metrics(&self.metrics)
     }
-}
-
-pub fn last_metrics(path: &Path) -> Value {
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("metrics file {}: {e}", path.display()));
-    let last = text.lines().last().unwrap_or_else(|| panic!("no metrics"));
-    serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {last}"))
 }
 
 /// Host side of a host-initiated connection: connects to `uds`, asks for guest `port`, and

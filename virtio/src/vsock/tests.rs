@@ -422,6 +422,61 @@ fn a_guest_that_never_answers_a_request_is_given_up_on() {
 }
 
 #[test]
+fn a_close_the_host_never_finishes_taking_is_given_up_on() {
+    use std::os::fd::AsRawFd;
+    let mut h = Harness::new("closeto");
+    h.give_rx(16);
+    let l = h.host_listen(5000);
+    let mut s = h.guest_connect(1234, 5000, &l);
+    // The smallest send buffer on xenia's end, and a host that does not read: most of a
+    // 64 KiB packet has to wait in the connection's buffer.
+    for c in h.dev().conns.values() {
+        let min: libc::c_int = 1;
+        // SAFETY: setsockopt on a socket the connection owns, with a c_int option value.
+        let rc = unsafe {
+            libc::setsockopt(
+                c.stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                std::ptr::addr_of!(min).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    }
+    let data = vec![0x5a; 64 << 10];
+    h.send(hdr(Op::Rw, 1234, 5000, data.len() as u32), &data);
+    let mut sd = hdr(Op::Shutdown, 1234, 5000, 0);
+    sd.flags = SHUTDOWN_SEND | SHUTDOWN_RCV;
+    h.send(sd, &[]);
+    let waiting: Vec<usize> = h.dev().conns.values().map(|c| c.tx_buf.len()).collect();
+    assert!(
+        waiting.len() == 1 && waiting[0] > 0,
+        "the close should wait for the host: {waiting:?}"
+    );
+    assert!(h.recv().iter().all(|(p, _)| p.op != Op::Rst as u16));
+    // The deadline passes (set back instead of sleeping): the guest gets its RST, the host
+    // socket is closed with what it took so far.
+    for c in h.dev().conns.values_mut() {
+        c.deadline = Some(std::time::Instant::now());
+    }
+    h.run_wait(1000);
+    let p = h.recv();
+    assert!(p.iter().any(|(p, _)| p.op == Op::Rst as u16), "{p:?}");
+    assert_eq!(h.dev().connection_count(), 0);
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap();
+    assert!(
+        got.len() < data.len() && got.iter().all(|&b| b == 0x5a),
+        "the host took {} of {} bytes",
+        got.len(),
+        data.len()
+    );
+}
+
+#[test]
 fn host_data_never_exceeds_the_guest_credit() {
     let mut h = Harness::new("credit");
     h.give_rx(64);

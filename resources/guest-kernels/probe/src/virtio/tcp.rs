@@ -196,18 +196,30 @@ impl Conn {
         Ok(None)
     }
 
-    fn ack(&self, st: &mut Stack) -> Result<(), VirtioError> {
+    /// Sends one segment of this connection: sequence number `seq`, acknowledging what
+    /// has arrived so far.
+    fn segment(
+        &self,
+        st: &mut Stack,
+        seq: u32,
+        flags: u8,
+        payload: &[u8],
+    ) -> Result<(), VirtioError> {
         send_segment(
             st,
             self.dst_mac,
             self.dst,
             self.sport,
             self.dport,
-            self.snd_nxt,
+            seq,
             self.rcv_nxt,
-            ACK,
-            &[],
+            flags,
+            payload,
         )
+    }
+
+    fn ack(&self, st: &mut Stack) -> Result<(), VirtioError> {
+        self.segment(st, self.snd_nxt, ACK, &[])
     }
 
     /// Takes one segment of this connection within `timeout_us`; false on timeout.
@@ -258,17 +270,7 @@ impl Conn {
             let end = seq.wrapping_add(chunk.len() as u32);
             let mut acked = false;
             for _ in 0..TRIES {
-                send_segment(
-                    st,
-                    self.dst_mac,
-                    self.dst,
-                    self.sport,
-                    self.dport,
-                    seq,
-                    self.rcv_nxt,
-                    PSH | ACK,
-                    chunk,
-                )?;
+                self.segment(st, seq, PSH | ACK, chunk)?;
                 let deadline = crate::timer::Deadline::after_us(REPLY_US);
                 while !deadline.passed() && !self.reset && after(end, self.snd_una) {
                     if !self.pump(st, REPLY_US)? {
@@ -306,17 +308,7 @@ impl Conn {
         if self.reset {
             return Ok(());
         }
-        send_segment(
-            st,
-            self.dst_mac,
-            self.dst,
-            self.sport,
-            self.dport,
-            self.snd_nxt,
-            self.rcv_nxt,
-            FIN | ACK,
-            &[],
-        )?;
+        self.segment(st, self.snd_nxt, FIN | ACK, &[])?;
         self.snd_nxt = self.snd_nxt.wrapping_add(1);
         let deadline = crate::timer::Deadline::after_us(REPLY_US);
         while !deadline.passed() && !self.reset && after(self.snd_nxt, self.snd_una) {
